@@ -1,0 +1,17 @@
+"""Attend & Rectify: gated attention (Rodríguez et al., ECCV 2018) as a small PyTorch library.
+
+    >>> import ar_core
+    >>> model, meta = ar_core.load_checkpoint("checkpoints/cifar10-wrn16x4-ad3aw4.safetensors")
+    >>> trace = model.trace(images)  # attention maps, gates, hypotheses, fusion
+"""
+
+from .attention import AttentionModule, GlobalGate, fuse, fusion_contributions, inter_head_regularizer
+from .checkpoint import CheckpointError, available_checkpoints, load_checkpoint, save_checkpoint
+from .model import AttendAndRectify, LayerTrace, ModelConfig, Trace, build_model
+from .wrn import WideResNet
+
+__all__ = [
+    "AttendAndRectify", "AttentionModule", "CheckpointError", "GlobalGate", "LayerTrace", "ModelConfig",
+    "Trace", "WideResNet", "available_checkpoints", "build_model", "fuse", "fusion_contributions",
+    "inter_head_regularizer", "load_checkpoint", "save_checkpoint",
+]

@@ -1,0 +1,112 @@
+"""The equations of "Attend and Rectify" (Rodríguez et al., ECCV 2018), one place each.
+
+Numbers in brackets refer to ``method.md`` (shipped in the README's method section):
+
+  [1] attention head      H^l   = spatial_softmax(W_H^l * Z^l)
+  [2] output head         o^l_k = Σ_xy H^l_k ⊙ (W_O^l_k * Z^l)
+  [3] confidence gate     g^l   = softmax_k(tanh(Σ_xy (W_g^l * Z^l)_k ⊙ H^l_k))
+  [4] module hypothesis   o^l   = Σ_k g^l_k · o^l_k
+  [5] global gate         g_O   = softmax(tanh(BN(W_G · GAP(Z^L))))
+  [6] fusion              out   = Σ_s g_O^s · log_softmax(o^s)
+  [8] regulariser         R^l   = mean(((P Pᵀ) ⊙ (1 − I))²),  P = avgpool2x2(H^l)
+
+Everything here is a pure function of its inputs: no tensor is ever kept on a module, so one
+model instance can serve many threads at once.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ModuleOutput(NamedTuple):
+    """What one attention module computes for a batch (B images, K heads, M classes)."""
+
+    attention_maps: torch.Tensor  # H^l, (B, K, h, w), each map sums to 1
+    head_hypotheses: torch.Tensor  # o^l_k, (B, K, M) class scores
+    confidence_gates: torch.Tensor  # g^l, (B, K), sums to 1 over k
+    hypothesis: torch.Tensor  # o^l, (B, M)
+
+
+def _conv(in_ch: int, out_ch: int, kernel_size: int) -> nn.Conv2d:
+    conv = nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2, bias=False)
+    nn.init.kaiming_normal_(conv.weight)
+    return conv
+
+
+class AttentionModule(nn.Module):
+    """Attention head + output head + confidence gate for one attended feature map Z^l.
+
+    ``kernel_size`` 1 follows the paper's text, 3 the reference implementation.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, width: int, kernel_size: int = 1):
+        super().__init__()
+        if kernel_size not in (1, 3):
+            raise ValueError(f"kernel_size must be 1 or 3, got {kernel_size}")
+        self.num_classes = num_classes
+        self.width = width
+        self.attention_head = _conv(in_channels, width, kernel_size)  # W_H^l
+        self.output_head = _conv(in_channels, width * num_classes, kernel_size)  # W_O^l (head-major)
+        self.confidence_gate = _conv(in_channels, width, kernel_size)  # W_g^l
+
+    def forward(self, z: torch.Tensor) -> ModuleOutput:
+        b, _, h, w = z.shape
+        k, m = self.width, self.num_classes
+        # [1] attention head: a softmax over the h*w pixels of each of the K maps.
+        H = F.softmax(self.attention_head(z).flatten(2).float(), dim=2)  # (B, K, hw)
+        # [2] output head: each head's M class-score maps, pooled by its own attention map.
+        O = self.output_head(z).reshape(b, k, m, h * w).float()
+        head_hypotheses = torch.einsum("bkmp,bkp->bkm", O, H)
+        # [3] confidence gate: how much to trust each head, from its attention-pooled score.
+        s = torch.einsum("bkp,bkp->bk", self.confidence_gate(z).flatten(2).float(), H)
+        confidence_gates = F.softmax(torch.tanh(s), dim=1)
+        # [4] the module's hypothesis: heads mixed by their confidence gates.
+        hypothesis = torch.einsum("bk,bkm->bm", confidence_gates, head_hypotheses)
+        return ModuleOutput(H.reshape(b, k, h, w), head_hypotheses, confidence_gates, hypothesis)
+
+
+class GlobalGate(nn.Module):
+    """[5] One weight per source (each attention module, then the network's own output)."""
+
+    def __init__(self, in_channels: int, num_sources: int):
+        super().__init__()
+        self.linear = nn.Linear(in_channels, num_sources, bias=False)  # W_G
+        nn.init.kaiming_normal_(self.linear.weight)
+        self.bn = nn.BatchNorm1d(num_sources)
+
+    def forward(self, last_features: torch.Tensor) -> torch.Tensor:
+        pooled = last_features.mean(dim=(2, 3))  # GAP(Z^L)
+        return F.softmax(torch.tanh(self.bn(self.linear(pooled))).float(), dim=1)
+
+
+def fusion_contributions(global_gates: torch.Tensor, source_scores: torch.Tensor) -> torch.Tensor:
+    """[6] The terms g_O^s · log_softmax(o^s) of the fusion, shape (B, S, M).
+
+    ``source_scores`` is (B, S, M): every module's hypothesis and, last, the network's output.
+    Their sum over S is the fused output; each term is what one source adds to each class.
+    """
+    return global_gates.unsqueeze(2) * F.log_softmax(source_scores.float(), dim=2)
+
+
+def fuse(global_gates: torch.Tensor, source_scores: torch.Tensor) -> torch.Tensor:
+    """[6] The fused output: Σ_s g_O^s · log_softmax(o^s), shape (B, M)."""
+    return fusion_contributions(global_gates, source_scores).sum(dim=1)
+
+
+def inter_head_regularizer(attention_maps: torch.Tensor) -> torch.Tensor:
+    """[8] R^l: penalises heads of one module that attend the same places.
+
+    P is H^l average-pooled 2x2 (skipped on maps too small to pool), flattened to (B, K, hw/4);
+    the off-diagonal entries of P Pᵀ are the overlaps between heads.
+    """
+    if min(attention_maps.shape[-2:]) >= 2:
+        attention_maps = F.avg_pool2d(attention_maps, 2, 2)
+    P = attention_maps.flatten(2)
+    k = P.shape[1]
+    off_diagonal = 1.0 - torch.eye(k, device=P.device, dtype=P.dtype)
+    return ((P @ P.transpose(1, 2)) * off_diagonal).pow(2).mean()

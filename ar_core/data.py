@@ -1,0 +1,146 @@
+"""Datasets as whole uint8 tensors, decoded once and cached; augmentation on whole batches.
+
+On a 2-core CPU, per-image PIL work in the training loop costs more than the network itself, so
+every source (an ImageFolder tree, torchvision's CIFAR) becomes one (N, 3, H, W) uint8 tensor,
+cached on disk in safetensors (keyed by a hash of the files' bytes), and batches are cropped and
+flipped as tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+# Per-channel statistics of the training splits (method.md, item 11).
+STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+@dataclass
+class TensorDataset:
+    """Images (N, 3, H, W) uint8, labels (N,) int64, and class names in label order."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: torch.Tensor) -> "TensorDataset":
+        return TensorDataset(self.images[index], self.labels[index], self.classes)
+
+
+def cache_dir() -> Path:
+    """Where decoded datasets are cached: $AR_CACHE_DIR, else ~/.cache/attend-rectify."""
+    return Path(os.environ.get("AR_CACHE_DIR", Path.home() / ".cache" / "attend-rectify"))
+
+
+def pil_to_uint8(img, size: int = 32) -> torch.Tensor:
+    """One PIL image → (3, size, size) uint8: RGB, shorter side resized to ``size``, centre crop."""
+    import numpy as np
+    from PIL import Image
+
+    img = img.convert("RGB")
+    if img.size != (size, size):
+        w, h = img.size
+        scale = size / min(w, h)
+        img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+        w, h = img.size
+        left, top = (w - size) // 2, (h - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
+def load_image_folder(root: str | Path, size: int = 32, use_cache: bool = True) -> TensorDataset:
+    """An ImageFolder tree (``root/<class>/<image>``), sorted by path, as one uint8 tensor."""
+    from PIL import Image
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no image folder at {root}; expected root/<class>/<image> files")
+    classes, class_to_idx = find_classes(str(root))
+    samples = sorted(make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS))
+    if not samples:
+        raise FileNotFoundError(f"{root} holds no images in class sub-folders")
+    digest = hashlib.sha256(json.dumps([classes, size]).encode())
+    blobs = []
+    for path, label in samples:
+        data = Path(path).read_bytes()
+        digest.update(os.path.relpath(path, root).encode())
+        digest.update(data)
+        blobs.append(data)
+    cache = cache_dir() / f"imagefolder-{digest.hexdigest()[:24]}.safetensors"
+    if use_cache and cache.is_file():
+        from safetensors.torch import load_file
+
+        t = load_file(str(cache))
+        return TensorDataset(t["images"], t["labels"], classes)
+    import io
+
+    images = torch.stack([pil_to_uint8(Image.open(io.BytesIO(b)), size) for b in blobs])
+    labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
+    if use_cache:
+        from safetensors.torch import save_file
+
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(cache.name + ".tmp")
+        save_file({"images": images, "labels": labels}, str(tmp))
+        tmp.replace(cache)
+    return TensorDataset(images, labels, classes)
+
+
+def load_torchvision_cifar(name: str, root: str | Path, train: bool, download: bool = True) -> TensorDataset:
+    """torchvision's CIFAR10/CIFAR100 (downloaded into ``root`` when online)."""
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    cls = {"cifar10": CIFAR10, "cifar100": CIFAR100}[name]
+    ds = cls(str(root), train=train, download=download)
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+    return TensorDataset(images, torch.tensor(ds.targets, dtype=torch.int64), list(ds.classes))
+
+
+def stratified_split(labels: torch.Tensor, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train_index, val_index): ``val_size`` images, the same share of every class, fixed by seed."""
+    g = torch.Generator().manual_seed(seed)
+    num_classes = int(labels.max()) + 1
+    frac = val_size / len(labels)
+    val = []
+    for c in range(num_classes):
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        val.append(idx[: round(frac * len(idx))])
+    val_index = torch.cat(val).sort().values
+    mask = torch.ones(len(labels), dtype=torch.bool)
+    mask[val_index] = False
+    return torch.nonzero(mask).flatten(), val_index
+
+
+def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop of a reflect-padded image and random horizontal flip, for a whole batch."""
+    b, c, h, w = images.shape
+    padded = F.pad(images.float(), (pad, pad, pad, pad), mode="reflect")
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    flip = torch.rand(b, generator=generator) < 0.5
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
+    cols = dx[:, None] + torch.arange(w)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, None, :]
+    out = padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+    return out.to(torch.uint8)
+
+
+def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 (B, 3, H, W) → float, scaled to [0, 1] and standardised per channel."""
+    mean = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
+    std = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
+    return (images.float() / 255.0 - mean) / std

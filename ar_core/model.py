@@ -1,0 +1,192 @@
+"""The gated-attention network: any CNN backbone plus attention modules, global gate and fusion.
+
+A backbone is any module whose forward returns a dict of named feature maps that includes
+``last`` (Z^L, read by the global gate) and ``logits`` (the network's own output). Attention
+modules attach to whichever names ``attend`` lists, which is what makes the method
+architecture-independent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .attention import AttentionModule, GlobalGate, fusion_contributions, inter_head_regularizer
+from .wrn import WideResNet
+
+BACKBONES = ("wrn", "resnet18")
+# Attended layers, shallow to deep, for each attention depth AD (method.md, item 9).
+_ATTENDABLE = {"wrn": ("group1", "group2", "group3"), "resnet18": ("layer2", "layer3", "layer4")}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a model; stored as JSON inside every checkpoint."""
+
+    num_classes: int = 10
+    backbone: str = "wrn"
+    depth: int = 16
+    width: int = 4
+    dropout: float = 0.0
+    reference_layout: bool = False  # WRN variant of the reference implementation (see wrn.py)
+    attention_depth: int = 3  # AD: 0 is the plain baseline
+    attention_width: int = 4  # AW = K, heads per attended layer
+    kernel_size: int = 1  # heads and gates: 1 (paper text) or 3 (reference implementation)
+    reg_weight: float = 1e-3  # λ of the inter-head regulariser
+
+    def __post_init__(self):
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {BACKBONES}")
+        if not 0 <= self.attention_depth <= 3:
+            raise ValueError(f"attention_depth must be 0..3, got {self.attention_depth}")
+        if self.attention_depth and self.attention_width < 1:
+            raise ValueError(f"attention_width must be >= 1, got {self.attention_width}")
+        if self.kernel_size not in (1, 3):
+            raise ValueError(f"kernel_size must be 1 or 3, got {self.kernel_size}")
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
+
+    @property
+    def attended(self) -> tuple[str, ...]:
+        layers = _ATTENDABLE[self.backbone]
+        return layers[len(layers) - self.attention_depth:]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown model config keys {sorted(unknown)}")
+        return cls(**d)
+
+
+@dataclass
+class LayerTrace:
+    """One attended layer l for a batch of B images (K heads, M classes)."""
+
+    name: str
+    attention_maps: torch.Tensor  # H^l (B, K, h, w): where each head looked; each map sums to 1
+    head_hypotheses: torch.Tensor  # o^l_k (B, K, M): each head's class scores
+    confidence_gates: torch.Tensor  # g^l (B, K): trust in each head; sums to 1
+    hypothesis: torch.Tensor  # o^l (B, M): the gated mix of the heads
+
+
+@dataclass
+class Trace:
+    """Everything the model computed for a batch, as the app plots it.
+
+    Sources are ordered as ``sources``: the attended layers shallow to deep, then ``network``.
+    """
+
+    layers: list[LayerTrace]
+    net_output: torch.Tensor  # the network's own logits (B, M)
+    global_gates: torch.Tensor  # g_O (B, N+1), sums to 1
+    contributions: torch.Tensor  # g_O^s · log_softmax(o^s), (B, N+1, M); sums over sources to output
+    output: torch.Tensor  # fused log-scores (B, M); prediction = argmax, probabilities = softmax
+    sources: list[str] = field(default_factory=list)
+
+    def map(self, fn) -> "Trace":
+        """A copy with ``fn`` applied to every tensor (e.g. ``lambda t: t.cpu()``)."""
+        layers = [LayerTrace(l.name, *(fn(getattr(l, f)) for f in
+                                       ("attention_maps", "head_hypotheses", "confidence_gates", "hypothesis")))
+                  for l in self.layers]
+        return Trace(layers, fn(self.net_output), fn(self.global_gates), fn(self.contributions),
+                     fn(self.output), list(self.sources))
+
+
+class AttendAndRectify(nn.Module):
+    """Backbone + one AttentionModule per attended layer + global gate + fusion.
+
+    ``model(x)`` gives the fused log-scores (B, M); in training mode ``(scores, λ·R)``.
+    ``model.trace(x)`` gives the same computation as a :class:`Trace`.
+    """
+
+    def __init__(self, backbone: nn.Module, channels: dict[str, int], attend: Sequence[str],
+                 num_classes: int, attention_width: int = 4, kernel_size: int = 1, reg_weight: float = 1e-3,
+                 config: ModelConfig | None = None):
+        super().__init__()
+        missing = [name for name in (*attend, "last") if name not in channels]
+        if missing:
+            raise ValueError(f"backbone has no feature map named {missing}; it has {sorted(channels)}")
+        self.backbone = backbone
+        self.attend = tuple(attend)
+        self.num_classes = num_classes
+        self.reg_weight = reg_weight
+        self.config = config
+        self.attention = nn.ModuleDict(
+            {name: AttentionModule(channels[name], num_classes, attention_width, kernel_size) for name in attend})
+        self.global_gate = GlobalGate(channels["last"], len(attend) + 1) if attend else None
+
+    @property
+    def sources(self) -> list[str]:
+        return [*self.attend, "network"]
+
+    def _run(self, x: torch.Tensor):
+        features = self.backbone(x)
+        modules = [self.attention[name](features[name]) for name in self.attend]
+        net_output = features["logits"]
+        if self.global_gate is None:  # AD = 0: the network alone, with gate 1
+            global_gates = net_output.new_ones(net_output.shape[0], 1, dtype=torch.float32)
+        else:
+            global_gates = self.global_gate(features["last"])
+        source_scores = torch.stack([m.hypothesis for m in modules] + [net_output.float()], dim=1)
+        contributions = fusion_contributions(global_gates, source_scores)
+        return modules, net_output, global_gates, contributions
+
+    def regularizer(self, attention_maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """λ · mean_l R^l (zero without attention)."""
+        if not attention_maps:
+            return torch.zeros(())
+        return self.reg_weight * torch.stack([inter_head_regularizer(h) for h in attention_maps]).mean()
+
+    def forward(self, x: torch.Tensor):
+        modules, _, _, contributions = self._run(x)
+        output = contributions.sum(dim=1)
+        if self.training:
+            return output, self.regularizer([m.attention_maps for m in modules]).to(output.device)
+        return output
+
+    def trace(self, x: torch.Tensor) -> Trace:
+        modules, net_output, global_gates, contributions = self._run(x)
+        layers = [LayerTrace(name, *m) for name, m in zip(self.attend, modules)]
+        return Trace(layers, net_output.float(), global_gates, contributions, contributions.sum(dim=1),
+                     self.sources)
+
+
+class _TorchvisionFeatures(nn.Module):
+    """Wraps a torchvision classifier so that it returns named features (FX feature extraction)."""
+
+    def __init__(self, model: nn.Module, return_nodes: dict[str, str], last: str):
+        super().__init__()
+        from torchvision.models.feature_extraction import create_feature_extractor
+
+        self.body = create_feature_extractor(model, return_nodes=return_nodes)
+        self.last = last
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.body(x)
+        features["last"] = features[self.last]
+        return features
+
+
+def build_model(config: ModelConfig) -> AttendAndRectify:
+    """A freshly initialised model for ``config``."""
+    if config.backbone == "wrn":
+        backbone = WideResNet(config.depth, config.width, config.num_classes, config.dropout,
+                              config.reference_layout)
+        channels = backbone.channels
+    else:
+        from torchvision.models import resnet18
+
+        nodes = {"layer2": "layer2", "layer3": "layer3", "layer4": "layer4", "fc": "logits"}
+        backbone = _TorchvisionFeatures(resnet18(num_classes=config.num_classes), nodes, last="layer4")
+        channels = {"layer2": 128, "layer3": 256, "layer4": 512, "last": 512}
+    return AttendAndRectify(backbone, channels, config.attended, config.num_classes, config.attention_width,
+                            config.kernel_size, config.reg_weight, config=config)

@@ -1,0 +1,323 @@
+"""Train a gated-attention Wide ResNet (or its AD=0 baseline) and write a safetensors checkpoint.
+
+    python -m ar_core.train --data ~/data/cifar10 --dataset-name cifar10 --epochs 30 \
+        --attention-depth 3 --attention-width 4 --out checkpoints/cifar10-wrn16x4-ad3aw4.safetensors
+
+Multi-GPU / multi-node: ``torchrun --nproc_per_node=N -m ar_core.train ...`` (DistributedDataParallel;
+``--batch-size`` is the global batch). Resumable state is saved every epoch next to ``--out``
+(``OUT.state.pt``, plain tensors, read back with ``weights_only=True``); ``--resume`` continues it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import data as D
+from .checkpoint import save_checkpoint
+from .model import ModelConfig, build_model
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    src = p.add_argument_group("data")
+    src.add_argument("--data", help="ImageFolder tree root/<class>/<image> (the training split)")
+    src.add_argument("--torchvision", choices=["cifar10", "cifar100"], help="use torchvision's CIFAR instead")
+    src.add_argument("--root", default=str(D.cache_dir() / "torchvision"), help="download folder for --torchvision")
+    src.add_argument("--dataset-name", default=None, help="name recorded in the checkpoint (and normalisation "
+                     "stats for cifar10/cifar100; other sets use their own mean/std)")
+    src.add_argument("--val-size", type=int, default=5000, help="stratified validation images carved from train")
+    src.add_argument("--split-seed", type=int, default=0)
+    src.add_argument("--image-size", type=int, default=32)
+    m = p.add_argument_group("model")
+    m.add_argument("--depth", type=int, default=16)
+    m.add_argument("--width", type=int, default=4)
+    m.add_argument("--dropout", type=float, default=0.0)
+    m.add_argument("--attention-depth", type=int, default=3)
+    m.add_argument("--attention-width", type=int, default=4)
+    m.add_argument("--kernel-size", type=int, default=1, choices=[1, 3])
+    m.add_argument("--reg-weight", type=float, default=1e-3)
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--epochs", type=int, default=30)
+    o.add_argument("--batch-size", type=int, default=128)
+    o.add_argument("--lr", type=float, default=0.1)
+    o.add_argument("--schedule", choices=["onecycle", "step"], default="onecycle",
+                   help="onecycle: linear warm-up then cosine to 0; step: x0.2 at --milestones (paper)")
+    o.add_argument("--warmup", type=float, default=1.0, help="warm-up epochs (onecycle)")
+    o.add_argument("--milestones", type=int, nargs="*", default=[60, 120, 160])
+    o.add_argument("--weight-decay", type=float, default=5e-4)
+    o.add_argument("--label-smoothing", type=float, default=0.0)
+    o.add_argument("--seed", type=int, default=0)
+    r = p.add_argument_group("run")
+    r.add_argument("--out", required=True, help="final checkpoint (.safetensors)")
+    r.add_argument("--resume", action="store_true", help="continue from OUT.state.pt")
+    r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    r.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
+                   help="bf16 autocast on CPU (when supported) / fp16 on CUDA")
+    r.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    r.add_argument("--save-dtype", choices=["float32", "float16"], default="float32")
+    r.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (smoke tests)")
+    r.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if bool(args.data) == bool(args.torchvision):
+        p.error("give exactly one of --data DIR or --torchvision cifar10|cifar100")
+    return args
+
+
+def nll_with_smoothing(output: torch.Tensor, target: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """NLL of the fused log-scores (method.md, item 8), optionally label-smoothed."""
+    nll = F.nll_loss(output, target)
+    if smoothing <= 0:
+        return nll
+    return (1 - smoothing) * nll - smoothing * output.mean(dim=1).mean()
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str, milestones: list[int], steps_per_epoch: int) -> float:
+    if schedule == "step":
+        epoch = step // steps_per_epoch
+        return 0.2 ** sum(epoch >= m for m in milestones)
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def pick_device(name: str) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def autocast_for(device: torch.device, mode: str):
+    """bf16 on CPUs with native bf16 (AVX512-BF16 / AMX), fp16 on CUDA; a no-op otherwise."""
+    if mode == "off":
+        return contextlib.nullcontext, False
+    if device.type == "cuda":
+        return (lambda: torch.autocast("cuda", dtype=torch.float16)), True
+    if device.type == "cpu":
+        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        if mode == "on" or native:
+            return (lambda: torch.autocast("cpu", dtype=torch.bfloat16)), False
+    return contextlib.nullcontext, False
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads"
+
+
+@torch.no_grad()
+def evaluate_split(model, images, labels, mean, std, device, autocast, batch_size=500) -> dict:
+    """Accuracy of the fused output and of the network's own output on a uint8 split."""
+    model.eval()
+    fused = net = 0
+    nll = 0.0
+    for i in range(0, len(labels), batch_size):
+        x = D.normalize(images[i:i + batch_size].to(device), mean, std).contiguous(memory_format=torch.channels_last)
+        y = labels[i:i + batch_size].to(device)
+        with autocast():
+            t = model.trace(x)
+        fused += (t.output.argmax(1) == y).sum().item()
+        net += (t.net_output.argmax(1) == y).sum().item()
+        nll += F.cross_entropy(t.output.float(), y, reduction="sum").item()
+    n = len(labels)
+    return {"val_accuracy": fused / n, "val_net_accuracy": net / n, "val_nll": nll / n}
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    device = pick_device(args.device)
+    rank, world = 0, 1
+    if distributed:
+        import torch.distributed as dist
+
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    if args.batch_size % world:
+        raise SystemExit(f"--batch-size {args.batch_size} must be divisible by the {world} processes")
+    main_process = rank == 0
+    out = Path(args.out)
+    state_path = out.with_name(out.name + ".state.pt")
+    log_path = out.with_name(out.name + ".log.jsonl")
+
+    # Data: decode once, carve the validation split, keep everything as uint8 tensors.
+    full = D.load_image_folder(args.data, args.image_size) if args.data else \
+        D.load_torchvision_cifar(args.torchvision, args.root, train=True)
+    name = args.dataset_name or args.torchvision or Path(args.data).name
+    if name in D.STATS:
+        mean, std = D.STATS[name]
+    else:
+        x = full.images.float() / 255
+        mean, std = x.mean((0, 2, 3)).tolist(), x.std((0, 2, 3)).tolist()
+    train_idx, val_idx = D.stratified_split(full.labels, args.val_size, args.split_seed) if args.val_size \
+        else (torch.arange(len(full)), torch.arange(0))
+    train, val = full.subset(train_idx), full.subset(val_idx)
+
+    config = ModelConfig(num_classes=len(full.classes), depth=args.depth, width=args.width, dropout=args.dropout,
+                         attention_depth=args.attention_depth, attention_width=args.attention_width,
+                         kernel_size=args.kernel_size, reg_weight=args.reg_weight)
+    torch.manual_seed(args.seed)
+    model = build_model(config).to(device).to(memory_format=torch.channels_last)
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": args.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}],
+                                lr=args.lr, momentum=0.9, nesterov=True)
+    steps_per_epoch = len(train) // args.batch_size  # drop the last partial batch: BN needs a full one
+    total_steps = steps_per_epoch * args.epochs
+    warmup = round(args.warmup * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, warmup, args.schedule, args.milestones, steps_per_epoch))
+    autocast, use_scaler = autocast_for(device, args.amp)
+    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+
+    start_epoch, elapsed, step = 0, 0.0, 0
+    if args.resume and state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if state["args"]["epochs"] != args.epochs:
+            raise SystemExit(f"{state_path} was made with --epochs {state['args']['epochs']}; resume with the same schedule")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, elapsed, step = state["epoch"], state["elapsed"], state["step"]
+        if main_process:
+            print(f"resuming at epoch {start_epoch} from {state_path}", file=sys.stderr)
+    net = model
+    if distributed:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    local_batch = args.batch_size // world
+    history = []
+    for epoch in range(start_epoch, args.epochs):
+        # The epoch's order and augmentation depend only on (seed, epoch): resume replays them exactly.
+        g = torch.Generator().manual_seed(args.seed * 1000 + epoch)
+        perm = torch.randperm(len(train), generator=g)
+        aug_g = torch.Generator().manual_seed(args.seed * 1000 + epoch + 10**6)
+        net.train()
+        t0 = time.time()
+        loss_sum = torch.zeros((), device=device)
+        seen = 0
+        bar = range(steps_per_epoch)
+        if main_process and not args.no_progress:
+            from tqdm import tqdm
+
+            bar = tqdm(bar, desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch", dynamic_ncols=True)
+        for i in bar:
+            # Every process augments the whole global batch alike and keeps its own slice, so N
+            # processes see exactly the images one process would.
+            idx = perm[i * args.batch_size:(i + 1) * args.batch_size]
+            x = D.augment(train.images[idx], aug_g)[rank * local_batch:(rank + 1) * local_batch]
+            x = D.normalize(x.to(device, non_blocking=True), mean, std).contiguous(memory_format=torch.channels_last)
+            y = train.labels[idx][rank * local_batch:(rank + 1) * local_batch].to(device, non_blocking=True)
+            with autocast():
+                output, reg = net(x)
+                loss = nll_with_smoothing(output.float(), y, args.label_smoothing) + reg
+            optimizer.zero_grad(set_to_none=True)
+            if scaler:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            scheduler.step()
+            step += 1
+            loss_sum += loss.detach()
+            seen += len(y) * world
+            if main_process and hasattr(bar, "set_postfix") and i % 10 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.time() - t0):.0f}",
+                                lr=f"{scheduler.get_last_lr()[0]:.4f}")
+            if args.max_steps and step >= args.max_steps:
+                break
+        epoch_time = time.time() - t0
+        elapsed += epoch_time
+        record = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum.item() / max(1, i + 1),
+                  "lr": scheduler.get_last_lr()[0], "epoch_time_s": round(epoch_time, 1),
+                  "images_per_s": round(seen / epoch_time, 1)}
+        if main_process:
+            if len(val):
+                record.update(evaluate_split(model, val.images, val.labels, mean, std, device, autocast))
+            history.append(record)
+            print(json.dumps(record), file=sys.stderr)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            tmp = state_path.with_name(state_path.name + ".tmp")
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "step": step,
+                        "elapsed": elapsed, "args": vars(args)}, tmp)
+            tmp.replace(state_path)
+        if args.max_steps and step >= args.max_steps:
+            break
+
+    if main_process:
+        final = history[-1] if history else {}
+        meta = {
+            "classes": full.classes,
+            "normalization": {"mean": list(mean), "std": list(std)},
+            "image_size": args.image_size,
+            "dataset": name,
+            "validation_split": {"size": len(val), "seed": args.split_seed, "method": "stratified",
+                                 "train_size": len(train)},
+            "recipe": {k: v for k, v in vars(args).items() if k not in ("out", "resume", "no_progress", "device")},
+            "epochs_trained": final.get("epoch", start_epoch),
+            "val_accuracy": final.get("val_accuracy"),
+            "val_net_accuracy": final.get("val_net_accuracy"),
+            "training_time_s": round(elapsed, 1),
+            "hardware": hardware(device),
+            "processes": world,
+            "torch": torch.__version__,
+            "code_commit": git_commit(),
+            "command": "python -m ar_core.train " + " ".join(sys.argv[1:] if argv is None else argv),
+        }
+        save_checkpoint(model, out, meta, dtype=getattr(torch, args.save_dtype))
+        print(f"wrote {out}", file=sys.stderr)
+    if distributed:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    return {"history": history}
+
+
+if __name__ == "__main__":
+    main()
