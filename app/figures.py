@@ -1,0 +1,166 @@
+"""Figure builders: pure functions from a trace to matplotlib / plotly figures. No Streamlit.
+
+Every builder takes plain data (a Trace, an image index, class names, display options) and
+returns a new figure, so tests call them directly and the app can cache or export them.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ar_core.model import Trace
+
+SOURCE_COLORS = ["#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2"]
+
+
+def _source_label(name: str) -> str:
+    return "network (own output)" if name == "network" else f"attention @ {name}"
+
+
+def upsample(maps: torch.Tensor, size: int) -> np.ndarray:
+    """(..., h, w) maps → (..., size, size) by bilinear interpolation, as numpy."""
+    lead = maps.shape[:-2]
+    x = maps.reshape(-1, 1, *maps.shape[-2:]).float()
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return x.reshape(*lead, size, size).numpy()
+
+
+def attention_grid(image: np.ndarray, trace: Trace, i: int, classes: Sequence[str], alpha: float = 0.6,
+                   cmap: str = "jet", display_size: int = 128):
+    """AD rows x K columns: every head's attention map over the upsampled input.
+
+    Each panel is captioned with the head's top class and its confidence-gate weight g^l_k.
+    ``image`` is the model's input as (H, W, 3) uint8.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    rows = len(trace.layers)
+    if rows == 0:
+        raise ValueError("this model has no attention modules (AD = 0): there are no attention maps to show")
+    cols = trace.layers[0].attention_maps.shape[1]
+    big = np.asarray(Image.fromarray(image).resize((display_size, display_size), Image.BICUBIC))
+    fig = Figure(figsize=(2.1 * cols + 0.4, 2.3 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for r, layer in enumerate(trace.layers):
+        maps = upsample(layer.attention_maps[i], display_size)
+        h, w = layer.attention_maps.shape[-2:]
+        for k in range(cols):
+            ax = axes[r][k]
+            ax.imshow(big)
+            m = maps[k]
+            m = (m - m.min()) / (m.max() - m.min() + 1e-12)
+            ax.imshow(m, cmap=cmap, alpha=alpha, vmin=0, vmax=1)
+            top = int(layer.head_hypotheses[i, k].argmax())
+            gate = float(layer.confidence_gates[i, k])
+            ax.set_title(f"{classes[top]}\ng={gate:.2f}", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if k == 0:
+                ax.set_ylabel(f"{layer.name}\n{h}x{w}", fontsize=9)
+    return fig
+
+
+def attention_heatmap(trace: Trace, i: int, layer: int, head: int, classes: Sequence[str]):
+    """Interactive heatmap of one head's map at its native resolution, hover shows the weights."""
+    import plotly.graph_objects as go
+
+    lt = trace.layers[layer]
+    m = lt.attention_maps[i, head].numpy()
+    top = int(lt.head_hypotheses[i, head].argmax())
+    fig = go.Figure(go.Heatmap(z=m, colorscale="Jet", hovertemplate="x=%{x}, y=%{y}<br>H=%{z:.4f}<extra></extra>",
+                               colorbar=dict(title="H")))
+    fig.update_yaxes(autorange="reversed", scaleanchor="x", constrain="domain")
+    fig.update_xaxes(constrain="domain")
+    fig.update_layout(title=f"{lt.name}, head {head + 1}: top class {classes[top]}, "
+                            f"gate {float(lt.confidence_gates[i, head]):.3f}",
+                      height=420, margin=dict(l=10, r=10, t=50, b=10))
+    return fig
+
+
+def prediction_figure(trace: Trace, i: int, classes: Sequence[str], k: int = 5):
+    """Top-k probabilities of the fused output beside the network's own output and each layer."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    panels = [("fused output", trace.output[i])] + [(_source_label(l.name), l.hypothesis[i]) for l in trace.layers]
+    panels.insert(1, (_source_label("network"), trace.net_output[i]))
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p[0] for p in panels], horizontal_spacing=0.08)
+    for c, (_, scores) in enumerate(panels, start=1):
+        p = torch.softmax(scores.float(), 0)
+        v, idx = p.topk(min(k, len(classes)))
+        fig.add_trace(go.Bar(x=v.numpy()[::-1], y=[classes[j] for j in idx.tolist()][::-1], orientation="h",
+                             marker_color=SOURCE_COLORS[(c - 1) % len(SOURCE_COLORS)],
+                             hovertemplate="%{y}: %{x:.3f}<extra></extra>", showlegend=False), row=1, col=c)
+        fig.update_xaxes(range=[0, 1], row=1, col=c)
+    fig.update_layout(height=260, margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+def confidence_gates_figure(trace: Trace, i: int, classes: Sequence[str]):
+    """Per layer, the K confidence-gate weights; each bar is labelled with that head's top class."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    n = len(trace.layers)
+    fig = make_subplots(rows=1, cols=max(1, n), subplot_titles=[l.name for l in trace.layers])
+    for c, layer in enumerate(trace.layers, start=1):
+        g = layer.confidence_gates[i].numpy()
+        tops = [classes[int(j)] for j in layer.head_hypotheses[i].argmax(1)]
+        probs = torch.softmax(layer.head_hypotheses[i], 1).max(1).values.numpy()
+        fig.add_trace(go.Bar(x=[f"head {k + 1}" for k in range(len(g))], y=g, text=tops, textposition="outside",
+                             customdata=np.stack([probs], 1), marker_color=SOURCE_COLORS[(c - 1) % 6],
+                             hovertemplate="%{x}: g=%{y:.3f}<br>says %{text} (p=%{customdata[0]:.2f})<extra></extra>",
+                             showlegend=False), row=1, col=c)
+        fig.update_yaxes(range=[0, 1.15], row=1, col=c)
+    fig.update_layout(height=300, margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+def global_gates_figure(trace: Trace, i: int):
+    """The N+1 global gates g_O: how much each source weighs in the fusion."""
+    import plotly.graph_objects as go
+
+    g = trace.global_gates[i].numpy()
+    fig = go.Figure(go.Bar(x=[_source_label(s) for s in trace.sources], y=g,
+                           marker_color=[SOURCE_COLORS[j % 6] for j in range(len(g))],
+                           text=[f"{v:.2f}" for v in g], textposition="outside",
+                           hovertemplate="%{x}: g_O=%{y:.3f}<extra></extra>"))
+    fig.update_layout(yaxis=dict(range=[0, 1.1], title="global gate g_O"), height=300,
+                      margin=dict(l=10, r=10, t=30, b=10))
+    return fig
+
+
+def contributions_figure(trace: Trace, i: int, classes: Sequence[str], class_indices: Sequence[int]):
+    """Waterfall of the fusion terms g_O^s · log p_s(c) for each chosen class c.
+
+    The bars of one class add up to the fused log-score of that class.
+    """
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for c in class_indices:
+        terms = trace.contributions[i, :, c].numpy()
+        fig.add_trace(go.Waterfall(
+            name=classes[c], x=[[classes[c]] * (len(terms) + 1), [_source_label(s) for s in trace.sources] + ["fused"]],
+            measure=["relative"] * len(terms) + ["total"], y=list(terms) + [float(terms.sum())],
+            hovertemplate="%{x}: %{y:.3f}<extra></extra>"))
+    fig.update_layout(yaxis_title="g_O · log p", height=380, margin=dict(l=10, r=10, t=30, b=10), waterfallgap=0.3)
+    return fig
+
+
+def figure_to_png(fig, scale: float = 2.0) -> bytes:
+    """PNG bytes of a matplotlib figure (plotly figures export through kaleido when installed)."""
+    buf = io.BytesIO()
+    if hasattr(fig, "savefig"):
+        fig.savefig(buf, format="png", dpi=int(72 * scale))
+        return buf.getvalue()
+    return fig.to_image(format="png", scale=scale)

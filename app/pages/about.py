@@ -1,0 +1,32 @@
+"""The method in one page, with its equations."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+EQUATIONS = [
+    ("Attention head", r"H^l = \mathrm{softmax}_{x,y}\left(W_H^l * Z^l\right)",
+     "K maps per attended layer, each a distribution over the pixels: where each head looks."),
+    ("Output head", r"o^l_k = \sum_{x,y} H^l_k \odot \left(W_{O,k}^l * Z^l\right)",
+     "Each head's class hypothesis: class-score maps pooled by that head's attention map."),
+    ("Confidence gate", r"g^l = \mathrm{softmax}_k\left(\tanh\left(\sum_{x,y} (W_g^l * Z^l)_k \odot H^l_k\right)\right)",
+     "How much the module trusts each head for this image; the K weights sum to 1."),
+    ("Module hypothesis", r"o^l = \sum_k g^l_k\, o^l_k", "The layer's answer: its heads mixed by their gates."),
+    ("Global gate", r"g_O = \mathrm{softmax}\left(\tanh\left(\mathrm{BN}(W_G\,\mathrm{GAP}(Z^L))\right)\right)",
+     "One weight per attended layer and one for the network's own output, read off the last feature map."),
+    ("Fusion", r"\mathrm{output} = g_{net}\log\mathrm{softmax}(o_{net}) + \sum_l g_O^l \log\mathrm{softmax}(o^l)",
+     "The prediction is the argmax. When the network alone is wrong and the fused output is right, "
+     "attention has rectified the prediction."),
+]
+
+
+def render():
+    st.title("How Attend and Rectify works")
+    st.markdown(
+        "Rodríguez et al. (ECCV 2018) attach small **attention modules** to a CNN's intermediate feature maps. "
+        "Each module proposes its own class hypothesis from a few attended regions; learned **gates** decide how "
+        "much to trust each head and each module when the hypotheses are **fused** with the network's own output.")
+    for title, latex, text in EQUATIONS:
+        st.subheader(title)
+        st.latex(latex)
+        st.write(text)

@@ -1,0 +1,72 @@
+"""Shared resources: cached models (one per process) and per-session results."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import streamlit as st
+import torch
+
+import ar_core
+from ar_core.inference import Inspection, inspect, pick_device
+
+UPLOAD_DIR = Path(tempfile.gettempdir()) / "attend-rectify-uploads"
+
+
+def device_options() -> list[str]:
+    opts = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        opts.append("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        opts.append("mps")
+    return opts
+
+
+@st.cache_resource(show_spinner="Loading model…", max_entries=8)
+def load_model(path: str, mtime: float, device: str):
+    """One model per (file, version, device) per process, shared by every session.
+
+    Safe to share: the forward pass keeps nothing on the modules.
+    """
+    model, meta = ar_core.load_checkpoint(path, device=pick_device(device))
+    return model, meta
+
+
+def model_choices() -> dict[str, str]:
+    """Label → path for the shipped checkpoints and this session's uploaded ones."""
+    choices = {f"{name} (shipped)": str(path) for name, path in ar_core.available_checkpoints().items()}
+    extra = os.environ.get("AR_CHECKPOINT")
+    if extra and Path(extra).is_file():
+        choices[f"{Path(extra).stem} (AR_CHECKPOINT)"] = extra
+    for label, path in st.session_state.get("user_checkpoints", {}).items():
+        choices[label] = path
+    return choices
+
+
+def save_uploaded_checkpoint(data: bytes, name: str) -> str:
+    """Store an uploaded checkpoint under its content hash and verify it loads; returns its path."""
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
+    path = UPLOAD_DIR / f"{digest}.safetensors"
+    if not path.exists():
+        path.write_bytes(data)
+    ar_core.checkpoint.read_checkpoint(path)  # raises CheckpointError with a clear message
+    st.session_state.setdefault("user_checkpoints", {})[f"{Path(name).stem} (uploaded)"] = str(path)
+    return str(path)
+
+
+def get_model(path: str, device: str):
+    return load_model(path, Path(path).stat().st_mtime, device)
+
+
+def cached_inspection(model, meta, key: tuple, images: torch.Tensor) -> Inspection:
+    """A trace is computed once per (image, checkpoint, device) and kept in the session."""
+    cache = st.session_state.setdefault("traces", {})
+    if key not in cache:
+        if len(cache) > 64:
+            cache.pop(next(iter(cache)))
+        cache[key] = inspect(model, images, meta)
+    return cache[key]

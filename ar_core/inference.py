@@ -1,0 +1,213 @@
+"""From an uploaded file to a trace: image decoding with clear errors, preprocessing, ablation, export.
+
+No Streamlit here: the app lays these results out, tests and scripts call them directly.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .model import AttendAndRectify, Trace
+
+MAX_UPLOAD_BYTES = 50 * 1024 * 1024
+MAX_PIXELS = 40_000_000  # larger images are refused before decoding (decompression bombs)
+FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF", "MPO")
+
+
+class ImageError(ValueError):
+    """An input that cannot be used as an image; the message says why and what to do."""
+
+
+def load_image(data: bytes, name: str = "image"):
+    """Bytes of an image file → RGB PIL image (EXIF orientation applied, first frame of animations)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not data:
+        raise ImageError(f"{name} is empty; choose an image file (PNG, JPEG, WebP, BMP, GIF or TIFF)")
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise ImageError(f"{name} is {len(data) / 2**20:.0f} MB; the limit is {MAX_UPLOAD_BYTES // 2**20} MB. "
+                         f"Resize or compress it first.")
+    try:
+        img = Image.open(io.BytesIO(data))
+        if img.format not in FORMATS:
+            raise ImageError(f"{name} is a {img.format} image; supported formats are PNG, JPEG, WebP, BMP, GIF "
+                             f"and TIFF")
+        if img.width * img.height > MAX_PIXELS:
+            raise ImageError(f"{name} is {img.width}x{img.height} pixels, more than the {MAX_PIXELS // 10**6} "
+                             f"megapixel limit; downscale it first")
+        img.seek(0)  # animations: the first frame
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit and float greyscale: rescale to 8 bits
+            arr = np.asarray(img, dtype=np.float64)
+            lo, hi = float(arr.min()), float(arr.max())
+            img = Image.fromarray(((arr - lo) / (hi - lo or 1.0) * 255).astype(np.uint8))
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+            img = Image.alpha_composite(background, img.convert("RGBA"))
+        return img.convert("RGB")
+    except ImageError:
+        raise
+    except UnidentifiedImageError as e:
+        raise ImageError(f"{name} is not an image file PIL can read; upload a PNG, JPEG, WebP, BMP, GIF or TIFF") from e
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{name} is too large to decode safely; downscale it first") from e
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageError(f"{name} could not be decoded (truncated or damaged file?): {e}") from e
+
+
+def fit_image(img, size: int = 32, mode: str = "center-crop"):
+    """Resize an RGB PIL image to ``size`` x ``size``: centre-crop the shorter side, or pad it."""
+    from PIL import Image
+
+    w, h = img.size
+    if mode == "center-crop":
+        s = min(w, h)
+        img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+    elif mode == "pad":
+        s = max(w, h)
+        canvas = Image.new("RGB", (s, s), tuple(int(v) for v in np.asarray(img).reshape(-1, 3).mean(0)))
+        canvas.paste(img, ((s - w) // 2, (s - h) // 2))
+        img = canvas
+    else:
+        raise ValueError(f"mode must be 'center-crop' or 'pad', got {mode!r}")
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.BICUBIC if s > size else Image.NEAREST)
+    return img
+
+
+def to_uint8(img) -> torch.Tensor:
+    """RGB PIL image → (3, H, W) uint8 tensor."""
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
+def preprocess(images: torch.Tensor, meta: dict[str, Any]) -> torch.Tensor:
+    """uint8 (B, 3, H, W) → the normalised float input the checkpoint was trained on."""
+    norm = meta.get("normalization") or {"mean": [0.5] * 3, "std": [0.25] * 3}
+    mean = torch.tensor(norm["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(norm["std"]).view(1, 3, 1, 1)
+    return (images.float() / 255.0 - mean) / std
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """auto: CUDA, then MPS, then CPU."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+@dataclass
+class Inspection:
+    """A trace for one batch, on the CPU, with the labels and timing the app shows."""
+
+    trace: Trace
+    classes: list[str]
+    latency_ms: float
+    device: str
+
+
+def inspect(model: AttendAndRectify, images: torch.Tensor, meta: dict[str, Any]) -> Inspection:
+    """Run ``model.trace`` on uint8 images; everything returned lives on the CPU in float32."""
+    device = next(model.parameters()).device
+    x = preprocess(images, meta).to(device)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        trace = model.trace(x)
+        trace = trace.map(lambda t: t.float().cpu())
+    latency = (time.perf_counter() - t0) * 1000
+    classes = meta.get("classes") or [str(i) for i in range(trace.output.shape[1])]
+    return Inspection(trace, list(classes), latency, str(device))
+
+
+def probabilities(scores: torch.Tensor) -> torch.Tensor:
+    """Display probabilities: softmax of fused log-scores, a source's logits or a hypothesis."""
+    return F.softmax(scores.float(), dim=-1)
+
+
+def topk(scores: torch.Tensor, classes: Sequence[str], k: int = 5) -> list[tuple[str, float, int]]:
+    """[(class name, probability, index)] for one image's score vector (M,)."""
+    p = probabilities(scores)
+    values, idx = p.topk(min(k, len(classes)))
+    return [(classes[i], float(v), int(i)) for v, i in zip(values, idx)]
+
+
+def rectification(trace: Trace, i: int, label: int | None = None) -> str:
+    """How fusion changed image ``i``'s answer.
+
+    With a true label: 'rectified' (network wrong, fused right), 'spoiled' (the reverse),
+    'both right', 'both wrong'. Without one: 'changed' or 'agrees'.
+    """
+    net = int(trace.net_output[i].argmax())
+    fused = int(trace.output[i].argmax())
+    if label is None:
+        return "changed" if net != fused else "agrees"
+    if net != label and fused == label:
+        return "rectified"
+    if net == label and fused != label:
+        return "spoiled"
+    return "both right" if fused == label else "both wrong"
+
+
+def ablate(trace: Trace, sources_on: Sequence[bool], heads_on: Sequence[Sequence[bool]] | None = None) -> torch.Tensor:
+    """The fused output (B, M) with some sources or heads switched off, gates renormalised.
+
+    ``sources_on``: one flag per source (layers, then the network). ``heads_on[l][k]``: keep head
+    k of layer l; the layer's confidence gates over its remaining heads are renormalised to sum
+    to 1, then the global gates over the remaining sources. Uses the trace only: no model run.
+    """
+    if len(sources_on) != len(trace.sources):
+        raise ValueError(f"{len(sources_on)} source flags for {len(trace.sources)} sources")
+    if not any(sources_on):
+        raise ValueError("switch at least one source on")
+    scores = []
+    for l, layer in enumerate(trace.layers):
+        if heads_on is None or all(heads_on[l]):
+            scores.append(layer.hypothesis)
+            continue
+        keep = torch.tensor(heads_on[l], dtype=torch.bool)
+        if not keep.any():
+            raise ValueError(f"layer {layer.name}: keep at least one head, or switch the layer off")
+        g = layer.confidence_gates * keep
+        g = g / g.sum(1, keepdim=True)
+        scores.append(torch.einsum("bk,bkm->bm", g, layer.head_hypotheses))
+    scores.append(trace.net_output)
+    on = torch.tensor(sources_on, dtype=torch.float32)
+    gates = trace.global_gates * on
+    gates = gates / gates.sum(1, keepdim=True)
+    logp = F.log_softmax(torch.stack(scores, 1), dim=2)
+    return (gates.unsqueeze(2) * logp).sum(1)
+
+
+def trace_arrays(trace: Trace, i: int | None = None) -> dict[str, np.ndarray]:
+    """Every tensor of the trace as named numpy arrays (optionally one image ``i``)."""
+    sel = (lambda t: t[i]) if i is not None else (lambda t: t)
+    out = {"output": sel(trace.output), "net_output": sel(trace.net_output),
+           "global_gates": sel(trace.global_gates), "contributions": sel(trace.contributions)}
+    for layer in trace.layers:
+        for f in ("attention_maps", "head_hypotheses", "confidence_gates", "hypothesis"):
+            out[f"{layer.name}/{f}"] = sel(getattr(layer, f))
+    return {k: v.detach().float().cpu().numpy() for k, v in out.items()}
+
+
+def trace_to_npz(trace: Trace, i: int | None = None) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **{k.replace("/", "__"): v for k, v in trace_arrays(trace, i).items()})
+    return buf.getvalue()
+
+
+def trace_to_json(trace: Trace, classes: Sequence[str], i: int | None = None, extra: dict | None = None) -> str:
+    doc = {"sources": trace.sources, "classes": list(classes),
+           **{k: v.tolist() for k, v in trace_arrays(trace, i).items()}, **(extra or {})}
+    return json.dumps(doc)

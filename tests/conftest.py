@@ -1,0 +1,37 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+torch.set_num_threads(1)  # tiny models: one thread is fastest and keeps results bit-stable
+
+from ar_core import ModelConfig, build_model  # noqa: E402
+
+
+@pytest.fixture
+def tiny_config():
+    """WRN-10-1 with AD=3, K=2: small enough for exact re-computation in milliseconds."""
+    return ModelConfig(num_classes=5, depth=10, width=1, attention_depth=3, attention_width=2)
+
+
+def randomize_bn(model, seed=0):
+    """Give every BatchNorm non-trivial statistics so eval-mode tests exercise them."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
+    return model
+
+
+@pytest.fixture
+def tiny_model(tiny_config):
+    torch.manual_seed(0)
+    return randomize_bn(build_model(tiny_config)).eval()

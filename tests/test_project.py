@@ -1,0 +1,39 @@
+"""The project's own promises: README commands, CI script, import cost."""
+
+import re
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def _readme_commands():
+    return re.findall(r"```bash\n# \d\..*\n(.+)\n```", (ROOT / "README.md").read_text())
+
+
+def test_readme_has_exactly_two_quickstart_commands():
+    cmds = _readme_commands()
+    assert len(cmds) == 2
+    assert "streamlit run streamlit_app.py" in cmds[0]
+    assert "pytest" in cmds[1]
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert _readme_commands()[1] in ci
+
+
+def test_import_is_cheap_on_top_of_torch():
+    """`import ar_core` must not drag in torchvision, safetensors, PIL or Streamlit."""
+    code = ("import sys, time, torch; t = time.perf_counter(); import ar_core; dt = time.perf_counter() - t; "
+            "heavy = [m for m in ('torchvision', 'streamlit', 'PIL', 'matplotlib', 'captum') if m in sys.modules]; "
+            "print(dt, heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    dt, heavy = out.stdout.split(" ", 1)
+    assert heavy.strip() == "[]"
+    assert float(dt) < 1.0
+
+
+def test_ar_core_has_no_streamlit_imports():
+    for path in (ROOT / "ar_core").rglob("*.py"):
+        assert "import streamlit" not in path.read_text(), path
