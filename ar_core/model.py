@@ -128,6 +128,26 @@ class AttendAndRectify(nn.Module):
     def sources(self) -> list[str]:
         return [*self.attend, "network"]
 
+    def feature_module(self, name: str) -> nn.Module:
+        """The module whose output is the feature map ``name`` (for Grad-CAM and other layer tools)."""
+        if name == "last":
+            name = getattr(self.backbone, "last", name)
+        taps = getattr(self.backbone, "taps", None)
+        if taps is not None and name in taps:
+            return taps[name]
+        body = getattr(self.backbone, "body", self.backbone)
+        graph = getattr(body, "graph", None)
+        if graph is not None:  # a traced backbone: the stage's last called module yields its output
+            called = [n.target for n in graph.nodes if n.op == "call_module"]
+            inside = [t for t in called if t == name or t.startswith(name + ".")]
+            if not inside:
+                raise ValueError(f"no module produces the feature map {name!r}")
+            name = inside[-1]
+        try:
+            return body.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"no module produces the feature map {name!r}") from None
+
     def _run(self, x: torch.Tensor):
         features = self.backbone(x)
         modules = [self.attention[name](features[name]) for name in self.attend]
@@ -166,8 +186,12 @@ class _TorchvisionFeatures(nn.Module):
     def __init__(self, model: nn.Module, return_nodes: dict[str, str], last: str):
         super().__init__()
         from torchvision.models.feature_extraction import create_feature_extractor
+        from torchvision.models.resnet import BasicBlock, Bottleneck
 
-        self.body = create_feature_extractor(model, return_nodes=return_nodes)
+        # Residual blocks stay whole modules in the traced graph, so the last block of a stage is
+        # a module whose output is that stage's feature map (what layer-attribution tools hook).
+        self.body = create_feature_extractor(model, return_nodes=return_nodes,
+                                             tracer_kwargs={"leaf_modules": [BasicBlock, Bottleneck]})
         self.last = last
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

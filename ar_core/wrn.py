@@ -79,6 +79,10 @@ class WideResNet(nn.Module):
         self.groups = nn.ModuleList(groups)
         self.bn = nn.BatchNorm2d(widths[2])
         self.fc = nn.Linear(widths[2], num_classes)
+        # Identity taps give each named feature map a module of its own, so that layer-attribution
+        # tools (Grad-CAM) can hook it. They hold no weights and add nothing to the state_dict.
+        self.taps = nn.ModuleDict({name: nn.Identity() for name in ("group1", "group2", "group3")})
+        self.last = "group3"
         for m in self.modules():
             if isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
@@ -94,8 +98,8 @@ class WideResNet(nn.Module):
             for i, block in enumerate(group):
                 x, a = block(x)
                 if i == 0 and g > 0:  # the first block of group g+1 pre-activates group g's output
-                    features[f"group{g}"] = a
-        last = F.relu(self.bn(x))
+                    features[f"group{g}"] = self.taps[f"group{g}"](a)
+        last = self.taps["group3"](F.relu(self.bn(x)))
         features["group3"] = features["last"] = last
         features["logits"] = self.fc(last.mean(dim=(2, 3)))
         return features

@@ -1,0 +1,125 @@
+"""Captum attributions of the fused output, and how well they agree with the attention maps.
+
+Attribution tools hook modules while they run, so they always work on a private copy of the
+model: the cached model that serves other sessions is never hooked.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .model import AttendAndRectify, Trace
+
+METHODS = {
+    "integrated_gradients": "Integrated Gradients",
+    "saliency": "Saliency",
+    "gradcam": "Grad-CAM",
+    "occlusion": "Occlusion",
+}
+
+
+@dataclass
+class Attribution:
+    method: str
+    target: int
+    map: np.ndarray  # (H, W), non-negative, at the input resolution
+    seconds: float
+
+
+def private_copy(model: AttendAndRectify) -> AttendAndRectify:
+    """A deep copy in eval mode, safe to hook without touching the shared model."""
+    return copy.deepcopy(model).eval()
+
+
+def attribute(model: AttendAndRectify, x: torch.Tensor, target: int, method: str, layer: str | None = None,
+              noise_tunnel: bool = False, nt_samples: int = 8, ig_steps: int = 32,
+              occlusion_window: int = 4, occlusion_stride: int = 2) -> Attribution:
+    """Attribution of the fused score of class ``target`` for one normalised image x (1, 3, H, W).
+
+    Pixel methods are reduced to one map by summing |attribution| over colour channels;
+    Grad-CAM (on the feature map ``layer``, default the last) keeps positive evidence and is
+    upsampled to the input size.
+    """
+    from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, NoiseTunnel, Occlusion, Saliency
+
+    if method not in METHODS:
+        raise ValueError(f"unknown attribution method {method!r}; choose one of {list(METHODS)}")
+    if x.ndim != 4 or x.shape[0] != 1:
+        raise ValueError(f"expected one image of shape (1, 3, H, W), got {tuple(x.shape)}")
+    net = private_copy(model)
+    x = x.detach().clone().requires_grad_(True)
+    t0 = time.perf_counter()
+    if method == "gradcam":
+        module = net.feature_module(layer or "last")
+        cam = LayerGradCam(net, module).attribute(x, target=target, relu_attributions=True)
+        result = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")
+    elif method == "occlusion":
+        w, s = occlusion_window, occlusion_stride
+        with torch.no_grad():
+            result = Occlusion(net).attribute(x, target=target, sliding_window_shapes=(3, w, w), strides=(3, s, s),
+                                              baselines=0.0, perturbations_per_eval=64)
+    else:
+        algo = IntegratedGradients(net) if method == "integrated_gradients" else Saliency(net)
+        kwargs = {"n_steps": ig_steps, "internal_batch_size": 16} if method == "integrated_gradients" else {}
+        if method == "saliency":
+            kwargs["abs"] = True
+        if noise_tunnel:
+            result = NoiseTunnel(algo).attribute(x, target=target, nt_type="smoothgrad", nt_samples=nt_samples,
+                                                 nt_samples_batch_size=min(nt_samples, 8), stdevs=0.15, **kwargs)
+        else:
+            result = algo.attribute(x, target=target, **kwargs)
+    seconds = time.perf_counter() - t0
+    amap = result.detach().float()[0]
+    amap = amap.abs().sum(0) if method != "gradcam" else amap.sum(0).clamp(min=0)
+    return Attribution(method, target, amap.numpy(), seconds)
+
+
+def layer_attention(trace: Trace, i: int, layer: int, size: int | None = None) -> np.ndarray:
+    """Σ_k g^l_k H^l_k: a layer's attention fused over its heads by the confidence gates.
+
+    Upsampled (bilinear) to ``size`` x ``size`` when given.
+    """
+    lt = trace.layers[layer]
+    m = torch.einsum("k,khw->hw", lt.confidence_gates[i].float(), lt.attention_maps[i].float())
+    if size is not None and m.shape[-1] != size:
+        m = F.interpolate(m[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+    return m.detach().numpy()
+
+
+def _ranks(v: np.ndarray) -> np.ndarray:
+    order = np.argsort(v, kind="stable")
+    ranks = np.empty(len(v), dtype=np.float64)
+    ranks[order] = np.arange(len(v))
+    # Ties share their mean rank, so constant regions do not invent an order.
+    _, inv, counts = np.unique(v, return_inverse=True, return_counts=True)
+    sums = np.bincount(inv, weights=ranks)
+    return (sums / counts)[inv]
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Rank correlation of two maps of the same shape (NaN when either is constant)."""
+    ra, rb = _ranks(a.ravel()), _ranks(b.ravel())
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = np.sqrt((ra ** 2).sum() * (rb ** 2).sum())
+    return float((ra * rb).sum() / denom) if denom > 0 else float("nan")
+
+
+def top_overlap(a: np.ndarray, b: np.ndarray, fraction: float = 0.2) -> float:
+    """Share of the top ``fraction`` pixels of ``a`` that are also in the top ``fraction`` of ``b``."""
+    n = max(1, int(round(fraction * a.size)))
+    ta = set(np.argsort(-a.ravel(), kind="stable")[:n].tolist())
+    tb = set(np.argsort(-b.ravel(), kind="stable")[:n].tolist())
+    return len(ta & tb) / n
+
+
+def agreement(a: np.ndarray, b: np.ndarray, fraction: float = 0.2) -> dict[str, float]:
+    """How much two explanation maps agree: rank correlation and top-20 % overlap."""
+    if a.shape != b.shape:
+        raise ValueError(f"maps differ in shape: {a.shape} vs {b.shape}")
+    return {"spearman": spearman(a, b), f"top{int(fraction * 100)}_overlap": top_overlap(a, b, fraction)}

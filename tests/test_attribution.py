@@ -1,0 +1,86 @@
+"""Captum attributions of the fused output and the agreement scores."""
+
+import numpy as np
+import pytest
+import torch
+
+from ar_core import ModelConfig, build_model
+from ar_core.attribution import METHODS, agreement, attribute, layer_attention, spearman, top_overlap
+
+
+@pytest.fixture
+def x():
+    return torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_gives_an_input_sized_map(tiny_model, x, method):
+    a = attribute(tiny_model, x, target=2, method=method, ig_steps=8)
+    assert a.map.shape == (32, 32) and np.isfinite(a.map).all() and (a.map >= 0).all()
+    assert a.method == method and a.target == 2 and a.seconds >= 0
+
+
+def test_saliency_is_the_gradient_of_the_fused_score(tiny_model, x):
+    xi = x.clone().requires_grad_(True)
+    tiny_model(xi)[0, 2].backward()
+    expected = xi.grad[0].abs().sum(0).numpy()
+    np.testing.assert_allclose(attribute(tiny_model, x, 2, "saliency").map, expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("layer", ["group1", "group2", "group3", None])
+def test_gradcam_on_each_attended_layer(tiny_model, x, layer):
+    assert attribute(tiny_model, x, 1, "gradcam", layer=layer).map.shape == (32, 32)
+
+
+def test_gradcam_on_a_torchvision_stage():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone="resnet18", num_classes=3, attention_depth=1)).eval()
+    assert attribute(model, torch.randn(1, 3, 64, 64), 0, "gradcam", layer="layer3").map.shape == (64, 64)
+
+
+def test_noise_tunnel(tiny_model, x):
+    plain = attribute(tiny_model, x, 2, "saliency").map
+    smooth = attribute(tiny_model, x, 2, "saliency", noise_tunnel=True, nt_samples=4).map
+    assert smooth.shape == plain.shape and not np.allclose(smooth, plain)
+
+
+def test_the_shared_model_is_never_hooked(tiny_model, x):
+    attribute(tiny_model, x, 0, "gradcam")
+    attribute(tiny_model, x, 0, "integrated_gradients", ig_steps=4)
+    for m in tiny_model.modules():
+        assert not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks
+    assert all(p.grad is None for p in tiny_model.parameters())
+
+
+def test_bad_requests(tiny_model, x):
+    with pytest.raises(ValueError, match="unknown attribution method"):
+        attribute(tiny_model, x, 0, "lime")
+    with pytest.raises(ValueError, match="one image"):
+        attribute(tiny_model, torch.cat([x, x]), 0, "saliency")
+
+
+def test_layer_attention_is_the_gated_mix_of_heads(tiny_model, x):
+    with torch.no_grad():
+        t = tiny_model.trace(x)
+    lt = t.layers[1]
+    expected = sum(float(lt.confidence_gates[0, k]) * lt.attention_maps[0, k] for k in range(2))
+    np.testing.assert_allclose(layer_attention(t, 0, 1), expected.numpy(), rtol=1e-5)
+    up = layer_attention(t, 0, 1, size=32)
+    assert up.shape == (32, 32)
+    assert abs(up.sum() / 4 - 1.0) < 0.05  # a 16x16 distribution upsampled 2x keeps its mass
+
+
+def test_agreement_scores():
+    a = np.arange(100, dtype=float).reshape(10, 10)
+    assert spearman(a, a) == pytest.approx(1.0)
+    assert spearman(a, -a) == pytest.approx(-1.0)
+    assert np.isnan(spearman(a, np.ones_like(a)))
+    assert top_overlap(a, a) == 1.0
+    assert top_overlap(a, -a) == 0.0
+    b = a.copy()
+    b.ravel()[:50] = 0  # ties share a rank
+    assert 0 < spearman(a, b) < 1
+    scores = agreement(a, a)
+    assert scores == {"spearman": pytest.approx(1.0), "top20_overlap": 1.0}
+    with pytest.raises(ValueError, match="shape"):
+        agreement(a, a[:5])
