@@ -69,6 +69,29 @@ def attention_grid(image: np.ndarray, trace: Trace, i: int, classes: Sequence[st
     return fig
 
 
+def overlay_panels(image: np.ndarray, trace: Trace, i: int, alpha: float = 0.6, cmap: str = "jet",
+                   display_size: int = 96) -> list[list[np.ndarray]]:
+    """RGB uint8 panels [layer][head]: each attention map, colour-mapped, blended over the input.
+
+    The fast path for the page (no figure rendering); ``attention_grid`` draws the same panels as
+    one matplotlib figure for export.
+    """
+    import matplotlib
+    from PIL import Image
+
+    lut = matplotlib.colormaps[cmap]
+    base = np.asarray(Image.fromarray(image).resize((display_size, display_size), Image.BICUBIC), dtype=np.float32)
+    panels = []
+    for layer in trace.layers:
+        maps = upsample(layer.attention_maps[i], display_size)
+        lo = maps.min(axis=(1, 2), keepdims=True)
+        hi = maps.max(axis=(1, 2), keepdims=True)
+        heat = lut((maps - lo) / (hi - lo + 1e-12))[..., :3] * 255.0
+        blended = (1 - alpha) * base[None] + alpha * heat
+        panels.append([p for p in blended.clip(0, 255).astype(np.uint8)])
+    return panels
+
+
 def attention_heatmap(trace: Trace, i: int, layer: int, head: int, classes: Sequence[str]):
     """Interactive heatmap of one head's map at its native resolution, hover shows the weights."""
     import plotly.graph_objects as go
@@ -164,3 +187,26 @@ def figure_to_png(fig, scale: float = 2.0) -> bytes:
         fig.savefig(buf, format="png", dpi=int(72 * scale))
         return buf.getvalue()
     return fig.to_image(format="png", scale=scale)
+
+
+def attribution_figure(image: np.ndarray, attention: dict[str, np.ndarray], attributions: dict[str, np.ndarray],
+                       cmap: str = "inferno", display_size: int = 128):
+    """One row: the input, each layer's gated attention, then each attribution map, all input-sized."""
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    panels = [(f"attention @ {k}", v) for k, v in attention.items()] + list(attributions.items())
+    fig = Figure(figsize=(2.0 * (len(panels) + 1), 2.3), layout="constrained")
+    axes = fig.subplots(1, len(panels) + 1, squeeze=False)[0]
+    big = np.asarray(Image.fromarray(image).resize((display_size, display_size), Image.BICUBIC))
+    axes[0].imshow(big)
+    axes[0].set_title("input", fontsize=9)
+    for ax, (title, m) in zip(axes[1:], panels):
+        m = np.asarray(m, dtype=np.float64)
+        m = (m - m.min()) / (m.max() - m.min() + 1e-12)
+        ax.imshow(m, cmap=cmap, vmin=0, vmax=1)
+        ax.set_title(title, fontsize=9)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return fig

@@ -11,6 +11,7 @@ import streamlit as st
 import torch
 
 import ar_core
+from ar_core.checkpoint import CheckpointError
 from ar_core.inference import Inspection, inspect, pick_device
 
 UPLOAD_DIR = Path(tempfile.gettempdir()) / "attend-rectify-uploads"
@@ -70,3 +71,51 @@ def cached_inspection(model, meta, key: tuple, images: torch.Tensor) -> Inspecti
             cache.pop(next(iter(cache)))
         cache[key] = inspect(model, images, meta)
     return cache[key]
+
+
+DATASET_ENV = "AR_IMAGE_FOLDER"
+
+
+@st.cache_resource(show_spinner="Reading images…", max_entries=4)
+def load_folder(path: str, size: int):
+    """An ImageFolder directory as uint8 tensors, shared by all sessions (read-only)."""
+    from ar_core.data import load_image_folder
+
+    return load_image_folder(path, size)
+
+
+@st.cache_resource(show_spinner="Reading CIFAR…", max_entries=2)
+def load_cifar_test(name: str, root: str, download: bool):
+    from ar_core.data import load_torchvision_cifar
+
+    return load_torchvision_cifar(name, root, train=False, download=download)
+
+
+def dataset_predictions(model, meta, dataset, key: tuple):
+    """Fused and network-only predictions for a dataset, once per (dataset, checkpoint) per process."""
+    store = _prediction_store()
+    if key not in store:
+        from ar_core.inference import predict_all
+
+        bar = st.progress(0.0, text="Running the model over the dataset…")
+        store[key] = predict_all(model, dataset.images, meta, progress=lambda f: bar.progress(f))
+        bar.empty()
+    return store[key]
+
+
+@st.cache_resource
+def _prediction_store() -> dict:
+    return {}
+
+
+def checkpoint_meta(path: str) -> dict | None:
+    """A checkpoint's metadata (header only), or None when the file is unusable."""
+    try:
+        return _checkpoint_meta(path, Path(path).stat().st_mtime)
+    except (CheckpointError, OSError):
+        return None
+
+
+@st.cache_data(max_entries=64)
+def _checkpoint_meta(path: str, mtime: float) -> dict:
+    return ar_core.checkpoint.read_metadata(path)

@@ -116,6 +116,21 @@ def read_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, Any], dict
     return config, meta, tensors
 
 
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's metadata (with its config under ``config``) from the header alone."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+        meta = json.loads(header.get("meta", "{}"))
+        meta["config"] = ModelConfig.from_dict(json.loads(header["config"])).to_dict()
+    except (SafetensorError, OSError, KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path.name} has no readable Attend & Rectify header: {e}") from e
+    return meta
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
                     dtype: torch.dtype = torch.float32) -> tuple[AttendAndRectify, dict[str, Any]]:
     """Load a checkpoint (a path, or the name of a shipped one) → (model in eval mode, metadata)."""

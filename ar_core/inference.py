@@ -211,3 +211,45 @@ def trace_to_json(trace: Trace, classes: Sequence[str], i: int | None = None, ex
     doc = {"sources": trace.sources, "classes": list(classes),
            **{k: v.tolist() for k, v in trace_arrays(trace, i).items()}, **(extra or {})}
     return json.dumps(doc)
+
+
+def predict_all(model: AttendAndRectify, images: torch.Tensor, meta: dict[str, Any], batch_size: int = 250,
+                progress=None) -> dict[str, np.ndarray]:
+    """Fused and network-only predictions for a whole uint8 image tensor, in batches.
+
+    ``progress(fraction)`` is called after each batch (a progress bar's update function).
+    """
+    device = next(model.parameters()).device
+    fused, net = [], []
+    n = len(images)
+    with torch.inference_mode():
+        for start in range(0, n, batch_size):
+            x = preprocess(images[start:start + batch_size], meta).to(device)
+            t = model.trace(x)
+            fused.append(t.output.argmax(1).cpu())
+            net.append(t.net_output.argmax(1).cpu())
+            if progress is not None:
+                progress(min(1.0, (start + batch_size) / n))
+    return {"fused": torch.cat(fused).numpy(), "net": torch.cat(net).numpy()}
+
+
+OUTCOMES = ("all", "correct", "wrong", "rectified", "spoiled")
+
+
+def filter_indices(labels: np.ndarray, preds: dict[str, np.ndarray] | None, class_index: int | None = None,
+                   outcome: str = "all") -> np.ndarray:
+    """Indices of images of one class (or any) with one outcome.
+
+    Outcomes: 'correct' / 'wrong' (fused output), 'rectified' (network wrong, fused right),
+    'spoiled' (network right, fused wrong). Anything but 'all' needs ``preds``.
+    """
+    keep = np.ones(len(labels), dtype=bool)
+    if class_index is not None:
+        keep &= labels == class_index
+    if outcome != "all":
+        if preds is None:
+            raise ValueError(f"filtering by {outcome!r} needs the model's predictions")
+        fused_ok, net_ok = preds["fused"] == labels, preds["net"] == labels
+        keep &= {"correct": fused_ok, "wrong": ~fused_ok, "rectified": fused_ok & ~net_ok,
+                 "spoiled": ~fused_ok & net_ok}[outcome]
+    return np.nonzero(keep)[0]

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 
+import numpy as np
 import streamlit as st
-import torch
 
 from app import figures, state
 from app.pages.about import EQUATIONS
 from ar_core.checkpoint import CheckpointError
-from ar_core.inference import (ImageError, ablate, fit_image, load_image, rectification, to_uint8, topk,
-                               trace_to_json, trace_to_npz)
+from ar_core.data import cache_dir
+from ar_core.inference import (OUTCOMES, ImageError, ablate, filter_indices, fit_image, load_image, rectification,
+                               to_uint8, topk, trace_to_json, trace_to_npz)
 
 CMAPS = ["jet", "viridis", "inferno", "magma", "gray"]
 
@@ -53,28 +55,92 @@ def _model_card(meta: dict):
         + (f" · validation accuracy {acc:.2%}" if acc is not None else ""))
 
 
-def _inputs(size: int):
-    """Uploaded / camera images as [(name, digest, PIL original)], plus the fit mode."""
-    tab_up, tab_cam = st.tabs(["Upload", "Camera"])
-    with tab_up:
-        files = st.file_uploader("Images (PNG, JPEG, WebP, BMP, GIF, TIFF)", accept_multiple_files=True,
-                                 key="images")
-    with tab_cam:
-        shot = st.camera_input("Take a picture", key="camera")
-    fit = st.radio("Fit to the model's input", ["center-crop", "pad"], horizontal=True, key="fit",
-                   help=f"The model sees {size}x{size} pixels: crop the centre square, or pad to a square.")
-    raw = [(f.name, f.getvalue()) for f in (files or [])]
-    if shot is not None:
-        raw.append(("camera", shot.getvalue()))
-    good, errors = [], []
+def _decode(raw):
+    good = []
     for name, data in raw:
         try:
-            good.append((name, hashlib.sha256(data).hexdigest()[:16], load_image(data, name)))
+            good.append((name, hashlib.sha256(data).hexdigest()[:16], load_image(data, name), None))
         except ImageError as e:
-            errors.append(str(e))
-    for e in errors:
-        st.error(e)
-    return good, fit
+            st.error(str(e))
+    return good
+
+
+def _uploads():
+    files = st.file_uploader("Images (PNG, JPEG, WebP, BMP, GIF, TIFF)", accept_multiple_files=True, key="images")
+    return _decode([(f.name, f.getvalue()) for f in (files or [])])
+
+
+def _camera():
+    shot = st.camera_input("Take a picture", key="camera")
+    return _decode([("camera.jpg", shot.getvalue())]) if shot is not None else []
+
+
+def _open_dataset(kind: str, size: int):
+    """The chosen dataset, or None with a message that says how to get one."""
+    if kind == "ImageFolder directory":
+        default = os.environ.get(state.DATASET_ENV, "")
+        path = st.text_input("Folder (root/<class>/<image>)", default, key="folder",
+                             help=f"Also settable with the {state.DATASET_ENV} environment variable.")
+        if not path:
+            st.info("Enter the path of an ImageFolder directory: one sub-folder per class, images inside.")
+            return None, None
+        try:
+            return state.load_folder(path, size), f"folder:{path}"
+        except (FileNotFoundError, OSError, ValueError) as e:
+            st.error(f"Cannot read {path}: {e}")
+            return None, None
+    name = "cifar10" if kind.startswith("CIFAR-10 ") else "cifar100"
+    root = str(cache_dir() / "torchvision")
+    try:
+        return state.load_cifar_test(name, root, False), f"{name}-test"
+    except RuntimeError:
+        st.info(f"The {kind} is not downloaded yet ({root}). It needs internet once (about 170 MB); "
+                f"offline, pick an ImageFolder directory or upload images instead.")
+        if st.button(f"Download {kind}", key="download_cifar"):
+            try:
+                with st.spinner("Downloading…"):
+                    return state.load_cifar_test(name, root, True), f"{name}-test"
+            except Exception as e:  # network errors come in many types
+                st.error(f"Download failed ({type(e).__name__}: {e}). Are you offline? Uploads still work.")
+        return None, None
+
+
+def _random_pos(n: int):
+    st.session_state["browse_pos"] = int(np.random.default_rng().integers(n))
+
+
+def _dataset_browser(model, meta, size: int, ckpt_key: tuple):
+    kind = st.selectbox("Dataset", ["CIFAR-10 test set", "CIFAR-100 test set", "ImageFolder directory"],
+                        key="dataset_kind")
+    ds, ds_key = _open_dataset(kind, size)
+    if ds is None:
+        return []
+    classes = meta.get("classes") or ds.classes
+    if len(ds.classes) != len(classes) or list(ds.classes) != list(classes):
+        st.warning("This dataset's classes differ from the model's; predictions are shown with the model's names.")
+    labels = ds.labels.numpy()
+    c1, c2, c3 = st.columns([2, 2, 1])
+    cls = c1.selectbox("Class", [None, *range(len(ds.classes))], key="browse_class",
+                       format_func=lambda c: "all classes" if c is None else ds.classes[c])
+    outcome = c2.selectbox("Outcome", OUTCOMES, key="browse_outcome",
+                           help="correct/wrong: the fused answer; rectified: the network alone was wrong and "
+                                "the fused answer is right; spoiled: the reverse")
+    preds = state.dataset_predictions(model, meta, ds, (ds_key, *ckpt_key)) if outcome != "all" else None
+    idx = filter_indices(labels, preds, cls, outcome)
+    if len(idx) == 0:
+        st.info("No image matches these filters.")
+        return []
+    if st.session_state.get("browse_pos", 0) > len(idx) - 1:
+        st.session_state["browse_pos"] = 0
+    c3.button("Random pick", key="random_pick", on_click=_random_pos, args=(len(idx),))
+    pos = st.number_input(f"Image ({len(idx)} match)", 0, len(idx) - 1, key="browse_pos")
+    i = int(idx[pos])
+    from PIL import Image
+
+    img = Image.fromarray(ds.images[i].permute(1, 2, 0).numpy())
+    label = int(labels[i])
+    st.caption(f"Image #{i} · true label: **{ds.classes[label]}**")
+    return [(f"{ds_key}#{i}", f"{ds_key}#{i}", img, label)]
 
 
 def render():
@@ -92,26 +158,36 @@ def render():
         return
     _model_card(meta)
     size = int(meta.get("image_size", 32))
-    images, fit = _inputs(size)
+    source = st.radio("Image source", ["Upload", "Dataset", "Camera"], horizontal=True, key="source")
+    if source == "Upload":
+        images = _uploads()
+    elif source == "Camera":
+        images = _camera()
+    else:
+        images = _dataset_browser(model, meta, size, (path, device))
+    fit = "center-crop"
+    if source != "Dataset":
+        fit = st.radio("Fit to the model's input", ["center-crop", "pad"], horizontal=True, key="fit",
+                       help=f"The model sees {size}x{size} pixels: crop the centre square, or pad to a square.")
     if images:
-        names = [f"{n} ({d[:6]})" for n, d, _ in images]
+        names = [n for n, _, _, _ in images]
         pick = st.selectbox("Image", range(len(images)), format_func=lambda j: names[j], key="pick") \
             if len(images) > 1 else 0
-        name, digest, original = images[pick]
-        fitted = fit_image(original, size, fit)
-        x = to_uint8(fitted).unsqueeze(0)
+        name, digest, original, true_label = images[pick]
         t0 = time.perf_counter()
+        x = to_uint8(fit_image(original, size, fit)).unsqueeze(0)
         result = state.cached_inspection(model, meta, (digest, fit, path, device), x)
         st.session_state["result"] = {"name": name, "image": x[0].permute(1, 2, 0).numpy(), "ins": result,
-                                      "label": None, "wall_ms": (time.perf_counter() - t0) * 1000}
+                                      "label": true_label, "path": path, "device": device,
+                                      "wall_ms": (time.perf_counter() - t0) * 1000}
     res = st.session_state.get("result")
     if res is None:
-        st.info("Upload an image (or take a picture) to begin.")
+        st.info("Upload an image, take a picture, or browse a dataset to begin.")
         return
-    _views(res)
+    _views(res, model, meta)
 
 
-def _views(res):
+def _views(res, model, meta):
     ins = res["ins"]
     trace, classes = ins.trace, ins.classes
     t_start = time.perf_counter()
@@ -123,17 +199,20 @@ def _views(res):
         net = topk(trace.net_output[0], classes, 1)[0]
         verdict = rectification(trace, 0, res.get("label"))
         st.metric("Prediction (fused)", f"{pred[0]}", f"{pred[1]:.1%}", delta_color="off")
-        if verdict in ("changed", "rectified"):
-            st.success(f"Attention changed the answer: the network alone says **{net[0]}** ({net[1]:.1%}); "
-                       f"the fused output says **{pred[0]}**." + (" The fused answer is right: rectified."
-                                                                  if verdict == "rectified" else ""))
+        if verdict == "rectified":
+            st.success(f"**Rectified.** The network alone says {net[0]} ({net[1]:.1%}), which is wrong; the fused "
+                       f"output says {pred[0]}, which is right.")
         elif verdict == "spoiled":
-            st.error(f"Attention spoiled the answer: the network alone was right ({net[0]}).")
+            st.error(f"**Spoiled.** The network alone was right ({net[0]}); the fused output says {pred[0]}.")
+        elif verdict == "changed":
+            st.info(f"Attention changed the answer: the network alone says **{net[0]}** ({net[1]:.1%}).")
         else:
-            st.caption(f"The network alone agrees: {net[0]} ({net[1]:.1%}).")
+            st.caption(f"The network alone says {net[0]} ({net[1]:.1%})"
+                       + (f"; true label {classes[res['label']]}." if res.get("label") is not None else "."))
         st.caption(f"Device {ins.device} · model run {ins.latency_ms:.0f} ms")
 
-    tabs = st.tabs(["1 · Prediction", "2 · Attention maps", "3 · Confidence gates", "4 · Global fusion", "Export"])
+    tabs = st.tabs(["1 · Prediction", "2 · Attention maps", "3 · Confidence gates", "4 · Global fusion",
+                    "5 · Attributions", "6 · Baseline vs attention", "Export"])
     with tabs[0]:
         st.write("Top-5 classes of the fused output, of the network's own output, and of each attended layer's "
                  "hypothesis. Probabilities are the softmax of each source's scores.")
@@ -154,17 +233,126 @@ def _views(res):
         with tabs[3]:
             _fusion_view(trace, classes)
     with tabs[4]:
-        base = res["name"].rsplit(".", 1)[0]
-        st.download_button("Trace as JSON", trace_to_json(trace, classes, 0), f"{base}-trace.json",
-                           mime="application/json", key="dl_json")
-        st.download_button("Trace as NPZ", trace_to_npz(trace, 0), f"{base}-trace.npz",
-                           mime="application/octet-stream", key="dl_npz")
-        if trace.layers:
-            fig = figures.attention_grid(res["image"], trace, 0, classes)
-            st.download_button("Attention maps as PNG", figures.figure_to_png(fig), f"{base}-attention.png",
-                               mime="image/png", key="dl_png")
-    st.caption(f"Views laid out in {(time.perf_counter() - t_start) * 1000 + res.get('wall_ms', 0):.0f} ms "
-               f"(model run included).")
+        _attribution_view(res)
+    with tabs[5]:
+        _compare_view(res)
+    with tabs[6]:
+        _export_view(res)
+    st.caption(f"Image chosen → views laid out in "
+               f"{(time.perf_counter() - t_start) * 1000 + res.get('wall_ms', 0):.0f} ms (model run included).")
+
+
+def _export_view(res):
+    ins, base = res["ins"], res["name"].rsplit(".", 1)[0].replace("#", "-").replace(":", "-")
+    trace, classes = ins.trace, ins.classes
+    st.write("Download the whole trace (every map, gate, hypothesis and fusion term) or the figures. Every "
+             "interactive chart also has a camera icon that saves it as PNG.")
+    extra = {"image": res["name"], "checkpoint": os.path.basename(res["path"]), "true_label": res.get("label")}
+    st.download_button("Trace as JSON", lambda: trace_to_json(trace, classes, 0, extra), f"{base}-trace.json",
+                       mime="application/json", key="dl_json")
+    st.download_button("Trace as NPZ", lambda: trace_to_npz(trace, 0), f"{base}-trace.npz",
+                       mime="application/octet-stream", key="dl_npz")
+    if trace.layers:
+        alpha, cmap = st.session_state.get("alpha", 0.55), st.session_state.get("cmap", "jet")
+        st.download_button("Attention maps as PNG", lambda: figures.figure_to_png(
+            figures.attention_grid(res["image"], trace, 0, classes, alpha, cmap)), f"{base}-attention.png",
+            mime="image/png", key="dl_png")
+
+
+def _attribution_view(res):
+    from ar_core.attribution import METHODS
+
+    ins = res["ins"]
+    trace, classes = ins.trace, ins.classes
+    st.write("Classic attribution methods (Captum) explain the fused output for a chosen class; the agreement "
+             "scores say how much each one agrees with the attention of an attended layer (its heads mixed by "
+             "their confidence gates). Heavy methods run only when you ask.")
+    st.latex(r"A^l = \sum_k g^l_k H^l_k \quad\text{vs.}\quad \mathrm{attribution}(x)\;\text{for}\;"
+             r"\arg\max\,\mathrm{output}")
+    pred = int(trace.output[0].argmax())
+    with st.form("attr_form"):
+        c1, c2 = st.columns(2)
+        methods = c1.multiselect("Methods", list(METHODS), default=["saliency", "gradcam"],
+                                 format_func=METHODS.get, key="attr_methods")
+        target = c2.selectbox("Class to explain", range(len(classes)), index=pred, format_func=lambda c: classes[c],
+                              key="attr_target")
+        layer_names = [l.name for l in trace.layers] or ["last"]
+        c3, c4 = st.columns(2)
+        cam_layer = c3.selectbox("Grad-CAM layer", layer_names, index=len(layer_names) - 1, key="attr_layer")
+        tunnel = c4.checkbox("NoiseTunnel (SmoothGrad) on IG and Saliency", key="attr_nt")
+        go = st.form_submit_button("Compute attributions")
+    key = (res["name"], res["path"], target, cam_layer, tunnel)
+    store = st.session_state.setdefault("attributions", {})
+    if go and methods:
+        from ar_core.attribution import attribute
+        from ar_core.inference import preprocess
+
+        model, meta = state.get_model(res["path"], res["device"])
+        device = next(model.parameters()).device
+        x = preprocess(to_uint8_from_hwc(res["image"]), meta).to(device)
+        done = store.setdefault(key, {})
+        with st.status("Computing attributions…", expanded=True) as status:
+            for m in methods:
+                if m in done:
+                    continue
+                st.write(f"{METHODS[m]}…")
+                done[m] = attribute(model, x, target, m, layer=cam_layer, noise_tunnel=tunnel)
+                st.write(f"{METHODS[m]}: {done[m].seconds * 1000:.0f} ms")
+            status.update(label="Attributions ready", state="complete")
+    results = store.get(key, {})
+    if not results:
+        st.info("Choose methods and press *Compute attributions*.")
+        return
+    from ar_core.attribution import agreement, layer_attention
+
+    att_maps = {l.name: layer_attention(trace, 0, j, res["image"].shape[0]) for j, l in enumerate(trace.layers)}
+    st.pyplot(figures.attribution_figure(res["image"], att_maps, {METHODS[m]: a.map for m, a in results.items()}))
+    rows = []
+    for m, a in results.items():
+        for lname, amap in att_maps.items():
+            sc = agreement(amap, a.map)
+            rows.append({"method": METHODS[m], "attention layer": lname, "rank correlation": round(sc["spearman"], 3),
+                         "top-20 % overlap": round(sc["top20_overlap"], 3), "time (ms)": round(a.seconds * 1000)})
+    if rows:
+        st.dataframe(rows, hide_index=True)
+
+
+def to_uint8_from_hwc(image):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).unsqueeze(0)
+
+
+def _compare_view(res):
+    """The same image through a baseline and an attention checkpoint of the same classes."""
+    classes = res["ins"].classes
+    pairs = {}
+    for label, path in state.model_choices().items():
+        meta = state.checkpoint_meta(path)
+        if meta is not None and list(meta.get("classes", [])) == list(classes):
+            pairs[label] = (path, meta["config"]["attention_depth"])
+    baselines = [l for l, (_, ad) in pairs.items() if ad == 0]
+    attentive = [l for l, (_, ad) in pairs.items() if ad > 0]
+    if not baselines or not attentive:
+        st.info("This needs a baseline (AD = 0) and an attention checkpoint trained on the same classes; "
+                f"available for these classes: {', '.join(pairs) or 'none'}.")
+        return
+    st.write("The same image through the plain network (baseline, trained with the same recipe and budget) and "
+             "the network with gated attention.")
+    c1, c2 = st.columns(2)
+    b = c1.selectbox("Baseline", baselines, key="cmp_base")
+    a = c2.selectbox("Attention model", attentive, key="cmp_att")
+    x = to_uint8_from_hwc(res["image"])
+    for col, label in ((c1, b), (c2, a)):
+        path = pairs[label][0]
+        model, meta = state.get_model(path, res["device"])
+        other = state.cached_inspection(model, meta, (res["name"], "cmp", path, res["device"]), x)
+        with col:
+            top = topk(other.trace.output[0], classes, 5)
+            st.markdown(f"**{label}** → **{top[0][0]}** ({top[0][1]:.1%})")
+            st.dataframe([{"class": n, "probability": round(p, 4)} for n, p, _ in top], hide_index=True)
+            if other.trace.layers:
+                st.pyplot(figures.attention_grid(res["image"], other.trace, 0, classes, 0.55, "jet"))
 
 
 @st.fragment
@@ -175,7 +363,16 @@ def _attention_view(trace, classes, image):
     c1, c2 = st.columns(2)
     alpha = c1.slider("Overlay opacity", 0.0, 1.0, 0.55, 0.05, key="alpha")
     cmap = c2.selectbox("Colormap", CMAPS, key="cmap")
-    st.pyplot(figures.attention_grid(image, trace, 0, classes, alpha, cmap), clear_figure=False)
+    panels = figures.overlay_panels(image, trace, 0, alpha, cmap)
+    k = len(panels[0])
+    for layer, row in zip(trace.layers, panels):
+        h, w = layer.attention_maps.shape[-2:]
+        cols = st.columns([1] + [2] * k)
+        cols[0].markdown(f"**{layer.name}**  \n{h}x{w}")
+        for j, (col, panel) in enumerate(zip(cols[1:], row)):
+            top = classes[int(layer.head_hypotheses[0, j].argmax())]
+            col.image(panel, caption=f"head {j + 1}: {top} · g={float(layer.confidence_gates[0, j]):.2f}",
+                      width="stretch")
     c1, c2 = st.columns(2)
     layer = c1.selectbox("Layer", range(len(trace.layers)), format_func=lambda j: trace.layers[j].name, key="hm_layer")
     head = c2.selectbox("Head", range(trace.layers[0].attention_maps.shape[1]), format_func=lambda k: f"head {k + 1}",
