@@ -280,7 +280,7 @@ def _attribution_view(res):
         c3, c4 = st.columns(2)
         cam_layer = c3.selectbox("Grad-CAM layer", layer_names, index=len(layer_names) - 1, key="attr_layer")
         tunnel = c4.checkbox("NoiseTunnel (SmoothGrad) on IG and Saliency", key="attr_nt")
-        go = st.form_submit_button("Compute attributions")
+        go = st.form_submit_button("Compute attributions", key="attr_go")
     key = (res["name"], res["path"], target, cam_layer, tunnel)
     store = st.session_state.setdefault("attributions", {})
     if go and methods:

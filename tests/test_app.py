@@ -1,0 +1,202 @@
+"""The Streamlit app, driven headlessly with AppTest on tiny checkpoints and a tiny ImageFolder."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+import ar_core
+from conftest import ROOT, randomize_bn
+
+CLASSES = [f"class{i}" for i in range(4)]
+META = {"classes": CLASSES, "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}, "dataset": "toy",
+        "image_size": 32, "val_accuracy": 0.5}
+
+
+def _png(seed=0, size=(40, 50), mode="RGB"):
+    arr = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).convert(mode).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _checkpoint(path, ad=3, seed=0):
+    torch.manual_seed(seed)
+    cfg = ar_core.ModelConfig(num_classes=4, depth=10, width=1, attention_depth=ad, attention_width=2)
+    return ar_core.save_checkpoint(randomize_bn(ar_core.build_model(cfg)).eval(), path, META)
+
+
+@pytest.fixture
+def app_env(tmp_path, monkeypatch):
+    ckpt = _checkpoint(tmp_path / "tiny-ad3.safetensors")
+    folder = tmp_path / "folder"
+    for c, name in enumerate(CLASSES):
+        (folder / name).mkdir(parents=True)
+        for j in range(3):
+            (folder / name / f"{j}.png").write_bytes(_png(10 * c + j, (32, 32)))
+    monkeypatch.setenv("AR_CHECKPOINT", str(ckpt))
+    monkeypatch.setenv("AR_IMAGE_FOLDER", str(folder))
+    monkeypatch.setenv("AR_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(ROOT)
+    return tmp_path
+
+
+def _start():
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60).run()
+    at.selectbox(key="model_label").set_value("tiny-ad3 (AR_CHECKPOINT)").run()
+    assert not at.exception
+    return at
+
+
+def _errors(at):
+    return [e.value for e in at.error]
+
+
+def test_start_page_explains_what_to_do(app_env):
+    at = _start()
+    assert at.title[0].value == "Attend & Rectify Explorer"
+    assert any("Upload an image" in i.value for i in at.info)
+    assert any("AD=3 AW=2" in c.value for c in at.caption)
+
+
+def test_upload_shows_every_view_and_downloads(app_env):
+    at = _start()
+    at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()
+    assert not at.exception and not _errors(at)
+    assert at.metric[0].label == "Prediction (fused)" and at.metric[0].value in CLASSES
+    labels = [t.label for t in at.tabs]
+    for view in ("1 · Prediction", "2 · Attention maps", "3 · Confidence gates", "4 · Global fusion",
+                 "5 · Attributions", "6 · Baseline vs attention", "Export"):
+        assert view in labels
+    assert len(at.get("download_button")) == 3
+    assert len(at.get("plotly_chart")) >= 4
+    assert len(at.get("image")) >= 1 + 3 * 2  # the input and every head of every layer
+    assert any("views laid out in" in c.value for c in at.caption)
+
+
+def test_bad_file_gives_an_error_and_keeps_the_previous_result(app_env):
+    at = _start()
+    at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()
+    before = at.metric[0].value
+    at.file_uploader(key="images").set_value([("notes.png", b"definitely not an image", "image/png")]).run()
+    assert not at.exception
+    assert any("not an image file" in e for e in _errors(at))
+    assert at.metric[0].value == before  # the earlier result is still shown
+    truncated = _png()[:60]
+    at.file_uploader(key="images").set_value([("cut.png", truncated, "image/png")]).run()
+    assert not at.exception and any("cut.png" in e for e in _errors(at))
+
+
+def test_several_uploads_and_fit_modes(app_env):
+    at = _start()
+    files = [("a.png", _png(1), "image/png"), ("b.png", _png(2, mode="L"), "image/png")]
+    at.file_uploader(key="images").set_value(files).run()
+    assert at.selectbox(key="pick").options == ["a.png", "b.png"]
+    at.selectbox(key="pick").set_value(1).run()
+    at.radio(key="fit").set_value("pad").run()
+    assert not at.exception and not _errors(at)
+
+
+def test_display_controls_do_not_rerun_the_model(app_env, monkeypatch):
+    at = _start()
+    at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()
+    calls = []
+    import ar_core.inference as inference
+
+    original = inference.inspect
+    monkeypatch.setattr(inference, "inspect", lambda *a, **k: calls.append(1) or original(*a, **k))
+    at.slider(key="alpha").set_value(0.2).run()
+    at.selectbox(key="cmap").set_value("viridis").run()
+    at.selectbox(key="hm_layer").set_value(2).run()
+    at.selectbox(key="hm_head").set_value(1).run()
+    at.multiselect(key="contrib_classes").set_value([0, 1]).run()
+    assert not at.exception and calls == []
+    assert len(at.session_state["traces"]) == 1
+
+
+def test_ablation_panel(app_env):
+    at = _start()
+    at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()
+    for name in ("group1", "group2", "group3"):
+        at.checkbox(key=f"src_{name}").uncheck().run()
+    text = " ".join(m.value for m in at.markdown)
+    assert "Ablated prediction" in text
+    # with only the network on, the ablated answer is the network's own
+    trace = next(iter(at.session_state["traces"].values())).trace
+    assert f"**{CLASSES[int(trace.net_output[0].argmax())]}**" in text
+    at.checkbox(key="src_network").uncheck().run()
+    assert any("at least one source" in w.value for w in at.warning)
+    at.checkbox(key="src_network").check().run()
+    at.checkbox(key="head_group1_0").uncheck().run()
+    at.checkbox(key="head_group1_1").uncheck().run()
+    assert any("keep at least one head" in w.value for w in at.warning)
+    assert not at.exception
+
+
+def test_attributions_run_on_request(app_env):
+    at = _start()
+    at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()
+    assert any("Compute attributions" in i.value for i in at.info)
+    at.multiselect(key="attr_methods").set_value(["saliency", "gradcam", "occlusion", "integrated_gradients"])
+    at.selectbox(key="attr_layer").set_value("group2")
+    at.checkbox(key="attr_nt").check()
+    at.button(key="attr_go").click().run()
+    assert not at.exception
+    frames = at.dataframe
+    assert frames, "agreement table missing"
+    table = frames[-1].value
+    assert set(table["method"]) == {"Saliency", "Grad-CAM", "Occlusion", "Integrated Gradients"}
+    assert table["rank correlation"].between(-1, 1).all()
+
+
+def test_dataset_browser_filters(app_env):
+    at = _start()
+    at.radio(key="source").set_value("Dataset").run()
+    at.selectbox(key="dataset_kind").set_value("ImageFolder directory").run()
+    assert not at.exception and not _errors(at)
+    assert any("true label" in c.value for c in at.caption)
+    at.selectbox(key="browse_class").set_value(2).run()
+    assert any("true label: **class2**" in c.value for c in at.caption)
+    for outcome in ("correct", "wrong", "rectified", "spoiled", "all"):
+        at.selectbox(key="browse_outcome").set_value(outcome).run()
+        assert not at.exception
+    at.button(key="random_pick").click().run()
+    assert not at.exception and at.metric
+
+
+def test_dataset_browser_without_data(app_env, monkeypatch):
+    monkeypatch.delenv("AR_IMAGE_FOLDER")
+    at = _start()
+    at.radio(key="source").set_value("Dataset").run()
+    assert any("not downloaded yet" in i.value and "upload" in i.value for i in at.info)
+    at.selectbox(key="dataset_kind").set_value("ImageFolder directory").run()
+    assert any("ImageFolder" in i.value for i in at.info)
+    at.text_input(key="folder").input("/no/such/folder").run()
+    assert not at.exception and any("Cannot read" in e for e in _errors(at))
+
+
+def test_uploaded_checkpoints_and_baseline_comparison(app_env):
+    at = _start()
+    bad = app_env / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 100)
+    at.sidebar.file_uploader(key="ckpt_upload").set_value(("bad.safetensors", bad.read_bytes(), "application/octet-stream")).run()
+    assert not at.exception and any("not a readable safetensors" in e for e in _errors(at))
+    base = _checkpoint(app_env / "tiny-base.safetensors", ad=0, seed=1)
+    at.sidebar.file_uploader(key="ckpt_upload").set_value(("tiny-base.safetensors", base.read_bytes(), "application/octet-stream")).run()
+    assert "tiny-base (uploaded)" in at.selectbox(key="model_label").options
+    at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()
+    assert not at.exception
+    assert at.selectbox(key="cmp_base").value == "tiny-base (uploaded)"
+    assert any("→" in m.value for m in at.markdown)
+    at.selectbox(key="model_label").set_value("tiny-base (uploaded)").run()
+    assert not at.exception
+    assert any("baseline (AD = 0)" in i.value for i in at.info)
+
+
+def test_about_page():
+    at = AppTest.from_string("from app.pages import about\nabout.render()", default_timeout=30).run()
+    assert not at.exception
+    assert len(at.latex) == 6

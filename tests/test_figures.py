@@ -1,0 +1,83 @@
+"""Figure builders, called directly (no Streamlit)."""
+
+import numpy as np
+import pytest
+import torch
+
+from app import figures
+
+CLASSES = ["a", "b", "c", "d", "e"]
+
+
+@pytest.fixture
+def traced(tiny_model):
+    with torch.inference_mode():
+        t = tiny_model.trace(torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    return t, image
+
+
+def test_overlay_panels_shape_and_blend(traced):
+    t, image = traced
+    panels = figures.overlay_panels(image, t, 1, alpha=0.0, display_size=64)
+    assert len(panels) == 3 and all(len(row) == 2 for row in panels)
+    assert panels[0][0].shape == (64, 64, 3) and panels[0][0].dtype == np.uint8
+    # alpha 0 shows the input alone; alpha 1 the colour map alone (brightest where attention peaks)
+    np.testing.assert_array_equal(panels[0][0], panels[2][1])
+    hot = figures.overlay_panels(image, t, 1, alpha=1.0, cmap="gray", display_size=32)[2][0]
+    m = figures.upsample(t.layers[2].attention_maps[1, 0], 32)
+    assert np.unravel_index(hot[..., 0].argmax(), (32, 32)) == np.unravel_index(m.argmax(), (32, 32))
+
+
+def test_attention_grid_layout_and_png(traced):
+    t, image = traced
+    fig = figures.attention_grid(image, t, 0, CLASSES, alpha=0.5, cmap="viridis")
+    axes = fig.get_axes()
+    assert len(axes) == 3 * 2
+    top = CLASSES[int(t.layers[0].head_hypotheses[0, 0].argmax())]
+    assert axes[0].get_title().startswith(top) and "g=" in axes[0].get_title()
+    png = figures.figure_to_png(fig, scale=0.5)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_attention_grid_refuses_baseline(traced):
+    t, image = traced
+    t.layers = []
+    with pytest.raises(ValueError, match="AD = 0"):
+        figures.attention_grid(image, t, 0, CLASSES)
+
+
+def test_prediction_figure_panels(traced):
+    t, _ = traced
+    fig = figures.prediction_figure(t, 0, CLASSES, k=3)
+    assert len(fig.data) == 2 + 3  # fused, network, three layers
+    fused = fig.data[0]
+    p = torch.softmax(t.output[0], 0)
+    assert fused.y[-1] == CLASSES[int(p.argmax())]
+    assert fused.x[-1] == pytest.approx(float(p.max()))
+
+
+def test_gate_figures_hold_the_gates(traced):
+    t, _ = traced
+    conf = figures.confidence_gates_figure(t, 1, CLASSES)
+    np.testing.assert_allclose(conf.data[2].y, t.layers[2].confidence_gates[1].numpy())
+    gg = figures.global_gates_figure(t, 1)
+    np.testing.assert_allclose(gg.data[0].y, t.global_gates[1].numpy())
+    assert len(gg.data[0].x) == 4
+
+
+def test_contributions_sum_to_the_fused_score(traced):
+    t, _ = traced
+    fig = figures.contributions_figure(t, 0, CLASSES, [1, 3])
+    for trace_, c in zip(fig.data, [1, 3]):
+        *terms, total = trace_.y
+        assert sum(terms) == pytest.approx(float(t.output[0, c]), abs=1e-5)
+        assert total == pytest.approx(float(t.output[0, c]), abs=1e-5)
+
+
+def test_heatmap_and_attribution_figure(traced):
+    t, image = traced
+    hm = figures.attention_heatmap(t, 0, 1, 1, CLASSES)
+    np.testing.assert_allclose(np.asarray(hm.data[0].z), t.layers[1].attention_maps[0, 1].numpy())
+    fig = figures.attribution_figure(image, {"group3": np.random.rand(32, 32)}, {"Saliency": np.random.rand(32, 32)})
+    assert len(fig.get_axes()) == 3
