@@ -93,7 +93,7 @@ def load_image_folder(root: str | Path, size: int = 32, use_cache: bool = True) 
         from safetensors.torch import save_file
 
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.name + ".tmp")
+        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")  # one per process: DDP ranks write at once
         save_file({"images": images, "labels": labels}, str(tmp))
         tmp.replace(cache)
     return TensorDataset(images, labels, classes)

@@ -315,6 +315,7 @@ def main(argv=None) -> dict:
     if distributed:
         import torch.distributed as dist
 
+        dist.barrier()  # tearing the group down while rank 0 still evaluates and saves aborts the others
         dist.destroy_process_group()
     return {"history": history}
 

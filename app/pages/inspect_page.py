@@ -198,7 +198,7 @@ def _views(res, model, meta):
         pred = topk(trace.output[0], classes, 1)[0]
         net = topk(trace.net_output[0], classes, 1)[0]
         verdict = rectification(trace, 0, res.get("label"))
-        st.metric("Prediction (fused)", f"{pred[0]}", f"{pred[1]:.1%}", delta_color="off")
+        st.metric("Prediction (fused)", pred[0], f"{pred[1]:.1%} probability", delta_color="off", delta_arrow="off")
         if verdict == "rectified":
             st.success(f"**Rectified.** The network alone says {net[0]} ({net[1]:.1%}), which is wrong; the fused "
                        f"output says {pred[0]}, which is right.")

@@ -1,0 +1,341 @@
+"""Evaluate a checkpoint on a labelled image set: accuracy, calibration, and what attention did.
+
+    python -m ar_core.evaluate --checkpoint checkpoints/cifar10-wrn16x4-ad3aw4.safetensors --data DIR
+    python -m ar_core.evaluate --checkpoint ... --torchvision cifar10 --root ~/data [--json]
+
+DIR is an ImageFolder tree (``DIR/<class>/<image>``) whose class folders are named as the
+checkpoint's classes. Besides top-1/top-5 accuracy, NLL, calibration error, per-class accuracy and
+the confusion matrix, attention models get the accuracy of every source alone, how often fusion
+rectified (or spoiled) the network's own answer, and the statistics of the global and confidence
+gates. ``evaluate()`` is the computation alone, for the app and for analysis scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from . import data as D
+from .checkpoint import CheckpointError, load_checkpoint
+from .inference import preprocess
+from .model import AttendAndRectify
+
+FUSED = "fused"  # key of the fused output among the per-source accuracies
+
+
+class ClassMismatchError(ValueError):
+    """The data's class names are not the checkpoint's; the message names the differences."""
+
+
+# ---------------------------------------------------------------- metric helpers (pure functions)
+
+def confusion_matrix(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(M, M) int64 counts; row = true class, column = predicted class."""
+    pred, labels = pred.long().flatten(), labels.long().flatten()
+    flat = torch.bincount(labels * num_classes + pred, minlength=num_classes * num_classes)
+    return flat.view(num_classes, num_classes)
+
+
+def topk_correct(scores: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """(N,) bool: the true class is among the ``k`` highest scores (all classes when k >= M)."""
+    k = min(k, scores.shape[1])
+    return (scores.topk(k, dim=1).indices == labels[:, None]).any(dim=1)
+
+
+def calibration_bins(confidence: torch.Tensor, correct: torch.Tensor, bins: int = 15):
+    """Per equal-width confidence bin (lo, hi]: (count, mean confidence, accuracy); empty bins give 0."""
+    edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
+    idx = torch.bucketize(confidence.double(), edges[1:-1])  # bin b holds (edges[b], edges[b+1]]
+    count = torch.bincount(idx, minlength=bins).double()
+    conf_sum = torch.bincount(idx, weights=confidence.double(), minlength=bins)
+    hit_sum = torch.bincount(idx, weights=correct.double(), minlength=bins)
+    safe = count.clamp(min=1)
+    return count, conf_sum / safe, hit_sum / safe
+
+
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
+    """ECE: Σ_b (n_b / N) · |accuracy_b − mean confidence_b| over equal-width bins of max probability."""
+    confidence, pred = probs.max(dim=1)
+    return ece_from_confidence(confidence, pred == labels, bins)
+
+
+def ece_from_confidence(confidence: torch.Tensor, correct: torch.Tensor, bins: int = 15) -> float:
+    """ECE from each prediction's confidence and correctness (what ``evaluate`` keeps per image)."""
+    if len(confidence) == 0:
+        raise ValueError("ECE of an empty set")
+    count, conf, acc = calibration_bins(confidence, correct, bins)
+    return float((count / count.sum() * (acc - conf).abs()).sum())
+
+
+def mean_std(x: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-column mean and population std of an (N, C) tensor; population so that N = 1 is defined."""
+    x = x.double()
+    return x.mean(dim=0).tolist(), x.std(dim=0, correction=0).tolist()
+
+
+# ---------------------------------------------------------------- classes and precision
+
+def align_labels(dataset: D.TensorDataset, classes: Sequence[str]) -> D.TensorDataset:
+    """The dataset with labels renumbered to ``classes`` (the checkpoint's order).
+
+    Class names must match as sets; a different order (e.g. a checkpoint that lists CIFAR classes
+    in another order) is renumbered rather than misread.
+    """
+    classes = list(classes)
+    have, want = set(dataset.classes), set(classes)
+    if have != want or len(classes) != len(dataset.classes):
+        missing, extra = sorted(want - have), sorted(have - want)
+        parts = []
+        if missing:
+            parts.append(f"missing (in the checkpoint, not in the data): {', '.join(missing)}")
+        if extra:
+            parts.append(f"extra (in the data, unknown to the checkpoint): {', '.join(extra)}")
+        if not parts:
+            parts.append("duplicate class names")
+        raise ClassMismatchError(f"the data's classes do not match the checkpoint's {len(classes)} classes; "
+                                 + "; ".join(parts))
+    if list(dataset.classes) == classes:
+        return dataset
+    index = {name: i for i, name in enumerate(classes)}
+    remap = torch.tensor([index[name] for name in dataset.classes], dtype=torch.int64)
+    return D.TensorDataset(dataset.images, remap[dataset.labels], classes)
+
+
+def autocast_for(device: torch.device, amp: str):
+    """(context factory, precision name): bf16 only on CPUs with native bf16, fp16 on CUDA.
+
+    The numbers ``evaluate`` reports come from this same path, so they state its precision.
+    """
+    if amp not in ("auto", "off"):
+        raise ValueError(f"amp must be 'auto' or 'off', got {amp!r}")
+    if amp == "auto":
+        if device.type == "cuda":
+            return (lambda: torch.autocast("cuda", dtype=torch.float16)), "float16"
+        if device.type == "cpu" and torch.cpu._is_avx512_bf16_supported():
+            return (lambda: torch.autocast("cpu", dtype=torch.bfloat16)), "bfloat16"
+    return contextlib.nullcontext, "float32"
+
+
+# ---------------------------------------------------------------- evaluation
+
+@torch.inference_mode()
+def evaluate(model: AttendAndRectify, dataset: D.TensorDataset, meta: dict[str, Any], batch_size: int = 500,
+             device: str | torch.device | None = None, progress: bool = False, amp: str = "auto") -> dict[str, Any]:
+    """All metrics of ``model`` on ``dataset`` (uint8 images, labels), as a JSON-ready dict.
+
+    Labels are renumbered to ``meta["classes"]`` by name (ClassMismatchError when the names differ).
+    The model is put on ``device`` (default: where it is) in channels_last memory format, in place,
+    and evaluated in eval mode; its training flag is restored afterwards.
+    """
+    classes = list(meta.get("classes") or dataset.classes)
+    num_classes = model.num_classes
+    if len(classes) != num_classes:
+        raise ClassMismatchError(f"{len(classes)} class names for a {num_classes}-class model")
+    dataset = align_labels(dataset, classes)
+    n = len(dataset)
+    if n == 0:
+        raise ValueError("the dataset holds no images")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.to(device=device, memory_format=torch.channels_last).eval()
+    autocast, precision = autocast_for(device, amp)
+
+    keep: dict[str, list[torch.Tensor]] = {}
+
+    def add(name: str, t: torch.Tensor):
+        keep.setdefault(name, []).append(t.detach().cpu())
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n, unit="img", desc="evaluate", file=sys.stderr, dynamic_ncols=True)
+    t0 = time.perf_counter()
+    try:
+        for i in range(0, n, batch_size):
+            x = preprocess(dataset.images[i:i + batch_size], meta)  # the app's normalisation, defaults included
+            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            y = dataset.labels[i:i + batch_size].to(device, non_blocking=True)
+            with autocast():
+                trace = model.trace(x)
+            output = trace.output.float()
+            logp = F.log_softmax(output, dim=1)
+            confidence, pred = logp.max(dim=1)
+            add("pred", pred)
+            add("confidence", confidence.exp())
+            add("top5", topk_correct(output, y, 5))
+            add("nll", -logp.gather(1, y[:, None]).squeeze(1).double())
+            add("net_pred", trace.net_output.argmax(dim=1))
+            for layer in trace.layers:
+                add(f"pred/{layer.name}", layer.hypothesis.argmax(dim=1))
+                add(f"conf_gates/{layer.name}", layer.confidence_gates.float())
+            if trace.layers:
+                add("global_gates", trace.global_gates.float())
+            if bar is not None:
+                bar.update(len(y))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    finally:
+        if bar is not None:
+            bar.close()
+        model.train(was_training)
+    seconds = time.perf_counter() - t0
+
+    cat = {k: torch.cat(v) for k, v in keep.items()}
+    labels = dataset.labels
+    pred = cat["pred"]
+    correct = pred == labels
+    cm = confusion_matrix(pred, labels, num_classes)
+    per_class = cm.diag().double() / cm.sum(dim=1).double()
+    result: dict[str, Any] = {
+        "n": n,
+        "accuracy": float(correct.double().mean()),
+        "top5_accuracy": float(cat["top5"].double().mean()),
+        "nll": float(cat["nll"].mean()),
+        "ece": ece_from_confidence(cat["confidence"], correct, 15),
+        "per_class_accuracy": {c: (None if cm[j].sum() == 0 else float(per_class[j])) for j, c in enumerate(classes)},
+        "confusion_matrix": cm.tolist(),
+        "classes": classes,
+        "net_accuracy": float((cat["net_pred"] == labels).double().mean()),
+    }
+    sources = list(model.sources)
+    if model.attend:
+        source_pred = {name: cat[f"pred/{name}"] for name in model.attend}
+        source_pred["network"] = cat["net_pred"]
+        net_right = cat["net_pred"] == labels
+        result["source_accuracy"] = {**{s: float((source_pred[s] == labels).double().mean()) for s in sources},
+                                     FUSED: result["accuracy"]}
+        result["rectified"] = int((~net_right & correct).sum())
+        result["spoiled"] = int((net_right & ~correct).sum())
+        g_mean, g_std = mean_std(cat["global_gates"])
+        result["global_gates"] = {s: {"mean": m, "std": sd} for s, m, sd in zip(sources, g_mean, g_std)}
+        result["confidence_gates"] = {}
+        for name in model.attend:
+            c_mean, c_std = mean_std(cat[f"conf_gates/{name}"])
+            result["confidence_gates"][name] = {"mean": c_mean, "std": c_std}
+    result.update({"precision": precision, "device": str(device), "batch_size": batch_size,
+                   "seconds": round(seconds, 3), "images_per_s": round(n / max(seconds, 1e-9), 1)})
+    return result
+
+
+# ---------------------------------------------------------------- report
+
+def _pct(x: float | None) -> str:
+    return "   n/a" if x is None else f"{100 * x:6.2f}"
+
+
+def format_report(r: dict[str, Any], title: str = "") -> str:
+    """The human-readable summary: a compact table; the confusion matrix only for M <= 20."""
+    lines = []
+    if title:
+        lines.append(title)
+    lines.append(f"{r['n']} images in {r['seconds']:.1f} s ({r['images_per_s']:.0f} images/s, {r['device']}, "
+                 f"{r['precision']})")
+    lines.append(f"accuracy {_pct(r['accuracy'])} %   top-5 {_pct(r['top5_accuracy'])} %   "
+                 f"NLL {r['nll']:.4f}   ECE {_pct(r['ece'])} %")
+    if "source_accuracy" in r:
+        lines.append("")
+        lines.append(f"{'source':<12} {'accuracy %':>10} {'global gate mean':>17} {'std':>7}")
+        for s, acc in r["source_accuracy"].items():
+            g = r["global_gates"].get(s)
+            gate = f"{g['mean']:17.3f} {g['std']:7.3f}" if g else f"{'':>17} {'':>7}"
+            lines.append(f"{s:<12} {_pct(acc):>10} {gate}")
+        net_wrong = r["n"] - round(r["source_accuracy"]["network"] * r["n"])
+        lines.append(f"rectified {r['rectified']} (network wrong -> fused right, of {net_wrong} network errors); "
+                     f"spoiled {r['spoiled']} (network right -> fused wrong)")
+        lines.append("")
+        lines.append("confidence gates per head (mean ± std)")
+        for layer, g in r["confidence_gates"].items():
+            heads = "  ".join(f"{m:.3f}±{sd:.3f}" for m, sd in zip(g["mean"], g["std"]))
+            lines.append(f"  {layer:<10} {heads}")
+    lines.append("")
+    classes = r["classes"]
+    width = max(8, *(len(c) for c in classes))
+    counts = [sum(row) for row in r["confusion_matrix"]]
+    lines.append(f"{'class':<{width}} {'accuracy %':>10} {'images':>7}")
+    for c, k in zip(classes, counts):
+        lines.append(f"{c:<{width}} {_pct(r['per_class_accuracy'][c]):>10} {k:>7}")
+    if len(classes) <= 20:
+        lines.append("")
+        lines.append("confusion matrix (rows: true class, columns: predicted, in the order above)")
+        cell = max(4, len(str(max(max(row) for row in r["confusion_matrix"]))) + 1)
+        lines.append(f"{'':<{width}} " + "".join(f"{j:>{cell}}" for j in range(len(classes))))
+        for j, (c, row) in enumerate(zip(classes, r["confusion_matrix"])):
+            lines.append(f"{c[:width]:<{width}} " + "".join(f"{v:>{cell}}" for v in row))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- command line
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint (or a shipped checkpoint's name)")
+    p.add_argument("--data", help="ImageFolder tree DIR/<class>/<image>, class folders named as the checkpoint's")
+    p.add_argument("--torchvision", choices=["cifar10", "cifar100"], help="torchvision's test split instead")
+    p.add_argument("--root", default=str(D.cache_dir() / "torchvision"), help="download folder for --torchvision")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--amp", choices=["auto", "off"], default="auto",
+                   help="auto: bf16 on CPUs with native bf16, fp16 on CUDA; off: float32")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (the last line) instead of tables")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if bool(args.data) == bool(args.torchvision):
+        p.error("give exactly one of --data DIR or --torchvision cifar10|cifar100")
+    if args.batch_size < 1:
+        p.error("--batch-size must be >= 1")
+    return args
+
+
+def main(argv=None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        if args.device == "cuda" and not torch.cuda.is_available():
+            sys.exit("error: --device cuda, but no CUDA device is available")
+        device = torch.device(args.device)
+    try:
+        model, meta = load_checkpoint(args.checkpoint, device=device)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    size = int(meta.get("image_size", 32))
+    try:
+        if args.data:
+            dataset, source = D.load_image_folder(args.data, size), args.data
+        else:
+            if size != 32:
+                raise ValueError(f"the checkpoint expects {size}x{size} images; torchvision's CIFAR is 32x32")
+            dataset = D.load_torchvision_cifar(args.torchvision, args.root, train=False, download=True)
+            source = f"{args.torchvision} test split"
+    except (OSError, ValueError, RuntimeError) as e:  # missing folder, no images, offline download
+        print(f"error: cannot load {args.data or args.torchvision}: {e}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        result = evaluate(model, dataset, meta, batch_size=args.batch_size, device=device,
+                          progress=not args.no_progress, amp=args.amp)
+    except ClassMismatchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    result = {"checkpoint": str(args.checkpoint), "data": source, "dataset": meta.get("dataset"), **result}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(format_report(result, f"{args.checkpoint} on {source} ({len(result['classes'])} classes)"))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""The uint8 data pipeline: ImageFolder decoding and its content-keyed cache, split, augmentation."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ar_core import data as D
+
+COLOURS = [(220, 40, 40), (40, 200, 60), (50, 60, 230), (230, 200, 40), (180, 60, 200)]
+
+
+def write_png(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(path)
+
+
+def make_image_folder(root: Path, classes=("a", "b", "c"), per_class: int = 4, size: int = 32,
+                      seed: int = 0) -> dict[str, list[np.ndarray]]:
+    """``root/<class>/<i>.png``: each class its own colour and stripe, plus per-image noise.
+
+    Easy to tell apart (a tiny network learns them in a few steps), never two identical images.
+    Returns the (H, W, 3) arrays written, by class, in file order.
+    """
+    rng = np.random.default_rng(seed)
+    written = {}
+    for c, name in enumerate(classes):
+        arrays = []
+        for i in range(per_class):
+            a = rng.integers(0, 60, (size, size, 3)) + np.array(COLOURS[c % len(COLOURS)]) * 0.7
+            band = (c * size // len(classes)) % size
+            a[:, band:band + max(2, size // 4)] = 255
+            a = a.clip(0, 255).astype(np.uint8)
+            write_png(root / name / f"{i:03d}.png", a)
+            arrays.append(a)
+        written[name] = arrays
+    return written
+
+
+@pytest.fixture(autouse=True)
+def cache_in_tmp(tmp_path, monkeypatch):
+    """Keep the decoded-dataset cache out of the home folder."""
+    monkeypatch.setenv("AR_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+# ---------------------------------------------------------------- load_image_folder
+
+def test_image_folder_classes_labels_and_pixels(tmp_path):
+    root = tmp_path / "set"
+    written = make_image_folder(root, classes=("zebra", "ant", "mole"), per_class=3)
+    ds = D.load_image_folder(root)
+    assert ds.classes == ["ant", "mole", "zebra"]  # sorted, whatever the creation order
+    assert ds.images.shape == (9, 3, 32, 32) and ds.images.dtype == torch.uint8
+    assert ds.labels.dtype == torch.int64 and ds.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    for j, name in enumerate(ds.classes):  # 32x32 images come back bit-exact, in file order
+        for i, a in enumerate(written[name]):
+            assert torch.equal(ds.images[3 * j + i], torch.from_numpy(a).permute(2, 0, 1))
+
+
+def test_image_folder_resizes_other_sizes(tmp_path):
+    root = tmp_path / "set"
+    make_image_folder(root, classes=("a", "b"), per_class=1)
+    wide = np.zeros((40, 64, 3), np.uint8)
+    wide[:, 16:48] = (10, 200, 30)  # the centre square survives the centre crop
+    write_png(root / "b" / "wide.png", wide)
+    write_png(root / "a" / "tiny.png", np.full((8, 8, 3), 77, np.uint8))
+    ds = D.load_image_folder(root)
+    assert ds.images.shape == (4, 3, 32, 32)
+    assert ds.labels.tolist() == [0, 0, 1, 1]
+    assert torch.equal(ds.images[1], torch.full((3, 32, 32), 77, dtype=torch.uint8))  # a/tiny.png, upscaled
+    centre = ds.images[3][:, 4:28, 6:26].float().mean((1, 2))  # b/wide.png: its green centre
+    torch.testing.assert_close(centre, torch.tensor([10.0, 200.0, 30.0]), atol=3, rtol=0)
+
+
+def test_image_folder_size_argument(tmp_path):
+    root = tmp_path / "set"
+    make_image_folder(root, classes=("a", "b"), per_class=2)
+    assert D.load_image_folder(root, size=16).images.shape == (4, 3, 16, 16)
+
+
+def test_image_folder_cache_is_hit_and_keyed_by_content(tmp_path, cache_in_tmp, monkeypatch):
+    root = tmp_path / "set"
+    make_image_folder(root, classes=("a", "b"), per_class=3)
+    first = D.load_image_folder(root)
+    files = sorted(cache_in_tmp.glob("*.safetensors"))
+    assert len(files) == 1
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded an image although the cache holds this folder")
+
+    with monkeypatch.context() as m:
+        m.setattr(D, "pil_to_uint8", no_decoding)
+        again = D.load_image_folder(root)
+    assert torch.equal(again.images, first.images) and torch.equal(again.labels, first.labels)
+    assert again.classes == first.classes
+
+    changed = np.full((32, 32, 3), 5, np.uint8)
+    write_png(root / "b" / "001.png", changed)  # same name, other bytes
+    third = D.load_image_folder(root)
+    files_after = sorted(cache_in_tmp.glob("*.safetensors"))
+    assert len(files_after) == 2 and files[0] in files_after
+    assert torch.equal(third.images[4], torch.from_numpy(changed).permute(2, 0, 1))
+    assert torch.equal(third.images[:4], first.images[:4])
+    assert not list(cache_in_tmp.glob("*.tmp"))
+
+
+def test_image_folder_without_cache_writes_nothing(tmp_path, cache_in_tmp):
+    root = tmp_path / "set"
+    make_image_folder(root, classes=("a", "b"), per_class=1)
+    D.load_image_folder(root, use_cache=False)
+    assert not cache_in_tmp.exists() or not any(cache_in_tmp.iterdir())
+
+
+def test_image_folder_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no image folder"):
+        D.load_image_folder(tmp_path / "nowhere")
+    (tmp_path / "flat").mkdir()
+    write_png(tmp_path / "flat" / "x.png", np.zeros((4, 4, 3), np.uint8))  # no class folders
+    with pytest.raises(FileNotFoundError):
+        D.load_image_folder(tmp_path / "flat")
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError):
+        D.load_image_folder(tmp_path / "empty")
+
+
+# ---------------------------------------------------------------- stratified_split
+
+@pytest.fixture
+def labels():
+    """Unbalanced and shuffled: 40, 20 and 20 images of classes 0, 1, 2."""
+    g = torch.Generator().manual_seed(1)
+    y = torch.tensor([0] * 40 + [1] * 20 + [2] * 20)
+    return y[torch.randperm(len(y), generator=g)]
+
+
+def test_split_sizes_proportions_and_disjointness(labels):
+    train, val = D.stratified_split(labels, 16, seed=0)
+    assert len(val) == 16 and len(train) == 64
+    assert torch.bincount(labels[val], minlength=3).tolist() == [8, 4, 4]  # 20 % of every class
+    assert torch.bincount(labels[train], minlength=3).tolist() == [32, 16, 16]
+    assert not set(train.tolist()) & set(val.tolist())
+    assert sorted(train.tolist() + val.tolist()) == list(range(len(labels)))
+    assert torch.equal(val, val.sort().values) and torch.equal(train, train.sort().values)
+
+
+def test_split_is_fixed_by_the_seed(labels):
+    a_train, a_val = D.stratified_split(labels, 16, seed=0)
+    b_train, b_val = D.stratified_split(labels, 16, seed=0)
+    assert torch.equal(a_val, b_val) and torch.equal(a_train, b_train)
+    _, c_val = D.stratified_split(labels, 16, seed=1)
+    assert not torch.equal(a_val, c_val)
+    assert torch.bincount(labels[c_val], minlength=3).tolist() == [8, 4, 4]
+
+
+# ---------------------------------------------------------------- augment
+
+@pytest.fixture
+def batch():
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (24, 3, 8, 8), generator=g, dtype=torch.uint8)
+
+
+def _candidates(image: torch.Tensor, pad: int):
+    """Every crop of the reflect-padded image, flipped or not: what augment may return."""
+    padded = np.pad(image.numpy(), ((0, 0), (pad, pad), (pad, pad)), mode="reflect")
+    h, w = image.shape[1:]
+    for dy in range(2 * pad + 1):
+        for dx in range(2 * pad + 1):
+            crop = padded[:, dy:dy + h, dx:dx + w]
+            yield (dy, dx, False), crop
+            yield (dy, dx, True), crop[:, :, ::-1]
+
+
+def test_augment_shape_dtype_and_seed(batch):
+    out = D.augment(batch, torch.Generator().manual_seed(3))
+    assert out.shape == batch.shape and out.dtype == torch.uint8
+    assert torch.equal(out, D.augment(batch, torch.Generator().manual_seed(3)))
+    assert not torch.equal(out, D.augment(batch, torch.Generator().manual_seed(4)))
+
+
+def test_augment_is_a_crop_of_the_reflect_padded_image(batch):
+    """Each output equals one of the (2·pad+1)² crops of its padded image, flipped or not, recomputed here."""
+    pad = 2
+    out = D.augment(batch, torch.Generator().manual_seed(5), pad=pad)
+    chosen = []
+    for image, result in zip(batch, out):
+        matches = [key for key, crop in _candidates(image, pad) if np.array_equal(crop, result.numpy())]
+        assert matches, "augment returned something that is no crop/flip of the padded image"
+        chosen.append(matches[0])
+    assert len({key[:2] for key in chosen}) > 5  # offsets vary across the batch
+    assert {key[2] for key in chosen} == {False, True}  # both flipped and unflipped images
+
+
+def test_augment_without_padding_is_identity_or_flip(batch):
+    out = D.augment(batch, torch.Generator().manual_seed(6), pad=0)
+    flipped = 0
+    for image, result in zip(batch, out):
+        if torch.equal(result, image):
+            continue
+        assert torch.equal(result, image.flip(-1))
+        flipped += 1
+    assert 0 < flipped < len(batch)
+
+
+# ---------------------------------------------------------------- normalize
+
+def test_normalize():
+    images = torch.tensor([0, 255, 51], dtype=torch.uint8).view(1, 3, 1, 1).expand(2, 3, 2, 2)
+    mean, std = (0.5, 0.25, 0.2), (0.5, 0.25, 0.1)
+    x = D.normalize(images, mean, std)
+    assert x.dtype == torch.float32 and x.shape == (2, 3, 2, 2)
+    expected = torch.tensor([(0 - 0.5) / 0.5, (1 - 0.25) / 0.25, (0.2 - 0.2) / 0.1]).view(1, 3, 1, 1)
+    torch.testing.assert_close(x, expected.expand(2, 3, 2, 2), atol=1e-6, rtol=0)
+
+
+def test_normalize_with_cifar_stats_has_zero_mean_on_the_mean_colour():
+    mean, std = D.STATS["cifar10"]
+    colour = torch.tensor([round(m * 255) for m in mean], dtype=torch.uint8).view(1, 3, 1, 1)
+    assert D.normalize(colour, mean, std).abs().max() < 0.01
