@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import streamlit as st
 
 
@@ -13,4 +15,12 @@ def main():
         st.Page(inspect_page.render, title="Inspect an image", icon=":material/image_search:", url_path="inspect", default=True),
         st.Page(about.render, title="How it works", icon=":material/menu_book:", url_path="about"),
     ]
-    st.navigation(pages).run()
+    page = st.navigation(pages)
+    try:
+        page.run()
+    except Exception as e:  # last resort: a message, never a traceback, and the session survives
+        if type(e).__module__.startswith("streamlit"):  # rerun/stop requests are control flow
+            raise
+        logging.getLogger("attend_rectify").exception("unhandled error on page %s", page.title)
+        st.error(f"Something went wrong ({type(e).__name__}: {e}). Your previous results are kept; try another "
+                 f"input or reload the page.")

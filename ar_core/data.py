@@ -24,6 +24,10 @@ STATS = {
 }
 
 
+# Part of every cache key: bump it when decoding changes, so stale tensors are never served.
+CACHE_VERSION = 1
+
+
 @dataclass
 class TensorDataset:
     """Images (N, 3, H, W) uint8, labels (N,) int64, and class names in label order."""
@@ -72,7 +76,7 @@ def load_image_folder(root: str | Path, size: int = 32, use_cache: bool = True) 
     samples = sorted(make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS))
     if not samples:
         raise FileNotFoundError(f"{root} holds no images in class sub-folders")
-    digest = hashlib.sha256(json.dumps([classes, size]).encode())
+    digest = hashlib.sha256(json.dumps([CACHE_VERSION, classes, size]).encode())
     blobs = []
     for path, label in samples:
         data = Path(path).read_bytes()

@@ -304,7 +304,8 @@ def main(argv=None) -> dict[str, Any]:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
         if args.device == "cuda" and not torch.cuda.is_available():
-            sys.exit("error: --device cuda, but no CUDA device is available")
+            print("error: --device cuda, but no CUDA device is available", file=sys.stderr)
+            sys.exit(2)
         device = torch.device(args.device)
     try:
         model, meta = load_checkpoint(args.checkpoint, device=device)

@@ -92,8 +92,8 @@ def to_uint8(img) -> torch.Tensor:
 def preprocess(images: torch.Tensor, meta: dict[str, Any]) -> torch.Tensor:
     """uint8 (B, 3, H, W) → the normalised float input the checkpoint was trained on."""
     norm = meta.get("normalization") or {"mean": [0.5] * 3, "std": [0.25] * 3}
-    mean = torch.tensor(norm["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(norm["std"]).view(1, 3, 1, 1)
+    mean = torch.tensor(norm["mean"], device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(norm["std"], device=images.device).view(1, 3, 1, 1)
     return (images.float() / 255.0 - mean) / std
 
 

@@ -204,6 +204,9 @@ def main(argv=None) -> dict:
                                  {"params": no_decay, "weight_decay": 0.0}],
                                 lr=args.lr, momentum=0.9, nesterov=True)
     steps_per_epoch = len(train) // args.batch_size  # drop the last partial batch: BN needs a full one
+    if steps_per_epoch == 0:
+        raise SystemExit(f"{len(train)} training images are fewer than one batch of {args.batch_size}; "
+                         f"lower --batch-size or --val-size")
     total_steps = steps_per_epoch * args.epochs
     warmup = round(args.warmup * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -233,6 +236,7 @@ def main(argv=None) -> dict:
         g = torch.Generator().manual_seed(args.seed * 1000 + epoch)
         perm = torch.randperm(len(train), generator=g)
         aug_g = torch.Generator().manual_seed(args.seed * 1000 + epoch + 10**6)
+        torch.manual_seed(args.seed * 1000 + epoch + 2 * 10**6 + rank)  # dropout masks: replayed on resume too
         net.train()
         t0 = time.time()
         loss_sum = torch.zeros((), device=device)
@@ -271,7 +275,13 @@ def main(argv=None) -> dict:
                 break
         epoch_time = time.time() - t0
         elapsed += epoch_time
-        record = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum.item() / max(1, i + 1),
+        finished = i + 1 == steps_per_epoch  # --max-steps may stop inside an epoch
+        if distributed:
+            import torch.distributed as dist
+
+            dist.all_reduce(loss_sum)
+            loss_sum /= world
+        record = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum.item() / (i + 1),
                   "lr": scheduler.get_last_lr()[0], "epoch_time_s": round(epoch_time, 1),
                   "images_per_s": round(seen / epoch_time, 1)}
         if main_process:
@@ -282,11 +292,12 @@ def main(argv=None) -> dict:
             out.parent.mkdir(parents=True, exist_ok=True)
             with open(log_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
-            tmp = state_path.with_name(state_path.name + ".tmp")
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "step": step,
-                        "elapsed": elapsed, "args": vars(args)}, tmp)
-            tmp.replace(state_path)
+            if finished:  # resumable state marks whole epochs only; a partial one would be skipped on resume
+                tmp = state_path.with_name(state_path.name + ".tmp")
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "step": step,
+                            "elapsed": elapsed, "args": vars(args)}, tmp)
+                tmp.replace(state_path)
         if args.max_steps and step >= args.max_steps:
             break
 

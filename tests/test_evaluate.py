@@ -305,3 +305,27 @@ def test_cli_missing_data_folder(tiny_checkpoint, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         E.main(["--checkpoint", str(path), "--data", str(tmp_path / "nowhere")])
     assert e.value.code == 2 and "no image folder" in capsys.readouterr().err
+
+
+def test_cli_torchvision_uses_the_test_split(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    path, _ = tiny_checkpoint
+    calls = []
+
+    def fake_cifar(name, root, train, download=True):
+        calls.append((name, root, train, download))
+        labels = torch.arange(14) % 7
+        return D.TensorDataset(_smooth_images(14, seed=1), labels, list(CLASSES))
+
+    monkeypatch.setattr(D, "load_torchvision_cifar", fake_cifar)
+    E.main(["--checkpoint", str(path), "--torchvision", "cifar10", "--root", str(tmp_path), "--json",
+            "--amp", "off", "--no-progress"])
+    assert calls == [("cifar10", str(tmp_path), False, True)]
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n"] == 14
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("Dataset not found or corrupted. You can use download=True to download it")
+
+    monkeypatch.setattr(D, "load_torchvision_cifar", offline)
+    with pytest.raises(SystemExit) as e:
+        E.main(["--checkpoint", str(path), "--torchvision", "cifar10", "--root", str(tmp_path)])
+    assert e.value.code == 2 and "cannot load cifar10" in capsys.readouterr().err

@@ -49,10 +49,29 @@ def _sidebar_model():
 def _model_card(meta: dict):
     cfg = meta.get("config", {})
     acc = meta.get("val_accuracy")
+    arch = f"WRN-{cfg.get('depth')}-{cfg.get('width')}" if cfg.get("backbone") == "wrn" else cfg.get("backbone")
     st.caption(
-        f"{meta.get('dataset', '?')} · WRN-{cfg.get('depth')}-{cfg.get('width')} · AD={cfg.get('attention_depth')} "
-        f"AW={cfg.get('attention_width')} · {cfg.get('kernel_size')}x{cfg.get('kernel_size')} heads"
+        f"{meta.get('dataset', '?')} · {arch} · AD={cfg.get('attention_depth')} AW={cfg.get('attention_width')} · "
+        f"{cfg.get('kernel_size')}x{cfg.get('kernel_size')} heads"
         + (f" · validation accuracy {acc:.2%}" if acc is not None else ""))
+    with st.expander("Model card"):
+        split = meta.get("validation_split") or {}
+        rows = {
+            "dataset": meta.get("dataset"), "classes": len(meta.get("classes", [])),
+            "architecture": f"{arch}, attention depth {cfg.get('attention_depth')}, width {cfg.get('attention_width')}, "
+                            f"{cfg.get('kernel_size')}x{cfg.get('kernel_size')} heads and gates",
+            "validation accuracy (fused)": f"{acc:.2%}" if acc is not None else None,
+            "validation accuracy (network alone)": f"{meta['val_net_accuracy']:.2%}" if meta.get("val_net_accuracy") else None,
+            "validation split": f"{split.get('size')} images, stratified, seed {split.get('seed')}" if split else None,
+            "epochs": meta.get("epochs_trained"), "training time": f"{meta['training_time_s'] / 60:.0f} min"
+            if meta.get("training_time_s") else None,
+            "hardware": meta.get("hardware"), "code commit": meta.get("code_commit"), "source": meta.get("source"),
+        }
+        st.table({k: str(v) for k, v in rows.items() if v is not None})
+        if meta.get("recipe"):
+            st.json(meta["recipe"], expanded=False)
+        if meta.get("command"):
+            st.code(meta["command"], language="bash")
 
 
 def _decode(raw):
@@ -110,9 +129,11 @@ def _random_pos(n: int):
 
 
 def _dataset_browser(model, meta, size: int, ckpt_key: tuple):
-    kind = st.selectbox("Dataset", ["CIFAR-10 test set", "CIFAR-100 test set", "ImageFolder directory"],
-                        key="dataset_kind")
-    ds, ds_key = _open_dataset(kind, size)
+    with st.sidebar:
+        st.header("Dataset")
+        kind = st.selectbox("Images from", ["CIFAR-10 test set", "CIFAR-100 test set", "ImageFolder directory"],
+                            key="dataset_kind")
+        ds, ds_key = _open_dataset(kind, size)
     if ds is None:
         return []
     classes = meta.get("classes") or ds.classes
@@ -306,7 +327,10 @@ def _attribution_view(res):
     from ar_core.attribution import agreement, layer_attention
 
     att_maps = {l.name: layer_attention(trace, 0, j, res["image"].shape[0]) for j, l in enumerate(trace.layers)}
-    st.pyplot(figures.attribution_figure(res["image"], att_maps, {METHODS[m]: a.map for m, a in results.items()}))
+    fig = figures.attribution_figure(res["image"], att_maps, {METHODS[m]: a.map for m, a in results.items()})
+    st.pyplot(fig, dpi=110)
+    st.download_button("Attributions as PNG", lambda: figures.figure_to_png(fig), "attributions.png",
+                       mime="image/png", key="dl_attr_png")
     rows = []
     for m, a in results.items():
         for lname, amap in att_maps.items():
@@ -338,7 +362,10 @@ def _compare_view(res):
                 f"available for these classes: {', '.join(pairs) or 'none'}.")
         return
     st.write("The same image through the plain network (baseline, trained with the same recipe and budget) and "
-             "the network with gated attention.")
+             "the network with gated attention. With AD = 0 the fusion has one source, so the output is the "
+             "network's own; attention adds N hypotheses and their gates.")
+    st.latex(r"\text{baseline: } \log\mathrm{softmax}(o_{net}) \qquad \text{attention: } g_{net}\log\mathrm{softmax}"
+             r"(o_{net}) + \sum_l g_O^l \log\mathrm{softmax}(o^l)")
     c1, c2 = st.columns(2)
     b = c1.selectbox("Baseline", baselines, key="cmp_base")
     a = c2.selectbox("Attention model", attentive, key="cmp_att")
