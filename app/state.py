@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import streamlit as st
@@ -13,9 +12,6 @@ import torch
 import ar_core
 from ar_core.checkpoint import CheckpointError
 from ar_core.inference import Inspection, inspect, pick_device
-
-UPLOAD_DIR = Path(tempfile.gettempdir()) / "attend-rectify-uploads"
-
 
 def device_options() -> list[str]:
     opts = ["auto", "cpu"]
@@ -36,31 +32,41 @@ def load_model(path: str, mtime: float, device: str):
     return model, meta
 
 
+UPLOAD_PREFIX = "upload:"  # model sources that are uploaded bytes, kept in the session, never on disk
+
+
 def model_choices() -> dict[str, str]:
-    """Label → path for the shipped checkpoints and this session's uploaded ones."""
+    """Label → source (a file path, or ``upload:<digest>``), shipped checkpoints first."""
     choices = {f"{name} (shipped)": str(path) for name, path in ar_core.available_checkpoints().items()}
     extra = os.environ.get("AR_CHECKPOINT")
     if extra and Path(extra).is_file():
         choices[f"{Path(extra).stem} (AR_CHECKPOINT)"] = extra
-    for label, path in st.session_state.get("user_checkpoints", {}).items():
-        choices[label] = path
+    for label, digest in st.session_state.get("user_checkpoints", {}).items():
+        choices[label] = UPLOAD_PREFIX + digest
     return choices
 
 
-def save_uploaded_checkpoint(data: bytes, name: str) -> str:
-    """Store an uploaded checkpoint under its content hash and verify it loads; returns its path."""
+def add_uploaded_checkpoint(data: bytes, name: str) -> str:
+    """Verify an uploaded checkpoint in memory and offer it in this session; returns its label."""
+    ar_core.checkpoint.read_checkpoint(data, name)  # raises CheckpointError with a clear message
     digest = hashlib.sha256(data).hexdigest()[:16]
-    UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
-    path = UPLOAD_DIR / f"{digest}.safetensors"
-    if not path.exists():
-        path.write_bytes(data)
-    ar_core.checkpoint.read_checkpoint(path)  # raises CheckpointError with a clear message
-    st.session_state.setdefault("user_checkpoints", {})[f"{Path(name).stem} (uploaded)"] = str(path)
-    return str(path)
+    st.session_state.setdefault("uploaded_bytes", {})[digest] = data
+    label = f"{Path(name).stem} (uploaded)"
+    st.session_state.setdefault("user_checkpoints", {})[label] = digest
+    return label
 
 
-def get_model(path: str, device: str):
-    return load_model(path, Path(path).stat().st_mtime, device)
+@st.cache_resource(show_spinner="Loading model…", max_entries=8)
+def _load_uploaded(digest: str, device: str, _data: bytes):
+    """Uploaded models are cached by content digest (the bytes themselves are not hashed again)."""
+    return ar_core.load_checkpoint(_data, device=pick_device(device), name=f"upload {digest}")
+
+
+def get_model(source: str, device: str):
+    if source.startswith(UPLOAD_PREFIX):
+        digest = source[len(UPLOAD_PREFIX):]
+        return _load_uploaded(digest, device, st.session_state["uploaded_bytes"][digest])
+    return load_model(source, Path(source).stat().st_mtime, device)
 
 
 def cached_inspection(model, meta, key: tuple, images: torch.Tensor) -> Inspection:
@@ -108,10 +114,12 @@ def _prediction_store() -> dict:
     return {}
 
 
-def checkpoint_meta(path: str) -> dict | None:
-    """A checkpoint's metadata (header only), or None when the file is unusable."""
+def checkpoint_meta(source: str) -> dict | None:
+    """A checkpoint's metadata (header only), or None when it is unusable."""
     try:
-        return _checkpoint_meta(path, Path(path).stat().st_mtime)
+        if source.startswith(UPLOAD_PREFIX):
+            return ar_core.checkpoint.read_metadata(st.session_state["uploaded_bytes"][source[len(UPLOAD_PREFIX):]])
+        return _checkpoint_meta(source, Path(source).stat().st_mtime)
     except (CheckpointError, OSError):
         return None
 

@@ -76,67 +76,104 @@ def save_checkpoint(model: AttendAndRectify, path: str | Path, meta: dict[str, A
     return path
 
 
-def read_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, Any], dict[str, torch.Tensor]]:
-    """Parse and verify a checkpoint file without building a model."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+MAX_HEADER_BYTES = 16 * 1024 * 1024  # a real header is a few KB; anything near this is hostile
 
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint file at {path}")
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if head.startswith(_PICKLE_MAGIC):
+
+def _header(head: bytes, size: int, name: str) -> dict[str, Any]:
+    """Parse the safetensors header from the file's first bytes."""
+    if head[:8].startswith(_PICKLE_MAGIC):
         raise CheckpointError(
-            f"{path.name} is a PyTorch pickle, not a safetensors checkpoint; pickles are never loaded here. "
+            f"{name} is a PyTorch pickle, not a safetensors checkpoint; pickles are never loaded here. "
             f"If it is a state_dict of the reference implementation, convert it with "
-            f"`python -m ar_core.convert --reference {path.name} --out model.safetensors`.")
+            f"`python -m ar_core.convert --reference {name} --out model.safetensors`.")
+    if size < 8:
+        raise CheckpointError(f"{name} is not a readable safetensors file (truncated or corrupt?): only {size} bytes")
+    n = int.from_bytes(head[:8], "little")
+    if n > MAX_HEADER_BYTES or n > size - 8:
+        raise CheckpointError(f"{name} is not a readable safetensors file (truncated or corrupt?): its header claims "
+                              f"{n} bytes in a {size}-byte file")
     try:
-        from safetensors import safe_open
+        header = json.loads(head[8:8 + n])
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{name} is not a readable safetensors file (truncated or corrupt?): {e}") from e
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{name} is not a readable safetensors file (truncated or corrupt?): bad header")
+    return header
 
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path.name} is not a readable safetensors file (truncated or corrupt?): {e}") from e
-    if header.get("format") != FORMAT:
-        raise CheckpointError(f"{path.name} is a safetensors file but not an Attend & Rectify checkpoint "
-                              f"(format {header.get('format')!r}, expected {FORMAT!r}); save models with "
+
+def _config_and_meta(header: dict[str, Any], name: str) -> tuple[ModelConfig, dict[str, Any]]:
+    metadata = header.get("__metadata__") or {}
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(f"{name} is a safetensors file but not an Attend & Rectify checkpoint "
+                              f"(format {metadata.get('format')!r}, expected {FORMAT!r}); save models with "
                               f"ar_core.save_checkpoint or convert them with python -m ar_core.convert")
     try:
-        config = ModelConfig.from_dict(json.loads(header["config"]))
-        meta = json.loads(header.get("meta", "{}"))
+        config = ModelConfig.from_dict(json.loads(metadata["config"]))
+        meta = json.loads(metadata.get("meta", "{}"))
+        if not isinstance(meta, dict):
+            raise TypeError("metadata is not a JSON object")
     except (KeyError, ValueError, TypeError) as e:
-        raise CheckpointError(f"{path.name} has a damaged config or metadata header: {e}") from e
-    expected = header.get("weights_sha256")
-    if expected and _digest(tensors) != expected:
-        raise CheckpointError(f"{path.name} is corrupt: its weights do not match the digest stored in it; "
-                              f"download or copy the file again")
+        raise CheckpointError(f"{name} has a damaged config or metadata header: {e}") from e
     meta["config"] = config.to_dict()
+    return config, meta
+
+
+def read_metadata(source: str | Path | bytes, name: str | None = None) -> dict[str, Any]:
+    """A checkpoint's metadata (its config under ``config``), reading the header only."""
+    if isinstance(source, (bytes, bytearray)):
+        name = name or "uploaded checkpoint"
+        header = _header(bytes(source[:8 + MAX_HEADER_BYTES]), len(source), name)
+    else:
+        path = Path(source)
+        name = name or path.name
+        if not path.is_file():
+            raise CheckpointError(f"no checkpoint file at {path}")
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else 0
+            head += f.read(min(n, MAX_HEADER_BYTES))
+        header = _header(head, path.stat().st_size, name)
+    return _config_and_meta(header, name)[1]
+
+
+def read_checkpoint(source: str | Path | bytes, name: str | None = None
+                    ) -> tuple[ModelConfig, dict[str, Any], dict[str, torch.Tensor]]:
+    """Parse and verify a checkpoint (a path, or the file's bytes) without building a model."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    if isinstance(source, (bytes, bytearray)):
+        data, name = bytes(source), name or "uploaded checkpoint"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise CheckpointError(f"no checkpoint file at {path}")
+        data, name = path.read_bytes(), name or path.name
+    header = _header(data, len(data), name)
+    config, meta = _config_and_meta(header, name)
+    try:
+        tensors = load(data)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{name} is not a readable safetensors file (truncated or corrupt?): {e}") from e
+    expected = (header.get("__metadata__") or {}).get("weights_sha256")
+    if expected and _digest(tensors) != expected:
+        raise CheckpointError(f"{name} is corrupt: its weights do not match the digest stored in it; "
+                              f"download or copy the file again")
     return config, meta, tensors
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """A checkpoint's metadata (with its config under ``config``) from the header alone."""
-    from safetensors import SafetensorError, safe_open
+def load_checkpoint(path: str | Path | bytes, device: str | torch.device = "cpu",
+                    dtype: torch.dtype = torch.float32, name: str | None = None
+                    ) -> tuple[AttendAndRectify, dict[str, Any]]:
+    """Load a checkpoint → (model in eval mode on ``device``, metadata).
 
-    path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-        meta = json.loads(header.get("meta", "{}"))
-        meta["config"] = ModelConfig.from_dict(json.loads(header["config"])).to_dict()
-    except (SafetensorError, OSError, KeyError, ValueError, TypeError) as e:
-        raise CheckpointError(f"{path.name} has no readable Attend & Rectify header: {e}") from e
-    return meta
-
-
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
-                    dtype: torch.dtype = torch.float32) -> tuple[AttendAndRectify, dict[str, Any]]:
-    """Load a checkpoint (a path, or the name of a shipped one) → (model in eval mode, metadata)."""
-    if not Path(path).exists() and str(path) in SHIPPED:
+    ``path`` is a file, the name of a shipped checkpoint, or the file's bytes (an upload, read from
+    memory and never written to disk).
+    """
+    if not isinstance(path, (bytes, bytearray)) and not Path(path).exists() and str(path) in SHIPPED:
         path = CHECKPOINT_DIR / f"{path}.safetensors"
-    config, meta, tensors = read_checkpoint(path)
+    config, meta, tensors = read_checkpoint(path, name)
+    name = name or (Path(path).name if not isinstance(path, (bytes, bytearray)) else "uploaded checkpoint")
     model = build_model(config)
     own = model.state_dict()
     missing = sorted(set(own) - set(tensors))
@@ -151,10 +188,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
             parts.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[:3]})")
         if wrong:
             parts.append(f"{len(wrong)} wrong shapes (e.g. {wrong[:3]})")
-        raise CheckpointError(f"{Path(path).name} does not match the model its config describes: "
+        raise CheckpointError(f"{name} does not match the model its config describes: "
                               + "; ".join(parts))
     model.load_state_dict(tensors)
     bad = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
-        raise CheckpointError(f"{Path(path).name} holds non-finite weights in {bad[:3]}; it cannot predict")
+        raise CheckpointError(f"{name} holds non-finite weights in {bad[:3]}; it cannot predict")
     return model.to(device=device, dtype=dtype).eval(), meta

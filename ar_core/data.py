@@ -148,3 +148,32 @@ def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
     mean = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
     std = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
     return (images.float() / 255.0 - mean) / std
+
+
+def data_roots() -> list[Path]:
+    """Folders a visitor may read datasets from: $AR_DATA_ROOTS (os.pathsep-separated), else the
+    folder named by $AR_IMAGE_FOLDER and the user's home. Set AR_DATA_ROOTS on a shared server."""
+    named = os.environ.get("AR_DATA_ROOTS")
+    if named:
+        return [Path(p).expanduser() for p in named.split(os.pathsep) if p]
+    roots = [Path(os.environ["AR_IMAGE_FOLDER"]).expanduser()] if os.environ.get("AR_IMAGE_FOLDER") else []
+    return roots + [Path.home()]
+
+
+def resolve_under(path: str | Path, roots: list[Path]) -> Path:
+    """The real path of ``path`` if it lies inside one of ``roots`` (symlinks followed), else an error."""
+    p = Path(path).expanduser()
+    if ".." in p.parts:
+        raise PermissionError(f"{path}: '..' is not allowed in a folder path")
+    if not p.is_absolute():
+        raise PermissionError(f"{path}: give an absolute path inside {', '.join(map(str, roots))}")
+    try:
+        real = p.resolve(strict=True)
+    except (FileNotFoundError, RuntimeError):
+        raise FileNotFoundError(f"no folder at {path}") from None
+    for root in roots:
+        r = root.resolve()
+        if real == r or r in real.parents:
+            return real
+    raise PermissionError(f"{path} is outside the folders this server may read ({', '.join(map(str, roots))}); "
+                          f"the operator can add folders with AR_DATA_ROOTS")

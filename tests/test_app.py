@@ -200,3 +200,17 @@ def test_about_page():
     at = AppTest.from_string("from app.pages import about\nabout.render()", default_timeout=30).run()
     assert not at.exception
     assert len(at.latex) == 6
+
+
+def test_folders_outside_the_data_roots_are_refused(app_env, monkeypatch):
+    monkeypatch.setenv("AR_DATA_ROOTS", str(app_env / "folder"))
+    secret = app_env / "secret" / "cls"
+    secret.mkdir(parents=True)
+    (secret / "a.png").write_bytes(_png())
+    at = _start()
+    at.radio(key="source").set_value("Dataset").run()
+    at.selectbox(key="dataset_kind").set_value("ImageFolder directory").run()
+    assert any(str(app_env / "folder") in c.value for c in at.sidebar.caption)
+    for bad in (str(app_env / "secret"), f"{app_env}/folder/../secret"):
+        at.text_input(key="folder").input(bad).run()
+        assert not at.exception and any(e.startswith("Refused") for e in _errors(at)), bad

@@ -220,3 +220,36 @@ def test_normalize_with_cifar_stats_has_zero_mean_on_the_mean_colour():
     mean, std = D.STATS["cifar10"]
     colour = torch.tensor([round(m * 255) for m in mean], dtype=torch.uint8).view(1, 3, 1, 1)
     assert D.normalize(colour, mean, std).abs().max() < 0.01
+
+
+def test_resolve_under_allows_only_named_roots(tmp_path):
+    from ar_core.data import resolve_under
+
+    root = tmp_path / "root"
+    (root / "set" / "cat").mkdir(parents=True)
+    outside = tmp_path / "secret"
+    outside.mkdir()
+    (root / "escape").symlink_to(outside)
+    assert resolve_under(root / "set", [root]) == (root / "set").resolve()
+    with pytest.raises(PermissionError, match="outside the folders"):
+        resolve_under(outside, [root])
+    with pytest.raises(PermissionError, match="outside the folders"):
+        resolve_under(root / "escape", [root])  # a symlink out of the root
+    with pytest.raises(PermissionError, match="'..'"):
+        resolve_under(f"{root}/set/../../secret", [root])
+    with pytest.raises(PermissionError, match="absolute path"):
+        resolve_under("set", [root])
+    with pytest.raises(FileNotFoundError):
+        resolve_under(root / "missing", [root])
+
+
+def test_data_roots_from_environment(monkeypatch, tmp_path):
+    import os
+
+    from ar_core.data import data_roots
+
+    monkeypatch.setenv("AR_DATA_ROOTS", f"{tmp_path / 'a'}{os.pathsep}{tmp_path / 'b'}")
+    assert data_roots() == [tmp_path / "a", tmp_path / "b"]
+    monkeypatch.delenv("AR_DATA_ROOTS")
+    monkeypatch.setenv("AR_IMAGE_FOLDER", str(tmp_path / "imgs"))
+    assert data_roots()[0] == tmp_path / "imgs"

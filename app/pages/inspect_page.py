@@ -12,7 +12,7 @@ import streamlit as st
 from app import figures, state
 from app.pages.about import EQUATIONS
 from ar_core.checkpoint import CheckpointError
-from ar_core.data import cache_dir
+from ar_core.data import cache_dir, data_roots, resolve_under
 from ar_core.inference import (OUTCOMES, ImageError, ablate, filter_indices, fit_image, load_image, rectification,
                                to_uint8, topk, trace_to_json, trace_to_npz)
 
@@ -30,8 +30,9 @@ def _sidebar_model():
             if up is not None and st.session_state.get("ckpt_seen") != up.file_id:
                 st.session_state["ckpt_seen"] = up.file_id
                 try:
-                    state.save_uploaded_checkpoint(up.getvalue(), up.name)
-                    st.success(f"Loaded {up.name}")
+                    label = state.add_uploaded_checkpoint(up.getvalue(), up.name)
+                    st.session_state["ckpt_error"] = None
+                    st.session_state["model_label"] = label  # switch to it
                 except CheckpointError as e:
                     st.session_state["ckpt_error"] = str(e)
             if st.session_state.get("ckpt_error"):
@@ -97,17 +98,22 @@ def _camera():
 def _open_dataset(kind: str, size: int):
     """The chosen dataset, or None with a message that says how to get one."""
     if kind == "ImageFolder directory":
+        roots = data_roots()
         default = os.environ.get(state.DATASET_ENV, "")
         path = st.text_input("Folder (root/<class>/<image>)", default, key="folder",
                              help=f"Also settable with the {state.DATASET_ENV} environment variable.")
+        st.caption("Readable folders: " + ", ".join(f"`{r}`" for r in roots))
         if not path:
             st.info("Enter the path of an ImageFolder directory: one sub-folder per class, images inside.")
             return None, None
         try:
-            return state.load_folder(path, size), f"folder:{path}"
+            real = resolve_under(path, roots)
+            return state.load_folder(str(real), size), f"folder:{real}"
+        except PermissionError as e:
+            st.error(f"Refused: {e}")
         except (FileNotFoundError, OSError, ValueError) as e:
             st.error(f"Cannot read {path}: {e}")
-            return None, None
+        return None, None
     name = "cifar10" if kind.startswith("CIFAR-10 ") else "cifar100"
     root = str(cache_dir() / "torchvision")
     try:
