@@ -59,29 +59,34 @@ def load_image(data: bytes, name: str = "image"):
     except UnidentifiedImageError as e:
         raise ImageError(f"{name} is not an image file PIL can read; upload a PNG, JPEG, WebP, BMP, GIF or TIFF") from e
     except Image.DecompressionBombError as e:
-        raise ImageError(f"{name} is too large to decode safely; downscale it first") from e
+        raise ImageError(f"{name} claims more pixels than the {MAX_PIXELS // 10**6} megapixel limit "
+                         f"(a decompression bomb?); downscale it first") from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageError(f"{name} could not be decoded (truncated or damaged file?): {e}") from e
 
 
 def fit_image(img, size: int = 32, mode: str = "center-crop"):
-    """Resize an RGB PIL image to ``size`` x ``size``: centre-crop the shorter side, or pad it."""
+    """Resize an RGB PIL image to ``size`` x ``size``: centre-crop the shorter side, or pad it.
+
+    Padding resizes first and pads the small image (edge colour: the image's mean), so a 1x50,000
+    strip never becomes a 50,000x50,000 canvas.
+    """
     from PIL import Image
 
     w, h = img.size
     if mode == "center-crop":
         s = min(w, h)
         img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-    elif mode == "pad":
-        s = max(w, h)
-        canvas = Image.new("RGB", (s, s), tuple(int(v) for v in np.asarray(img).reshape(-1, 3).mean(0)))
-        canvas.paste(img, ((s - w) // 2, (s - h) // 2))
-        img = canvas
-    else:
+        return img.resize((size, size), Image.BICUBIC if s > size else Image.NEAREST) if s != size else img
+    if mode != "pad":
         raise ValueError(f"mode must be 'center-crop' or 'pad', got {mode!r}")
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.BICUBIC if s > size else Image.NEAREST)
-    return img
+    scale = size / max(w, h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    small = img.resize((nw, nh), Image.BICUBIC if scale < 1 else Image.NEAREST) if (nw, nh) != (w, h) else img
+    fill = tuple(int(v) for v in np.asarray(small).reshape(-1, 3).mean(0))
+    canvas = Image.new("RGB", (size, size), fill)
+    canvas.paste(small, ((size - nw) // 2, (size - nh) // 2))
+    return canvas
 
 
 def to_uint8(img) -> torch.Tensor:
