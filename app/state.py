@@ -11,7 +11,8 @@ import torch
 
 import ar_core
 from ar_core.checkpoint import CheckpointError
-from ar_core.inference import Inspection, inspect, pick_device
+from ar_core import inference
+from ar_core.inference import Inspection, pick_device
 
 def device_options() -> list[str]:
     opts = ["auto", "cpu"]
@@ -75,7 +76,7 @@ def cached_inspection(model, meta, key: tuple, images: torch.Tensor) -> Inspecti
     if key not in cache:
         if len(cache) > 64:
             cache.pop(next(iter(cache)))
-        cache[key] = inspect(model, images, meta)
+        cache[key] = inference.inspect(model, images, meta)
     return cache[key]
 
 

@@ -102,19 +102,22 @@ def test_several_uploads_and_fit_modes(app_env):
 
 def test_display_controls_do_not_rerun_the_model(app_env, monkeypatch):
     at = _start()
-    at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()
     calls = []
     import ar_core.inference as inference
 
     original = inference.inspect
     monkeypatch.setattr(inference, "inspect", lambda *a, **k: calls.append(1) or original(*a, **k))
+    at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()
+    assert calls == [1]  # the model ran once for the new image
     at.slider(key="alpha").set_value(0.2).run()
     at.selectbox(key="cmap").set_value("viridis").run()
     at.selectbox(key="hm_layer").set_value(2).run()
     at.selectbox(key="hm_head").set_value(1).run()
     at.multiselect(key="contrib_classes").set_value([0, 1]).run()
-    assert not at.exception and calls == []
-    assert len(at.session_state["traces"]) == 1
+    at.checkbox(key="src_group2").uncheck().run()
+    assert not at.exception and calls == [1]
+    at.file_uploader(key="images").set_value([("dog.png", _png(5), "image/png")]).run()
+    assert calls == [1, 1]
 
 
 def test_ablation_panel(app_env):

@@ -37,3 +37,17 @@ def test_import_is_cheap_on_top_of_torch():
 def test_ar_core_has_no_streamlit_imports():
     for path in (ROOT / "ar_core").rglob("*.py"):
         assert "import streamlit" not in path.read_text(), path
+
+
+def test_bench_quick_run(tmp_path):
+    """The benchmark CLI runs end to end and writes its JSON (numbers themselves are not asserted)."""
+    import json
+
+    out = tmp_path / "bench.json"
+    code = "import torch; torch.set_num_threads(1); from ar_core.bench import main; main(['--quick', '--skip-training', '--out', %r])"
+    subprocess.run([sys.executable, "-c", code % str(out)], cwd=ROOT, check=True, capture_output=True, timeout=600)
+    result = json.loads(out.read_text())
+    cost = result["attention_cost"]
+    assert len(cost) == 4 and all(r["gflops_attention"] > r["gflops_baseline"] for r in cost)
+    assert result["inference_cpu"]["batch_images_per_s"] > 0
+    assert result["app"]["model_runs_on_control_change"] == 0

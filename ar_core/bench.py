@@ -1,0 +1,195 @@
+"""Benchmarks, measured side by side in one run: `python -m ar_core.bench [--quick] [--out bench.json]`.
+
+1. attention cost: parameters and FLOPs (torch.utils.flop_counter) of WRN-16-4 with AD=3 AW=4
+   against the same WRN without attention, for 10/100 classes and 1x1/3x3 heads;
+2. inference: one-image ``model.trace`` latency against the plain network's forward, and batch
+   evaluation throughput (the evaluator's path);
+3. training: images/s of the project's training step (channels_last, bf16 autocast where the CPU
+   has native bf16) against a plain fp32, contiguous, eager step of the same model;
+4. the app: image uploaded → default views (Streamlit AppTest), and a rerun after changing a
+   display control (which must not run the model);
+5. all of it on CUDA as well when a GPU is present.
+Timings are medians of repeated runs; the machine and versions are recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .model import ModelConfig, build_model
+
+
+def _median_time(fn, repeats: int, warmup: int = 2, sync=lambda: None) -> float:
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def count_flops(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """FLOPs of one forward pass (multiply-adds count 2), by torch.utils.flop_counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    return counter.get_total_flops()
+
+
+def attention_cost() -> list[dict]:
+    rows = []
+    x = torch.randn(1, 3, 32, 32)
+    for classes in (10, 100):
+        base = build_model(ModelConfig(num_classes=classes, attention_depth=0)).eval()
+        base_params = sum(p.numel() for p in base.parameters())
+        base_flops = count_flops(base, x)
+        for k in (1, 3):
+            att = build_model(ModelConfig(num_classes=classes, attention_depth=3, attention_width=4, kernel_size=k)).eval()
+            params = sum(p.numel() for p in att.parameters())
+            flops = count_flops(att, x)
+            rows.append({"classes": classes, "kernel": k, "params_baseline": base_params, "params_attention": params,
+                         "extra_params_pct": round(100 * (params / base_params - 1), 2),
+                         "gflops_baseline": round(base_flops / 1e9, 4), "gflops_attention": round(flops / 1e9, 4),
+                         "extra_flops_pct": round(100 * (flops / base_flops - 1), 2)})
+    return rows
+
+
+def _autocast(device: torch.device, amp: bool):
+    if not amp:
+        return nullcontext
+    if device.type == "cuda":
+        return lambda: torch.autocast("cuda", dtype=torch.float16)
+    if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
+        return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    return nullcontext
+
+
+def inference(device: torch.device, repeats: int, batch: int) -> dict:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    torch.manual_seed(0)
+    att = build_model(ModelConfig(attention_depth=3, attention_width=4)).to(device).eval()
+    plain = build_model(ModelConfig(attention_depth=0)).to(device).eval()
+    x1 = torch.randn(1, 3, 32, 32, device=device)
+    with torch.inference_mode():
+        t_trace = _median_time(lambda: att.trace(x1), repeats, sync=sync)
+        t_plain = _median_time(lambda: plain(x1), repeats, sync=sync)
+        t_plain_backbone = _median_time(lambda: plain.backbone(x1), repeats, sync=sync)
+        xb = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+        att_cl = att.to(memory_format=torch.channels_last)
+        ac = _autocast(device, True)
+
+        def batch_eval():
+            with ac():
+                att_cl.trace(xb)
+
+        t_batch = _median_time(batch_eval, max(3, repeats // 10), warmup=1, sync=sync)
+    return {"trace_1img_ms": round(t_trace * 1000, 2), "plain_forward_1img_ms": round(t_plain * 1000, 2),
+            "plain_backbone_1img_ms": round(t_plain_backbone * 1000, 2),
+            "trace_over_plain": round(t_trace / t_plain, 3), "batch": batch,
+            "batch_images_per_s": round(batch / t_batch, 1)}
+
+
+def training(device: torch.device, steps: int, batch: int) -> dict:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    y = torch.randint(0, 10, (batch,), device=device)
+
+    def make(fast: bool):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(attention_depth=3, attention_width=4)).to(device).train()
+        x = torch.randn(batch, 3, 32, 32, device=device)
+        if fast:
+            model = model.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        ac = _autocast(device, fast)
+        scaler = torch.amp.GradScaler("cuda") if fast and device.type == "cuda" else None
+
+        def step():
+            with ac():
+                out, reg = model(x)
+                loss = F.nll_loss(out.float(), y) + reg
+            opt.zero_grad(set_to_none=True)
+            if scaler:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
+        return step
+
+    t_fast = _median_time(make(True), steps, warmup=2, sync=sync)
+    t_plain = _median_time(make(False), steps, warmup=2, sync=sync)
+    return {"batch": batch, "project_images_per_s": round(batch / t_fast, 1),
+            "plain_fp32_images_per_s": round(batch / t_plain, 1), "speedup": round(t_plain / t_fast, 2)}
+
+
+def machine() -> dict:
+    from .train import hardware
+
+    info = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu": hardware(torch.device("cpu")),
+            "native_bf16": bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _table(title: str, rows: list[dict]) -> str:
+    keys = list(rows[0])
+    widths = [max(len(k), *(len(str(r[k])) for r in rows)) for k in keys]
+    lines = [title, "  ".join(k.ljust(w) for k, w in zip(keys, widths))]
+    lines += ["  ".join(str(r[k]).ljust(w) for k, w in zip(keys, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description="Attend & Rectify benchmarks (prints a table, writes JSON)")
+    p.add_argument("--out", default="bench.json")
+    p.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
+    p.add_argument("--skip-app", action="store_true")
+    p.add_argument("--skip-training", action="store_true")
+    a = p.parse_args(argv)
+    repeats = 5 if a.quick else 30
+    result = {"machine": machine(), "attention_cost": attention_cost()}
+    print(_table("1. attention cost (WRN-16-4, AD=3, AW=4 vs AD=0)", result["attention_cost"]), flush=True)
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    for dev in devices:
+        inf = inference(dev, repeats, batch=100 if a.quick else 500)
+        result[f"inference_{dev.type}"] = inf
+        print(_table(f"2. inference on {dev.type}", [inf]), flush=True)
+        if not a.skip_training:
+            tr = training(dev, steps=3 if a.quick else 10, batch=32 if a.quick else 128)
+            result[f"training_{dev.type}"] = tr
+            print(_table(f"3. training step on {dev.type}", [tr]), flush=True)
+    if not a.skip_app:
+        try:
+            from app.timing import time_app
+        except ImportError as e:  # the library installed without the app
+            print(f"4. app: skipped ({e})", file=sys.stderr)
+        else:
+            app = time_app(repeats=3 if a.quick else 10)
+            result["app"] = app
+            print(_table("4. app (AppTest, WRN-16-4 AD=3 AW=4)", [app]), flush=True)
+    Path(a.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {a.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
