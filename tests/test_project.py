@@ -51,3 +51,14 @@ def test_bench_quick_run(tmp_path):
     assert len(cost) == 4 and all(r["gflops_attention"] > r["gflops_baseline"] for r in cost)
     assert result["inference_cpu"]["batch_images_per_s"] > 0
     assert result["app"]["model_runs_on_control_change"] == 0
+
+
+def test_streamlit_config_keeps_xsrf_and_upload_limit():
+    import tomllib
+
+    from ar_core.inference import MAX_UPLOAD_BYTES
+
+    cfg = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert cfg["server"]["enableXsrfProtection"] is True
+    assert cfg["server"]["maxUploadSize"] * 1024 * 1024 == MAX_UPLOAD_BYTES
+    assert cfg["client"]["showErrorDetails"] == "none"
