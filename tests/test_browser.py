@@ -6,12 +6,7 @@ The screenshot is saved to tests/artifacts/ (or $AR_ARTIFACTS) for a person to l
 """
 
 import os
-import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +17,7 @@ from PIL import Image
 import ar_core
 from conftest import ROOT, randomize_bn
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+from app.loadtest import CHROMEDRIVER as DRIVER, CHROMIUM, make_driver, start_server, stop_server
 
 
 def _browser_available() -> bool:
@@ -38,12 +32,6 @@ pytestmark = pytest.mark.skipif(not _browser_available() and not os.environ.get(
                                 reason="needs Debian's chromium and chromium-driver (installed by .ci/run)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(tmp_path):
     torch.manual_seed(0)
@@ -51,46 +39,15 @@ def server(tmp_path):
     ckpt = ar_core.save_checkpoint(randomize_bn(ar_core.build_model(cfg)).eval(), tmp_path / "browser-test.safetensors",
                                    {"classes": [f"class{i}" for i in range(10)], "dataset": "toy",
                                     "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}})
-    port = _free_port()
-    env = {**os.environ, "AR_CHECKPOINT": str(ckpt), "AR_CACHE_DIR": str(tmp_path / "cache"),
-           "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
-    log = open(tmp_path / "streamlit.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
-                             "--server.address", "127.0.0.1", "--server.port", str(port)],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail("streamlit did not answer on /_stcore/health within 60 s:\n" + (tmp_path / "streamlit.log").read_text())
+    proc, url = start_server({"AR_CHECKPOINT": str(ckpt), "AR_CACHE_DIR": str(tmp_path / "cache")},
+                             tmp_path / "streamlit.log")
     yield url, tmp_path
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    stop_server(proc)
 
 
 @pytest.fixture
 def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--window-size=1400,2200"):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
-    driver.set_page_load_timeout(60)
+    driver = make_driver()
     yield driver
     driver.quit()
 

@@ -1,0 +1,30 @@
+"""Many sessions at once on one process (short runs; `python -m app.loadtest` is the long one)."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import ar_core
+from app.loadtest import CHROMEDRIVER, CHROMIUM, browser_load, trace_load
+from conftest import randomize_bn
+
+
+def test_eight_threads_on_the_trace_api(tiny_model):
+    r = trace_load(tiny_model, workers=8, seconds=3, max_runs=400)
+    assert r["errors"] == 0, r["first_errors"]
+    assert r["runs"] >= 100 and r["p95_ms"] >= r["p50_ms"] > 0
+    assert r["rss_end_mb"] - r["rss_after_100_mb"] < 50
+
+
+@pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()) and not os.environ.get("CI"),
+                    reason="needs Debian's chromium and chromium-driver (installed by .ci/run)")
+def test_eight_browsers_on_one_server(tmp_path):
+    torch.manual_seed(0)
+    cfg = ar_core.ModelConfig(num_classes=4, depth=10, width=1, attention_width=2)
+    ckpt = ar_core.save_checkpoint(randomize_bn(ar_core.build_model(cfg)).eval(), tmp_path / "load.safetensors",
+                                   {"classes": ["apple", "bear", "cloud", "dolphin"]})
+    r = browser_load(str(ckpt), workers=8, seconds=20, max_runs=48, n_images=12)
+    assert r["errors"] == 0, r["first_errors"]
+    assert r["runs"] >= 8
