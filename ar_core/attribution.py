@@ -39,12 +39,12 @@ def private_copy(model: AttendAndRectify) -> AttendAndRectify:
 
 def attribute(model: AttendAndRectify, x: torch.Tensor, target: int, method: str, layer: str | None = None,
               noise_tunnel: bool = False, nt_samples: int = 8, ig_steps: int = 32,
-              occlusion_window: int = 4, occlusion_stride: int = 2) -> Attribution:
+              occlusion_window: int = 4, occlusion_stride: int = 2, copy_model: bool = True) -> Attribution:
     """Attribution of the fused score of class ``target`` for one normalised image x (1, 3, H, W).
 
     Pixel methods are reduced to one map by summing |attribution| over colour channels;
     Grad-CAM (on the feature map ``layer``, default the last) keeps positive evidence and is
-    upsampled to the input size.
+    upsampled to the input size. ``copy_model=False`` hooks ``model`` itself: only for a private model.
     """
     from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, NoiseTunnel, Occlusion, Saliency
 
@@ -52,7 +52,7 @@ def attribute(model: AttendAndRectify, x: torch.Tensor, target: int, method: str
         raise ValueError(f"unknown attribution method {method!r}; choose one of {list(METHODS)}")
     if x.ndim != 4 or x.shape[0] != 1:
         raise ValueError(f"expected one image of shape (1, 3, H, W), got {tuple(x.shape)}")
-    net = private_copy(model)
+    net = private_copy(model) if copy_model else model
     x = x.detach().clone().requires_grad_(True)
     t0 = time.perf_counter()
     if method == "gradcam":

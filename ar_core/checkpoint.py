@@ -159,6 +159,7 @@ def read_checkpoint(source: str | Path | bytes, name: str | None = None
     if expected and _digest(tensors) != expected:
         raise CheckpointError(f"{name} is corrupt: its weights do not match the digest stored in it; "
                               f"download or copy the file again")
+    meta["weights_sha256"] = expected or _digest(tensors)  # the weights' identity, e.g. for result caches
     return config, meta, tensors
 
 

@@ -126,70 +126,54 @@ def autocast_for(device: torch.device, amp: str):
 # ---------------------------------------------------------------- evaluation
 
 @torch.inference_mode()
-def evaluate(model: AttendAndRectify, dataset: D.TensorDataset, meta: dict[str, Any], batch_size: int = 500,
-             device: str | torch.device | None = None, progress: bool = False, amp: str = "auto") -> dict[str, Any]:
-    """All metrics of ``model`` on ``dataset`` (uint8 images, labels), as a JSON-ready dict.
+def collect(model: AttendAndRectify, images: torch.Tensor, labels: torch.Tensor, meta: dict[str, Any],
+            batch_size: int = 500, device: torch.device | None = None, amp: str = "auto",
+            progress=None) -> tuple[dict[str, torch.Tensor], str]:
+    """Per-image results of one pass over uint8 ``images``: (arrays by name, precision used).
 
-    Labels are renumbered to ``meta["classes"]`` by name (ClassMismatchError when the names differ).
-    The model is put on ``device`` (default: where it is) in channels_last memory format, in place,
-    and evaluated in eval mode; its training flag is restored afterwards.
+    Arrays: pred, confidence, top5, nll, net_pred, and for attention models pred/<layer>,
+    conf_gates/<layer>, head_pred/<layer> (each head's top class) and global_gates.
+    ``progress(n)`` is called with the number of images done after each batch.
     """
-    classes = list(meta.get("classes") or dataset.classes)
-    num_classes = model.num_classes
-    if len(classes) != num_classes:
-        raise ClassMismatchError(f"{len(classes)} class names for a {num_classes}-class model")
-    dataset = align_labels(dataset, classes)
-    n = len(dataset)
-    if n == 0:
-        raise ValueError("the dataset holds no images")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.to(device=device, memory_format=torch.channels_last).eval()
+    device = device or next(model.parameters()).device
     autocast, precision = autocast_for(device, amp)
-
     keep: dict[str, list[torch.Tensor]] = {}
 
     def add(name: str, t: torch.Tensor):
         keep.setdefault(name, []).append(t.detach().cpu())
 
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    for i in range(0, len(labels), batch_size):
+        x = preprocess(images[i:i + batch_size], meta)  # the app's normalisation, defaults included
+        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        y = labels[i:i + batch_size].to(device, non_blocking=True)
+        with autocast():
+            trace = model.trace(x)
+        output = trace.output.float()
+        logp = F.log_softmax(output, dim=1)
+        confidence, pred = logp.max(dim=1)
+        add("pred", pred)
+        add("confidence", confidence.exp())
+        add("top5", topk_correct(output, y, 5))
+        add("nll", -logp.gather(1, y[:, None]).squeeze(1).double())
+        add("net_pred", trace.net_output.argmax(dim=1))
+        for layer in trace.layers:
+            add(f"pred/{layer.name}", layer.hypothesis.argmax(dim=1))
+            add(f"conf_gates/{layer.name}", layer.confidence_gates.float())
+            add(f"head_pred/{layer.name}", layer.head_hypotheses.argmax(dim=2))
+        if trace.layers:
+            add("global_gates", trace.global_gates.float())
+        if progress is not None:
+            progress(min(len(labels), i + batch_size))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return {k: torch.cat(v) for k, v in keep.items()}, precision
 
-        bar = tqdm(total=n, unit="img", desc="evaluate", file=sys.stderr, dynamic_ncols=True)
-    t0 = time.perf_counter()
-    try:
-        for i in range(0, n, batch_size):
-            x = preprocess(dataset.images[i:i + batch_size], meta)  # the app's normalisation, defaults included
-            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            y = dataset.labels[i:i + batch_size].to(device, non_blocking=True)
-            with autocast():
-                trace = model.trace(x)
-            output = trace.output.float()
-            logp = F.log_softmax(output, dim=1)
-            confidence, pred = logp.max(dim=1)
-            add("pred", pred)
-            add("confidence", confidence.exp())
-            add("top5", topk_correct(output, y, 5))
-            add("nll", -logp.gather(1, y[:, None]).squeeze(1).double())
-            add("net_pred", trace.net_output.argmax(dim=1))
-            for layer in trace.layers:
-                add(f"pred/{layer.name}", layer.hypothesis.argmax(dim=1))
-                add(f"conf_gates/{layer.name}", layer.confidence_gates.float())
-            if trace.layers:
-                add("global_gates", trace.global_gates.float())
-            if bar is not None:
-                bar.update(len(y))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    finally:
-        if bar is not None:
-            bar.close()
-        model.train(was_training)
-    seconds = time.perf_counter() - t0
 
-    cat = {k: torch.cat(v) for k, v in keep.items()}
-    labels = dataset.labels
+def summarize(cat: dict[str, torch.Tensor], labels: torch.Tensor, classes: Sequence[str],
+              sources: Sequence[str]) -> dict[str, Any]:
+    """The evaluator's metrics from the per-image arrays of :func:`collect`."""
+    num_classes = len(classes)
+    n = len(labels)
     pred = cat["pred"]
     correct = pred == labels
     cm = confusion_matrix(pred, labels, num_classes)
@@ -202,12 +186,12 @@ def evaluate(model: AttendAndRectify, dataset: D.TensorDataset, meta: dict[str, 
         "ece": ece_from_confidence(cat["confidence"], correct, 15),
         "per_class_accuracy": {c: (None if cm[j].sum() == 0 else float(per_class[j])) for j, c in enumerate(classes)},
         "confusion_matrix": cm.tolist(),
-        "classes": classes,
+        "classes": list(classes),
         "net_accuracy": float((cat["net_pred"] == labels).double().mean()),
     }
-    sources = list(model.sources)
-    if model.attend:
-        source_pred = {name: cat[f"pred/{name}"] for name in model.attend}
+    layers = [s for s in sources if s != "network"]
+    if layers:
+        source_pred = {name: cat[f"pred/{name}"] for name in layers}
         source_pred["network"] = cat["net_pred"]
         net_right = cat["net_pred"] == labels
         result["source_accuracy"] = {**{s: float((source_pred[s] == labels).double().mean()) for s in sources},
@@ -217,9 +201,45 @@ def evaluate(model: AttendAndRectify, dataset: D.TensorDataset, meta: dict[str, 
         g_mean, g_std = mean_std(cat["global_gates"])
         result["global_gates"] = {s: {"mean": m, "std": sd} for s, m, sd in zip(sources, g_mean, g_std)}
         result["confidence_gates"] = {}
-        for name in model.attend:
+        for name in layers:
             c_mean, c_std = mean_std(cat[f"conf_gates/{name}"])
             result["confidence_gates"][name] = {"mean": c_mean, "std": c_std}
+    return result
+
+
+def evaluate(model: AttendAndRectify, dataset: D.TensorDataset, meta: dict[str, Any], batch_size: int = 500,
+             device: str | torch.device | None = None, progress: bool = False, amp: str = "auto") -> dict[str, Any]:
+    """All metrics of ``model`` on ``dataset`` (uint8 images, labels), as a JSON-ready dict.
+
+    Labels are renumbered to ``meta["classes"]`` by name (ClassMismatchError when the names differ).
+    The model is put on ``device`` (default: where it is) in channels_last memory format, in place,
+    and evaluated in eval mode; its training flag is restored afterwards.
+    """
+    classes = list(meta.get("classes") or dataset.classes)
+    if len(classes) != model.num_classes:
+        raise ClassMismatchError(f"{len(classes)} class names for a {model.num_classes}-class model")
+    dataset = align_labels(dataset, classes)
+    n = len(dataset)
+    if n == 0:
+        raise ValueError("the dataset holds no images")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.to(device=device, memory_format=torch.channels_last).eval()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n, unit="img", desc="evaluate", file=sys.stderr, dynamic_ncols=True)
+    t0 = time.perf_counter()
+    try:
+        cat, precision = collect(model, dataset.images, dataset.labels, meta, batch_size, device, amp,
+                                 progress=(lambda done: bar.update(done - bar.n)) if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
+        model.train(was_training)
+    seconds = time.perf_counter() - t0
+    result = summarize(cat, dataset.labels, classes, model.sources)
     result.update({"precision": precision, "device": str(device), "batch_size": batch_size,
                    "seconds": round(seconds, 3), "images_per_s": round(n / max(seconds, 1e-9), 1)})
     return result

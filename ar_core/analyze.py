@@ -1,0 +1,375 @@
+"""The whole data set's story: `python -m ar_core.analyze --checkpoint PATH --data DIR --out OUTDIR`.
+
+Per-source accuracy, calibration and its reliability diagram, the rectification table (overall and
+per class), global- and confidence-gate distributions (per-class means, entropy, which source
+carries the most weight), head specialisation (mutual information between each head's top class and
+the true class), confusion matrices of the fused and the network-only output, and the faithfulness
+of attention maps and attributions (deletion/insertion areas against a random order).
+OUTDIR gets ``analysis.json`` and PNG figures. Per-image results are cached on disk, keyed by the
+checkpoint's weights and the data's content, and saved as they are computed, so an interrupted
+run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from . import data as D
+from .checkpoint import CheckpointError, load_checkpoint
+from .evaluate import ClassMismatchError, align_labels, calibration_bins, collect, confusion_matrix, summarize
+from .model import AttendAndRectify
+
+FAITHFULNESS_METHODS = ("attention", "saliency", "gradcam", "integrated_gradients", "random")
+
+
+# ---------------------------------------------------------------- pure statistics
+
+def entropy(p: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy (nats) of each row of a (N, S) distribution."""
+    return -torch.special.xlogy(p.double(), p.double()).sum(dim=1)
+
+
+def mutual_information(a: torch.Tensor, b: torch.Tensor, na: int, nb: int) -> float:
+    """I(A; B) in bits from paired integer samples (plug-in estimate)."""
+    joint = torch.bincount(a.long() * nb + b.long(), minlength=na * nb).double().view(na, nb)
+    joint /= joint.sum()
+    pa, pb = joint.sum(1, keepdim=True), joint.sum(0, keepdim=True)
+    nz = joint > 0
+    return float((joint[nz] * (joint[nz] / (pa * pb).expand_as(joint)[nz]).log2()).sum())
+
+
+def per_class_mean(values: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[list[float] | None]:
+    """Mean row of ``values`` (N, C) for each class; None for a class without images."""
+    out = []
+    for c in range(num_classes):
+        rows = values[labels == c]
+        out.append(rows.double().mean(0).tolist() if len(rows) else None)
+    return out
+
+
+def dataset_story(cat: dict[str, torch.Tensor], labels: torch.Tensor, classes: Sequence[str],
+                  sources: Sequence[str]) -> dict[str, Any]:
+    """Everything beyond the evaluator's numbers, from the per-image arrays of ``collect``."""
+    m = len(classes)
+    fused_right = cat["pred"] == labels
+    net_right = cat["net_pred"] == labels
+    count, conf, acc = calibration_bins(cat["confidence"], fused_right, 15)
+    story: dict[str, Any] = {
+        "reliability": {"count": count.tolist(), "confidence": conf.tolist(), "accuracy": acc.tolist()},
+        "net_confusion_matrix": confusion_matrix(cat["net_pred"], labels, m).tolist(),
+    }
+    layers = [s for s in sources if s != "network"]
+    if not layers:
+        return story
+    table = {"network right, fused right": int((net_right & fused_right).sum()),
+             "network right, fused wrong (spoiled)": int((net_right & ~fused_right).sum()),
+             "network wrong, fused right (rectified)": int((~net_right & fused_right).sum()),
+             "network wrong, fused wrong": int((~net_right & ~fused_right).sum())}
+    story["rectification"] = table
+    story["rectification_per_class"] = {
+        c: {"rectified": int(((labels == j) & ~net_right & fused_right).sum()),
+            "spoiled": int(((labels == j) & net_right & ~fused_right).sum())} for j, c in enumerate(classes)}
+    g = cat["global_gates"]
+    story["global_gates_per_class"] = per_class_mean(g, labels, m)
+    story["global_gate_entropy"] = float(entropy(g).mean())
+    dominant = torch.bincount(g.argmax(1), minlength=len(sources)).double() / len(g)
+    story["dominant_source_share"] = dict(zip(sources, dominant.tolist()))
+    story["confidence_gates_per_class"] = {}
+    story["confidence_gate_entropy"] = {}
+    story["head_class_mi_bits"] = {}
+    story["head_favourite_class"] = {}
+    for name in layers:
+        cg = cat[f"conf_gates/{name}"]
+        story["confidence_gates_per_class"][name] = per_class_mean(cg, labels, m)
+        story["confidence_gate_entropy"][name] = float(entropy(cg).mean())
+        heads = cat[f"head_pred/{name}"]
+        story["head_class_mi_bits"][name] = [mutual_information(heads[:, k], labels, m, m)
+                                             for k in range(heads.shape[1])]
+        story["head_favourite_class"][name] = [classes[int(torch.bincount(heads[:, k], minlength=m).argmax())]
+                                               for k in range(heads.shape[1])]
+    return story
+
+
+# ---------------------------------------------------------------- faithfulness
+
+def faithfulness(model: AttendAndRectify, images: torch.Tensor, meta: dict[str, Any], indices: Sequence[int],
+                 methods: Sequence[str] = FAITHFULNESS_METHODS, steps: int = 16, mode: str = "blur",
+                 progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+    """Deletion and insertion areas per image and method, explaining the fused prediction.
+
+    'attention' is the attention of all attended layers, each fused over its heads by the
+    confidence gates and weighted by its global gate, upsampled to the input.
+    """
+    from .attribution import attribute, layer_attention, private_copy
+    from .faithfulness import curves, random_saliency
+    from .inference import preprocess
+
+    net = private_copy(model).float().to(memory_format=torch.contiguous_format)
+    device = next(net.parameters()).device
+    out = {f"{m}/{kind}": np.full(len(indices), np.nan) for m in methods for kind in ("deletion", "insertion")}
+    for j, i in enumerate(indices):
+        x = preprocess(images[i:i + 1], meta).to(device)
+        size = x.shape[-1]
+        with torch.no_grad():
+            t = net.trace(x)
+        target = int(t.output[0].argmax())
+        for method in methods:
+            if method == "attention":
+                if not t.layers:
+                    continue
+                maps = [layer_attention(t.map(lambda v: v.cpu()), 0, l, size) for l in range(len(t.layers))]
+                sal = sum(float(t.global_gates[0, l]) * m for l, m in enumerate(maps))
+            elif method == "random":
+                sal = random_saliency((size, size), seed=int(i))
+            else:
+                sal = attribute(net, x, target, method, ig_steps=16, copy_model=False).map
+            c = curves(net, x, target, sal, steps=steps, mode=mode)
+            out[f"{method}/deletion"][j] = c.deletion_area
+            out[f"{method}/insertion"][j] = c.insertion_area
+        if progress is not None:
+            progress(j + 1)
+    return out
+
+
+def summarize_faithfulness(areas: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    res: dict[str, dict[str, float]] = {}
+    for key, v in areas.items():
+        method, kind = key.split("/")
+        v = v[~np.isnan(v)]
+        if len(v):
+            res.setdefault(method, {})[f"{kind}_mean"] = float(v.mean())
+            res[method][f"{kind}_std"] = float(v.std())
+            res[method]["n"] = int(len(v))
+    return res
+
+
+# ---------------------------------------------------------------- caching
+
+def cache_key(meta: dict[str, Any], dataset: D.TensorDataset, extra: str = "") -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps(meta.get("config", {}), sort_keys=True).encode())
+    h.update(str(meta.get("weights_sha256", "")).encode())
+    h.update(dataset.images.contiguous().numpy().tobytes())
+    h.update(dataset.labels.numpy().tobytes())
+    h.update(extra.encode())
+    return h.hexdigest()[:24]
+
+
+def _load_partial(path: Path) -> tuple[dict[str, torch.Tensor], int]:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        return {}, 0
+    with safe_open(str(path), framework="pt") as f:
+        done = int((f.metadata() or {}).get("done", 0))
+    return load_file(str(path)), done
+
+
+def _save_partial(path: Path, arrays: dict[str, torch.Tensor], done: int):
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in arrays.items()}, str(tmp), metadata={"done": str(done)})
+    tmp.replace(path)
+
+
+def collect_cached(model, dataset, meta, cache: Path | None, chunk: int = 2000, batch_size: int = 500,
+                   progress=None) -> dict[str, torch.Tensor]:
+    """``collect`` over the whole set in chunks, each saved as it finishes (resumable)."""
+    arrays, done = _load_partial(cache) if cache else ({}, 0)
+    n = len(dataset)
+    while done < n:
+        stop = min(n, done + chunk)
+        part, _ = collect(model, dataset.images[done:stop], dataset.labels[done:stop], meta, batch_size,
+                          progress=(lambda k, base=done: progress(base + k)) if progress else None)
+        arrays = {k: torch.cat([arrays[k], v]) if k in arrays else v for k, v in part.items()}
+        done = stop
+        if cache:
+            _save_partial(cache, arrays, done)
+    return arrays
+
+
+# ---------------------------------------------------------------- figures (matplotlib, for the report)
+
+def save_figures(result: dict[str, Any], out: Path) -> list[str]:
+    """PNG figures of the analysis into ``out``; returns the file names."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    names = []
+    classes = result["classes"]
+
+    def save(fig, name):
+        fig.savefig(out / name, dpi=110)
+        names.append(name)
+
+    rel = result["reliability"]
+    fig = Figure(figsize=(4.5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    centers = (np.arange(15) + 0.5) / 15
+    ax.bar(centers, rel["accuracy"], width=1 / 15, edgecolor="k", alpha=0.7, label="accuracy")
+    ax.plot([0, 1], [0, 1], "r--", label="perfect calibration")
+    ax.set(xlabel="confidence (fused)", ylabel="accuracy", title=f"reliability, ECE {100 * result['ece']:.2f} %")
+    ax.legend()
+    save(fig, "reliability.png")
+    for key, title in (("confusion_matrix", "fused output"), ("net_confusion_matrix", "network alone")):
+        cm = np.asarray(result[key], dtype=float)
+        fig = Figure(figsize=(6, 5.5), layout="constrained")
+        ax = fig.subplots()
+        im = ax.imshow(cm / np.maximum(cm.sum(1, keepdims=True), 1), cmap="Blues", vmin=0, vmax=1)
+        ax.set(title=f"confusion, {title}", xlabel="predicted", ylabel="true")
+        if len(classes) <= 20:
+            ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
+            ax.set_yticks(range(len(classes)), classes, fontsize=7)
+        fig.colorbar(im, ax=ax, fraction=0.046)
+        save(fig, f"{key}.png")
+    if "source_accuracy" in result:
+        fig = Figure(figsize=(6, 3.5), layout="constrained")
+        ax = fig.subplots()
+        src = result["source_accuracy"]
+        ax.bar(list(src), [100 * v for v in src.values()], color="#4C78A8")
+        ax.set(ylabel="accuracy %", title="each source alone vs the fused output",
+               ylim=(max(0, 100 * min(src.values()) - 10), 100))
+        save(fig, "source_accuracy.png")
+        gpc = [row if row is not None else [np.nan] * len(result["sources"]) for row in result["global_gates_per_class"]]
+        fig = Figure(figsize=(4 + 0.4 * len(result["sources"]), 1.5 + 0.18 * len(classes)), layout="constrained")
+        ax = fig.subplots()
+        im = ax.imshow(np.asarray(gpc), aspect="auto", cmap="viridis")
+        ax.set_xticks(range(len(result["sources"])), result["sources"], rotation=30)
+        if len(classes) <= 40:
+            ax.set_yticks(range(len(classes)), classes, fontsize=7)
+        ax.set(title="mean global gate per true class")
+        fig.colorbar(im, ax=ax)
+        save(fig, "global_gates_per_class.png")
+        mi = result["head_class_mi_bits"]
+        fig = Figure(figsize=(5, 3), layout="constrained")
+        ax = fig.subplots()
+        im = ax.imshow(np.asarray(list(mi.values())), cmap="magma", aspect="auto")
+        ax.set_yticks(range(len(mi)), list(mi))
+        ax.set_xticks(range(len(next(iter(mi.values())))), [f"head {k + 1}" for k in range(len(next(iter(mi.values()))))])
+        ax.set(title="head specialisation: I(head's top class; true class), bits")
+        fig.colorbar(im, ax=ax)
+        save(fig, "head_class_mi.png")
+    if result.get("faithfulness"):
+        fig = Figure(figsize=(7, 3.5), layout="constrained")
+        axes = fig.subplots(1, 2)
+        f = result["faithfulness"]
+        methods = list(f)
+        for ax, kind, better in zip(axes, ("deletion", "insertion"), ("lower", "higher")):
+            ax.bar(methods, [f[m][f"{kind}_mean"] for m in methods], yerr=[f[m][f"{kind}_std"] for m in methods],
+                   color="#F58518", capsize=3)
+            ax.set(title=f"{kind} area ({better} is better)")
+            ax.tick_params(axis="x", rotation=30)
+        save(fig, "faithfulness.png")
+    return names
+
+
+# ---------------------------------------------------------------- the whole analysis
+
+def analyze(model: AttendAndRectify, dataset: D.TensorDataset, meta: dict[str, Any], faithfulness_n: int = 500,
+            methods: Sequence[str] = FAITHFULNESS_METHODS, batch_size: int = 500, use_cache: bool = True,
+            progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+    """Every number of the analysis as a JSON-ready dict (``progress(stage, done, total)``)."""
+    classes = list(meta.get("classes") or dataset.classes)
+    dataset = align_labels(dataset, classes)
+    model.eval()
+    key = cache_key(meta, dataset)
+    cache = D.cache_dir() / "analysis" / f"{key}.safetensors" if use_cache else None
+    t0 = time.perf_counter()
+    n = len(dataset)
+    cat = collect_cached(model, dataset, meta, cache, batch_size=batch_size,
+                         progress=(lambda k: progress("predictions", k, n)) if progress else None)
+    seconds = time.perf_counter() - t0
+    result = summarize(cat, dataset.labels, classes, model.sources)
+    result["sources"] = list(model.sources)
+    result.update(dataset_story(cat, dataset.labels, classes, model.sources))
+    result["seconds_predictions"] = round(seconds, 2)
+    if faithfulness_n > 0:
+        k = min(faithfulness_n, n)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:k].tolist()
+        methods = [m for m in methods if m != "attention" or model.attend]
+        fcache = D.cache_dir() / "analysis" / f"{key}-faith-{'-'.join(methods)}.safetensors" if use_cache else None
+        stored, done = _load_partial(fcache) if fcache else ({}, 0)
+        areas = {name: stored[name].numpy().copy() if name in stored else np.full(k, np.nan)
+                 for name in (f"{m}/{kind}" for m in methods for kind in ("deletion", "insertion"))}
+        t1 = time.perf_counter()
+        step = 25
+        for start in range(min(done, k), k, step):
+            stop = min(k, start + step)
+            part = faithfulness(model, dataset.images, meta, order[start:stop], methods,
+                                progress=(lambda j, base=start: progress("faithfulness", base + j, k)) if progress else None)
+            for name, v in part.items():
+                areas[name][start:stop] = v
+            if fcache:
+                _save_partial(fcache, {name: torch.from_numpy(v) for name, v in areas.items()}, stop)
+        result["faithfulness"] = summarize_faithfulness(areas)
+        result["faithfulness_images"] = k
+        result["seconds_faithfulness"] = round(time.perf_counter() - t1, 2)
+    return result
+
+
+def main(argv=None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", help="ImageFolder tree named by the checkpoint's classes")
+    p.add_argument("--torchvision", choices=["cifar10", "cifar100"], help="torchvision's test split instead")
+    p.add_argument("--root", default=str(D.cache_dir() / "torchvision"))
+    p.add_argument("--out", required=True, help="output folder (analysis.json and PNG figures)")
+    p.add_argument("--faithfulness", type=int, default=500, help="images for the deletion/insertion curves (0: skip)")
+    p.add_argument("--methods", nargs="*", default=list(FAITHFULNESS_METHODS), choices=FAITHFULNESS_METHODS)
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--no-cache", action="store_true")
+    p.add_argument("--threads", type=int, default=0)
+    a = p.parse_args(argv)
+    if bool(a.data) == bool(a.torchvision):
+        p.error("give exactly one of --data DIR or --torchvision cifar10|cifar100")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    try:
+        model, meta = load_checkpoint(a.checkpoint)
+        size = int(meta.get("image_size", 32))
+        dataset = D.load_image_folder(a.data, size) if a.data else \
+            D.load_torchvision_cifar(a.torchvision, a.root, train=False, download=True)
+    except (CheckpointError, OSError, ValueError, RuntimeError) as e:
+        sys.exit(f"error: {e}")
+    from tqdm import tqdm
+
+    bars: dict[str, Any] = {}
+
+    def progress(stage, done, total):
+        bar = bars.get(stage)
+        if bar is None:
+            bar = bars[stage] = tqdm(total=total, desc=stage, unit="img", file=sys.stderr, dynamic_ncols=True)
+        bar.update(done - bar.n)
+
+    try:
+        result = analyze(model, dataset, meta, a.faithfulness, a.methods, a.batch_size, not a.no_cache, progress)
+    except ClassMismatchError as e:
+        sys.exit(f"error: {e}")
+    for bar in bars.values():
+        bar.close()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result["figures"] = save_figures(result, out)
+    result["checkpoint"] = str(a.checkpoint)
+    (out / "analysis.json").write_text(json.dumps(result, indent=1))
+    print(f"accuracy {100 * result['accuracy']:.2f} %; wrote {out / 'analysis.json'} and {len(result['figures'])} figures")
+    return result
+
+
+if __name__ == "__main__":
+    main()

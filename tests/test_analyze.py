@@ -1,0 +1,110 @@
+"""The data-set analysis: statistics on hand-made cases, and the CLI on a tiny ImageFolder."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import ar_core
+from ar_core import analyze as A
+from conftest import randomize_bn
+from test_data import make_image_folder
+
+
+def test_entropy_and_mutual_information():
+    p = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
+    assert A.entropy(p).tolist() == pytest.approx([0.0, math.log(2)])
+    a = torch.tensor([0, 1, 0, 1])
+    assert A.mutual_information(a, a, 2, 2) == pytest.approx(1.0)  # a fair bit, fully shared
+    assert A.mutual_information(a, torch.tensor([0, 0, 1, 1]), 2, 2) == pytest.approx(0.0)
+    assert A.mutual_information(torch.zeros(4, dtype=torch.long), a, 2, 2) == pytest.approx(0.0)
+
+
+def test_dataset_story_on_a_hand_made_case():
+    labels = torch.tensor([0, 0, 1, 1])
+    cat = {"pred": torch.tensor([0, 1, 1, 1]), "net_pred": torch.tensor([1, 0, 1, 0]),
+           "confidence": torch.tensor([0.9, 0.6, 0.8, 0.7]),
+           "global_gates": torch.tensor([[0.8, 0.2], [0.4, 0.6], [0.7, 0.3], [0.9, 0.1]]),
+           "conf_gates/g": torch.tensor([[0.5, 0.5]] * 4), "head_pred/g": torch.tensor([[0, 1], [0, 1], [1, 1], [1, 1]]),
+           "pred/g": torch.tensor([0, 0, 1, 1])}
+    s = A.dataset_story(cat, labels, ["cat", "dog"], ["g", "network"])
+    assert s["rectification"] == {"network right, fused right": 1, "network right, fused wrong (spoiled)": 1,
+                                  "network wrong, fused right (rectified)": 2, "network wrong, fused wrong": 0}
+    assert s["rectification_per_class"]["cat"] == {"rectified": 1, "spoiled": 1}
+    assert s["dominant_source_share"] == {"g": 0.75, "network": 0.25}
+    assert s["global_gates_per_class"][0] == pytest.approx([0.6, 0.4])
+    assert s["head_class_mi_bits"]["g"] == pytest.approx([1.0, 0.0])  # head 1 reads the class, head 2 never
+    assert s["head_favourite_class"]["g"] == ["cat", "dog"]
+    assert s["confidence_gate_entropy"]["g"] == pytest.approx(math.log(2))
+    assert s["net_confusion_matrix"] == [[1, 1], [1, 1]]
+
+
+@pytest.fixture
+def tiny_setup(tmp_path, monkeypatch):
+    monkeypatch.setenv("AR_CACHE_DIR", str(tmp_path / "cache"))
+    classes = ["a", "b", "c"]
+    root = tmp_path / "data"
+    make_image_folder(root, classes, per_class=4)
+    torch.manual_seed(0)
+    model = randomize_bn(ar_core.build_model(ar_core.ModelConfig(num_classes=3, depth=10, width=1,
+                                                                 attention_width=2))).eval()
+    ckpt = ar_core.save_checkpoint(model, tmp_path / "m.safetensors", {"classes": classes})
+    return root, ckpt
+
+
+def test_analysis_matches_the_evaluator_and_resumes_from_cache(tiny_setup, monkeypatch):
+    root, ckpt = tiny_setup
+    model, meta = ar_core.load_checkpoint(ckpt)
+    data = ar_core.data.load_image_folder(root)
+    r = A.analyze(model, data, meta, faithfulness_n=2, methods=["attention", "saliency", "random"], batch_size=5)
+    from ar_core.evaluate import evaluate
+
+    e = evaluate(model, data, meta, batch_size=5)
+    for key in ("accuracy", "net_accuracy", "rectified", "spoiled", "confusion_matrix", "source_accuracy"):
+        assert r[key] == e[key], key
+    assert sum(r["rectification"].values()) == 12
+    assert set(r["faithfulness"]) == {"attention", "saliency", "random"}
+    assert r["faithfulness"]["random"]["n"] == 2
+    # a second run is served from the cache: collecting again would be an error here
+    monkeypatch.setattr(A, "collect", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
+    monkeypatch.setattr(A, "faithfulness", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
+    again = A.analyze(model, data, meta, faithfulness_n=2, methods=["attention", "saliency", "random"], batch_size=5)
+    assert again["faithfulness"] == r["faithfulness"] and again["accuracy"] == r["accuracy"]
+
+
+def test_interrupted_collection_resumes(tiny_setup, tmp_path):
+    root, ckpt = tiny_setup
+    model, meta = ar_core.load_checkpoint(ckpt)
+    data = ar_core.data.load_image_folder(root)
+    cache = tmp_path / "partial.safetensors"
+    full = A.collect_cached(model, data, meta, None, chunk=5, batch_size=5)
+    first = A.collect_cached(model, data.subset(torch.arange(5)), meta, cache, chunk=5, batch_size=5)
+    assert A._load_partial(cache)[1] == 5 and len(first["pred"]) == 5
+    resumed = A.collect_cached(model, data, meta, cache, chunk=5, batch_size=5)
+    for k in full:
+        assert torch.equal(resumed[k], full[k]), k
+
+
+def test_cli_writes_json_and_figures(tiny_setup, tmp_path):
+    root, ckpt = tiny_setup
+    out = tmp_path / "report"
+    A.main(["--checkpoint", str(ckpt), "--data", str(root), "--out", str(out), "--faithfulness", "2",
+            "--methods", "attention", "gradcam", "random", "--batch-size", "4"])
+    result = json.loads((out / "analysis.json").read_text())
+    assert 0 <= result["accuracy"] <= 1 and result["n"] == 12
+    for name in ("reliability.png", "confusion_matrix.png", "net_confusion_matrix.png", "source_accuracy.png",
+                 "global_gates_per_class.png", "head_class_mi.png", "faithfulness.png"):
+        assert (out / name).stat().st_size > 1000, name
+    assert set(result["figures"]) >= {"reliability.png", "faithfulness.png"}
+
+
+def test_cli_errors(tiny_setup, tmp_path):
+    root, ckpt = tiny_setup
+    with pytest.raises(SystemExit, match="error: no checkpoint"):
+        A.main(["--checkpoint", str(tmp_path / "nope.safetensors"), "--data", str(root), "--out", str(tmp_path)])
+    other = ar_core.save_checkpoint(ar_core.build_model(ar_core.ModelConfig(num_classes=3, depth=10, width=1)),
+                                    tmp_path / "o.safetensors", {"classes": ["x", "y", "z"]})
+    with pytest.raises(SystemExit, match="do not match"):
+        A.main(["--checkpoint", str(other), "--data", str(root), "--out", str(tmp_path / "o"), "--faithfulness", "0"])
