@@ -210,3 +210,60 @@ def attribution_figure(image: np.ndarray, attention: dict[str, np.ndarray], attr
         ax.set_xticks([])
         ax.set_yticks([])
     return fig
+
+
+def bars_figure(values: dict[str, float], title: str, percent: bool = False):
+    """A labelled bar per entry (e.g. each source's accuracy, each source's dominance share)."""
+    import plotly.graph_objects as go
+
+    scale = 100 if percent else 1
+    ys = [scale * v for v in values.values()]
+    fig = go.Figure(go.Bar(x=list(values), y=ys, text=[f"{y:.2f}" for y in ys], textposition="outside",
+                           marker_color=[SOURCE_COLORS[j % 6] for j in range(len(ys))]))
+    lo = min(ys) if ys else 0
+    fig.update_layout(title=title, yaxis=dict(title="%" if percent else "", range=[max(0, lo - 10 * scale / 100), max(ys) * 1.08 if ys else 1]),
+                      height=320, margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+def confusion_figure(cm, classes: Sequence[str]):
+    """Row-normalised confusion matrix; hover shows counts and the row share."""
+    import plotly.graph_objects as go
+
+    cm = np.asarray(cm, dtype=float)
+    share = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    fig = go.Figure(go.Heatmap(z=share, x=list(classes), y=list(classes), customdata=cm, colorscale="Blues",
+                               zmin=0, zmax=1, hovertemplate="true %{y}, predicted %{x}<br>%{customdata:.0f} images "
+                                                             "(%{z:.1%} of the row)<extra></extra>"))
+    fig.update_yaxes(autorange="reversed", title="true class")
+    fig.update_xaxes(title="predicted class")
+    fig.update_layout(height=max(380, 14 * len(classes)), margin=dict(l=10, r=10, t=20, b=10))
+    return fig
+
+
+def reliability_figure(rel: dict, ece: float):
+    """Accuracy against confidence per bin, with the diagonal of perfect calibration."""
+    import plotly.graph_objects as go
+
+    bins = len(rel["accuracy"])
+    centers = (np.arange(bins) + 0.5) / bins
+    fig = go.Figure([go.Bar(x=centers, y=rel["accuracy"], width=1 / bins, name="accuracy", customdata=rel["count"],
+                            hovertemplate="confidence %{x:.2f}: accuracy %{y:.3f} (%{customdata:.0f} images)"
+                                          "<extra></extra>"),
+                     go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration",
+                                line=dict(dash="dash", color="red"))])
+    fig.update_layout(title=f"reliability of the fused output (ECE {ece:.2%})", xaxis_title="confidence",
+                      yaxis_title="accuracy", height=380, margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+def class_heatmap(rows, classes: Sequence[str], columns: Sequence[str], title: str):
+    """A (class x column) heatmap of per-class means; classes without images are blank."""
+    import plotly.graph_objects as go
+
+    z = np.asarray([r if r is not None else [np.nan] * len(columns) for r in rows], dtype=float)
+    fig = go.Figure(go.Heatmap(z=z, x=list(columns), y=list(classes), colorscale="Viridis",
+                               hovertemplate="%{y}, %{x}: %{z:.3f}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(title=title, height=max(320, 14 * len(classes)), margin=dict(l=10, r=10, t=40, b=10))
+    return fig

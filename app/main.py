@@ -7,15 +7,24 @@ import logging
 import streamlit as st
 
 
+SHARED_WIDGETS = ("model_label", "device", "dataset_kind", "folder")
+
+
 def main():
     st.set_page_config(page_title="Attend & Rectify Explorer", page_icon=":material/center_focus_strong:", layout="wide")
-    from app.pages import about, inspect_page
+    from app.pages import about, dataset_page, inspect_page
 
-    pages = [
-        st.Page(inspect_page.render, title="Inspect an image", icon=":material/image_search:", url_path="inspect", default=True),
-        st.Page(about.render, title="How it works", icon=":material/menu_book:", url_path="about"),
-    ]
-    page = st.navigation(pages)
+    pages = {
+        "inspect": st.Page(inspect_page.render, title="Inspect an image", icon=":material/image_search:",
+                           url_path="inspect", default=True),
+        "dataset": st.Page(dataset_page.render, title="Whole data set", icon=":material/dataset:", url_path="dataset"),
+        "about": st.Page(about.render, title="How it works", icon=":material/menu_book:", url_path="about"),
+    }
+    st.session_state["_pages"] = pages  # for st.switch_page from inside a page
+    for key in SHARED_WIDGETS:  # keep the sidebar's choices when the user changes page
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
+    page = st.navigation(list(pages.values()))
     try:
         page.run()
     except Exception as e:  # last resort: a message, never a traceback, and the session survives

@@ -281,8 +281,12 @@ def save_figures(result: dict[str, Any], out: Path) -> list[str]:
 
 def analyze(model: AttendAndRectify, dataset: D.TensorDataset, meta: dict[str, Any], faithfulness_n: int = 500,
             methods: Sequence[str] = FAITHFULNESS_METHODS, batch_size: int = 500, use_cache: bool = True,
-            progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
-    """Every number of the analysis as a JSON-ready dict (``progress(stage, done, total)``)."""
+            progress: Callable[[str, int, int], None] | None = None, return_arrays: bool = False):
+    """Every number of the analysis as a JSON-ready dict (``progress(stage, done, total)``).
+
+    With ``return_arrays`` also the per-image arrays (predictions, gates), to list the images
+    behind any number.
+    """
     classes = list(meta.get("classes") or dataset.classes)
     dataset = align_labels(dataset, classes)
     model.eval()
@@ -318,7 +322,7 @@ def analyze(model: AttendAndRectify, dataset: D.TensorDataset, meta: dict[str, A
         result["faithfulness"] = summarize_faithfulness(areas)
         result["faithfulness_images"] = k
         result["seconds_faithfulness"] = round(time.perf_counter() - t1, 2)
-    return result
+    return (result, cat) if return_arrays else result
 
 
 def main(argv=None) -> dict[str, Any]:

@@ -217,3 +217,36 @@ def test_folders_outside_the_data_roots_are_refused(app_env, monkeypatch):
     for bad in (str(app_env / "secret"), f"{app_env}/folder/../secret"):
         at.text_input(key="folder").input(bad).run()
         assert not at.exception and any(e.startswith("Refused") for e in _errors(at)), bad
+
+
+def test_dataset_page_analyses_and_opens_an_image(app_env):
+    at = AppTest.from_string(
+        "import streamlit as st\n"
+        "from app.pages import dataset_page, inspect_page\n"
+        "st.session_state['_pages'] = {'inspect': st.Page(inspect_page.render, url_path='inspect'),\n"
+        "                              'dataset': st.Page(dataset_page.render, url_path='dataset', default=True)}\n"
+        "st.navigation(list(st.session_state['_pages'].values()), position='hidden').run()\n",
+        default_timeout=120).run()
+    assert not at.exception
+    at.selectbox(key="model_label").set_value("tiny-ad3 (AR_CHECKPOINT)").run()
+    at.selectbox(key="dataset_kind").set_value("ImageFolder directory").run()
+    assert any("Analyse the data set" in i.value for i in at.info)
+    at.number_input(key="faith_n").set_value(2)
+    at.multiselect(key="faith_methods").set_value(["attention", "random"])
+    at.button(key="analyse_go").click().run()
+    assert not at.exception and not _errors(at)
+    labels = [m.label for m in at.metric]
+    assert labels[:4] == ["Accuracy (fused)", "Network alone", "Top-5", "ECE"]
+    table = at.dataframe[-1].value
+    assert set(table["map"]) == {"attention", "random"}
+    at.radio(key="cm_which").set_value("network alone").run()
+    at.selectbox(key="an_layer").set_value("group2").run()
+    assert not at.exception
+    (_, arrays), = at.session_state["analyses"].values()
+    at.selectbox(key="cm_true").set_value(0).run()  # image 0 is of class 0
+    at.selectbox(key="cm_pred").set_value(int(arrays["net_pred"][0])).run()
+    buttons = [b for b in at.button if b.key and b.key.startswith("open_")]
+    assert buttons, "no image listed for the chosen confusion cell"
+    buttons[0].click().run()
+    assert not at.exception
+    assert at.session_state["source"] == "Dataset"

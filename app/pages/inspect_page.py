@@ -9,70 +9,13 @@ import time
 import numpy as np
 import streamlit as st
 
-from app import figures, state
+from app import figures, sidebar, state
 from app.pages.about import EQUATIONS
 from ar_core.checkpoint import CheckpointError
-from ar_core.data import cache_dir, data_roots, resolve_under
 from ar_core.inference import (OUTCOMES, ImageError, ablate, filter_indices, fit_image, load_image, rectification,
                                to_uint8, topk, trace_to_json, trace_to_npz)
 
 CMAPS = ["jet", "viridis", "inferno", "magma", "gray"]
-
-
-def _sidebar_model():
-    """Model and device choice; returns (label, path, device) or None without any checkpoint."""
-    with st.sidebar:
-        st.header("Model")
-        with st.expander("Use your own checkpoint"):
-            up = st.file_uploader("safetensors checkpoint", type=["safetensors"], key="ckpt_upload",
-                                  help="Saved by ar_core.save_checkpoint, or converted from the reference "
-                                       "implementation with `python -m ar_core.convert`.")
-            if up is not None and st.session_state.get("ckpt_seen") != up.file_id:
-                st.session_state["ckpt_seen"] = up.file_id
-                try:
-                    label = state.add_uploaded_checkpoint(up.getvalue(), up.name)
-                    st.session_state["ckpt_error"] = None
-                    st.session_state["model_label"] = label  # switch to it
-                except CheckpointError as e:
-                    st.session_state["ckpt_error"] = str(e)
-            if st.session_state.get("ckpt_error"):
-                st.error(st.session_state["ckpt_error"])
-        choices = state.model_choices()
-        if not choices:
-            st.warning("No checkpoint found. Train one with `python -m ar_core.train` (see README) or upload one.")
-            return None
-        label = st.selectbox("Checkpoint", list(choices), key="model_label")
-        device = st.selectbox("Device", state.device_options(), key="device",
-                              help="auto picks CUDA, then Apple MPS, then the CPU")
-        return label, choices[label], device
-
-
-def _model_card(meta: dict):
-    cfg = meta.get("config", {})
-    acc = meta.get("val_accuracy")
-    arch = f"WRN-{cfg.get('depth')}-{cfg.get('width')}" if cfg.get("backbone") == "wrn" else cfg.get("backbone")
-    st.caption(
-        f"{meta.get('dataset', '?')} · {arch} · AD={cfg.get('attention_depth')} AW={cfg.get('attention_width')} · "
-        f"{cfg.get('kernel_size')}x{cfg.get('kernel_size')} heads"
-        + (f" · validation accuracy {acc:.2%}" if acc is not None else ""))
-    with st.expander("Model card"):
-        split = meta.get("validation_split") or {}
-        rows = {
-            "dataset": meta.get("dataset"), "classes": len(meta.get("classes", [])),
-            "architecture": f"{arch}, attention depth {cfg.get('attention_depth')}, width {cfg.get('attention_width')}, "
-                            f"{cfg.get('kernel_size')}x{cfg.get('kernel_size')} heads and gates",
-            "validation accuracy (fused)": f"{acc:.2%}" if acc is not None else None,
-            "validation accuracy (network alone)": f"{meta['val_net_accuracy']:.2%}" if meta.get("val_net_accuracy") else None,
-            "validation split": f"{split.get('size')} images, stratified, seed {split.get('seed')}" if split else None,
-            "epochs": meta.get("epochs_trained"), "training time": f"{meta['training_time_s'] / 60:.0f} min"
-            if meta.get("training_time_s") else None,
-            "hardware": meta.get("hardware"), "code commit": meta.get("code_commit"), "source": meta.get("source"),
-        }
-        st.table({k: str(v) for k, v in rows.items() if v is not None})
-        if meta.get("recipe"):
-            st.json(meta["recipe"], expanded=False)
-        if meta.get("command"):
-            st.code(meta["command"], language="bash")
 
 
 def _decode(raw):
@@ -95,51 +38,12 @@ def _camera():
     return _decode([("camera.jpg", shot.getvalue())]) if shot is not None else []
 
 
-def _open_dataset(kind: str, size: int):
-    """The chosen dataset, or None with a message that says how to get one."""
-    if kind == "ImageFolder directory":
-        roots = data_roots()
-        default = os.environ.get(state.DATASET_ENV, "")
-        path = st.text_input("Folder (root/<class>/<image>)", default, key="folder",
-                             help=f"Also settable with the {state.DATASET_ENV} environment variable.")
-        st.caption("Readable folders: " + ", ".join(f"`{r}`" for r in roots))
-        if not path:
-            st.info("Enter the path of an ImageFolder directory: one sub-folder per class, images inside.")
-            return None, None
-        try:
-            real = resolve_under(path, roots)
-            return state.load_folder(str(real), size), f"folder:{real}"
-        except PermissionError as e:
-            st.error(f"Refused: {e}")
-        except (FileNotFoundError, OSError, ValueError) as e:
-            st.error(f"Cannot read {path}: {e}")
-        return None, None
-    name = "cifar10" if kind.startswith("CIFAR-10 ") else "cifar100"
-    root = str(cache_dir() / "torchvision")
-    try:
-        return state.load_cifar_test(name, root, False), f"{name}-test"
-    except RuntimeError:
-        st.info(f"The {kind} is not downloaded yet ({root}). It needs internet once (about 170 MB); "
-                f"offline, pick an ImageFolder directory or upload images instead.")
-        if st.button(f"Download {kind}", key="download_cifar"):
-            try:
-                with st.spinner("Downloading…"):
-                    return state.load_cifar_test(name, root, True), f"{name}-test"
-            except Exception as e:  # network errors come in many types
-                st.error(f"Download failed ({type(e).__name__}: {e}). Are you offline? Uploads still work.")
-        return None, None
-
-
 def _random_pos(n: int):
     st.session_state["browse_pos"] = int(np.random.default_rng().integers(n))
 
 
 def _dataset_browser(model, meta, size: int, ckpt_key: tuple):
-    with st.sidebar:
-        st.header("Dataset")
-        kind = st.selectbox("Images from", ["CIFAR-10 test set", "CIFAR-100 test set", "ImageFolder directory"],
-                            key="dataset_kind")
-        ds, ds_key = _open_dataset(kind, size)
+    ds, ds_key = sidebar.dataset_picker(size)
     if ds is None:
         return []
     classes = meta.get("classes") or ds.classes
@@ -174,7 +78,7 @@ def render():
     st.title("Attend & Rectify Explorer")
     st.write("Pick an image and see where each attention head looked, how much each gate trusted it, and how "
              "the final answer was fused — and possibly rectified.")
-    chosen = _sidebar_model()
+    chosen = sidebar.model_picker()
     if chosen is None:
         return
     label, path, device = chosen
@@ -183,7 +87,7 @@ def render():
     except (CheckpointError, OSError, RuntimeError) as e:
         st.error(f"Cannot load {label}: {e}")
         return
-    _model_card(meta)
+    sidebar.model_card(meta)
     size = int(meta.get("image_size", 32))
     source = st.radio("Image source", ["Upload", "Dataset", "Camera"], horizontal=True, key="source")
     if source == "Upload":

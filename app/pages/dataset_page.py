@@ -1,0 +1,156 @@
+"""The whole data set: per-source accuracy, calibration, rectification, gates, heads, faithfulness."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from app import figures, sidebar, state
+from ar_core.checkpoint import CheckpointError
+from ar_core.evaluate import ClassMismatchError
+
+
+def _run(model, meta, ds, n_faith: int, methods: list[str]):
+    from ar_core.analyze import analyze
+
+    bars = {}
+
+    def progress(stage, done, total):
+        if stage not in bars:
+            bars[stage] = st.progress(0.0, text=f"{stage}…")
+        bars[stage].progress(min(1.0, done / max(total, 1)), text=f"{stage}: {done}/{total} images")
+
+    result, arrays = analyze(model, ds, meta, faithfulness_n=n_faith, methods=methods, progress=progress,
+                             return_arrays=True)
+    for bar in bars.values():
+        bar.empty()
+    return result, {k: v.numpy() for k, v in arrays.items() if k in ("pred", "net_pred")}
+
+
+def _open_in_inspector(index: int):
+    """Point the inspector's dataset browser at one image and go there."""
+    st.session_state.update({"source": "Dataset", "browse_class": None, "browse_outcome": "all",
+                             "browse_pos": int(index)})
+    st.switch_page(st.session_state["_pages"]["inspect"])
+
+
+def _image_list(ds, indices: np.ndarray, classes, arrays, title: str):
+    st.markdown(f"**{title}** — {len(indices)} images" + (" (first 24 shown)" if len(indices) > 24 else ""))
+    if len(indices) == 0:
+        return
+    cols = st.columns(8)
+    for j, i in enumerate(indices[:24]):
+        with cols[j % 8]:
+            st.image(ds.images[i].permute(1, 2, 0).numpy(), width=64,
+                     caption=f"#{i} {classes[int(ds.labels[i])]}→{classes[int(arrays['pred'][i])]}")
+            st.button("Inspect", key=f"open_{title}_{i}", on_click=_open_in_inspector, args=(int(i),))
+
+
+def render():
+    st.title("The whole data set")
+    st.write("One image tells one story; this page runs the model over a whole data set: how accurate each "
+             "source is alone, how often fusion rectified the network, how the gates behave per class, which "
+             "heads specialise, and whether the attention maps are faithful to what the model uses.")
+    chosen = sidebar.model_picker()
+    if chosen is None:
+        return
+    label, source, device = chosen
+    try:
+        model, meta = state.get_model(source, device)
+    except (CheckpointError, OSError, RuntimeError) as e:
+        st.error(f"Cannot load {label}: {e}")
+        return
+    sidebar.model_card(meta)
+    ds, ds_key = sidebar.dataset_picker(int(meta.get("image_size", 32)))
+    if ds is None:
+        st.info("Choose a data set in the sidebar: a CIFAR test set or an ImageFolder directory.")
+        return
+    classes = list(meta.get("classes") or ds.classes)
+    with st.form("analysis_form"):
+        c1, c2 = st.columns(2)
+        n_faith = c1.number_input("Images for the faithfulness curves (0 skips them)", 0, len(ds),
+                                  min(500, len(ds)), key="faith_n")
+        methods = c2.multiselect("Maps to test", ["attention", "saliency", "gradcam", "integrated_gradients",
+                                                  "random"], default=["attention", "saliency", "gradcam", "random"],
+                                 key="faith_methods")
+        go = st.form_submit_button("Analyse the data set", key="analyse_go")
+    key = (ds_key, source, device, int(n_faith), tuple(methods))
+    store = st.session_state.setdefault("analyses", {})
+    if go:
+        try:
+            store[key] = _run(model, meta, ds, int(n_faith), methods)
+        except ClassMismatchError as e:
+            st.error(f"{e}. Pick a data set with the model's classes.")
+            return
+    if key not in store:
+        st.info(f"{len(ds)} images ready. Press *Analyse the data set* (results are cached on disk, so a second "
+                f"run is instant).")
+        return
+    r, arrays = store[key]
+    labels = ds.labels.numpy()
+    m1, m2, m3, m4 = st.columns(4)
+    m1.metric("Accuracy (fused)", f"{r['accuracy']:.2%}")
+    m2.metric("Network alone", f"{r['net_accuracy']:.2%}", f"{100 * (r['accuracy'] - r['net_accuracy']):+.2f} points",
+              delta_color="normal")
+    m3.metric("Top-5", f"{r['top5_accuracy']:.2%}")
+    m4.metric("ECE", f"{r['ece']:.2%}")
+    tabs = st.tabs(["Sources & rectification", "Confusion", "Calibration", "Gates & heads", "Faithfulness"])
+    with tabs[0]:
+        if "source_accuracy" not in r:
+            st.info("A baseline (AD = 0) has one source only.")
+        else:
+            st.plotly_chart(figures.bars_figure(r["source_accuracy"], "accuracy of each source alone", percent=True),
+                            key="src_acc")
+            st.dataframe([{"": k, "images": v} for k, v in r["rectification"].items()], hide_index=True)
+            per = [{"class": c, **v} for c, v in r["rectification_per_class"].items()]
+            st.caption("Select a class to list its rectified and spoiled images.")
+            event = st.dataframe(per, hide_index=True, on_select="rerun", selection_mode="single-row", key="rect_table")
+            rows = event.selection.rows if event is not None else []
+            if rows:
+                c = classes.index(per[rows[0]]["class"])
+                fused_ok, net_ok = arrays["pred"] == labels, arrays["net_pred"] == labels
+                _image_list(ds, np.nonzero((labels == c) & fused_ok & ~net_ok)[0], classes, arrays,
+                            f"rectified {classes[c]}")
+                _image_list(ds, np.nonzero((labels == c) & ~fused_ok & net_ok)[0], classes, arrays,
+                            f"spoiled {classes[c]}")
+    with tabs[1]:
+        which = st.radio("Output", ["fused", "network alone"], horizontal=True, key="cm_which")
+        cm = r["confusion_matrix"] if which == "fused" else r["net_confusion_matrix"]
+        st.plotly_chart(figures.confusion_figure(cm, classes), key="cm_fig")
+        c1, c2 = st.columns(2)
+        t = c1.selectbox("True class", range(len(classes)), format_func=lambda j: classes[j], key="cm_true")
+        p = c2.selectbox("Predicted class", range(len(classes)), format_func=lambda j: classes[j], key="cm_pred")
+        pred = arrays["pred"] if which == "fused" else arrays["net_pred"]
+        _image_list(ds, np.nonzero((labels == t) & (pred == p))[0], classes, arrays, f"true {classes[t]}, "
+                    f"predicted {classes[p]}")
+    with tabs[2]:
+        st.plotly_chart(figures.reliability_figure(r["reliability"], r["ece"]), key="rel_fig")
+    with tabs[3]:
+        if "global_gates_per_class" not in r:
+            st.info("A baseline (AD = 0) has no gates.")
+        else:
+            st.write(f"Mean entropy of the global gates: {r['global_gate_entropy']:.3f} nats. Share of images in which "
+                     "each source carries the most weight:")
+            st.plotly_chart(figures.bars_figure(r["dominant_source_share"], "dominant source", percent=True),
+                            key="dom_fig")
+            st.plotly_chart(figures.class_heatmap(r["global_gates_per_class"], classes, r["sources"],
+                                                  "mean global gate per true class"), key="gpc_fig")
+            layer = st.selectbox("Layer", list(r["confidence_gates_per_class"]), key="an_layer")
+            k = len(r["head_class_mi_bits"][layer])
+            st.plotly_chart(figures.class_heatmap(r["confidence_gates_per_class"][layer], classes,
+                                                  [f"head {j + 1}" for j in range(k)],
+                                                  f"{layer}: mean confidence gate per true class"), key="cpc_fig")
+            st.dataframe([{"head": j + 1, "I(head's top class; true class), bits": round(mi, 3),
+                           "favourite class": fav} for j, (mi, fav) in
+                          enumerate(zip(r["head_class_mi_bits"][layer], r["head_favourite_class"][layer]))],
+                         hide_index=True)
+    with tabs[4]:
+        f = r.get("faithfulness")
+        if not f:
+            st.info("Set a number of images above to compute deletion and insertion curves.")
+        else:
+            st.write(f"Over {r['faithfulness_images']} images: deletion area (lower is better: removing the most "
+                     "important pixels first should kill the prediction fast) and insertion area (higher is "
+                     "better). A map that does not beat *random* does not explain the model.")
+            st.dataframe([{"map": m, **{k: round(v, 4) for k, v in vals.items() if k != 'n'}, "images": vals["n"]}
+                          for m, vals in f.items()], hide_index=True)
