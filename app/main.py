@@ -12,12 +12,13 @@ SHARED_WIDGETS = ("model_label", "device", "dataset_kind", "folder")
 
 def main():
     st.set_page_config(page_title="Attend & Rectify Explorer", page_icon=":material/center_focus_strong:", layout="wide")
-    from app.pages import about, dataset_page, inspect_page
+    from app.pages import about, dataset_page, inspect_page, lab_page
 
     pages = {
         "inspect": st.Page(inspect_page.render, title="Inspect an image", icon=":material/image_search:",
                            url_path="inspect", default=True),
         "dataset": st.Page(dataset_page.render, title="Whole data set", icon=":material/dataset:", url_path="dataset"),
+        "lab": st.Page(lab_page.render, title="Perturbation lab", icon=":material/science:", url_path="lab"),
         "about": st.Page(about.render, title="How it works", icon=":material/menu_book:", url_path="about"),
     }
     st.session_state["_pages"] = pages  # for st.switch_page from inside a page

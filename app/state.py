@@ -128,3 +128,13 @@ def checkpoint_meta(source: str) -> dict | None:
 @st.cache_data(max_entries=64)
 def _checkpoint_meta(path: str, mtime: float) -> dict:
     return ar_core.checkpoint.read_metadata(path)
+
+
+def checkpoints_for(classes) -> dict[str, tuple[str, int]]:
+    """Label → (source, attention depth) of every offered checkpoint trained on these classes."""
+    pairs = {}
+    for label, source in model_choices().items():
+        meta = checkpoint_meta(source)
+        if meta is not None and list(meta.get("classes", [])) == list(classes):
+            pairs[label] = (source, meta["config"]["attention_depth"])
+    return pairs

@@ -250,3 +250,27 @@ def test_dataset_page_analyses_and_opens_an_image(app_env):
     buttons[0].click().run()
     assert not at.exception
     assert at.session_state["source"] == "Dataset"
+
+
+def test_perturbation_lab(app_env):
+    at = AppTest.from_string(
+        "import streamlit as st\n"
+        "from app.pages import inspect_page, lab_page\n"
+        "page = st.session_state.get('page', 'inspect')\n"
+        "(inspect_page if page == 'inspect' else lab_page).render()\n", default_timeout=120).run()
+    at.selectbox(key="model_label").set_value("tiny-ad3 (AR_CHECKPOINT)").run()
+    at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()
+    before = at.metric[0].value
+    at.session_state["page"] = "lab"
+    at.run()
+    assert not at.exception and at.metric[0].label == "Attention model"
+    calls = len(at.session_state["traces"])
+    for key, value in (("lab_osize", 12), ("lab_scale", 0.5), ("lab_noise", 0.1), ("lab_brightness", 0.2),
+                       ("lab_contrast", 1.5), ("lab_dx", 3)):
+        at.slider(key=key).set_value(value).run()
+        assert not at.exception, key
+    at.checkbox(key="lab_occlude").check().run()
+    assert not at.exception
+    assert len(at.session_state["traces"]) > calls  # each new perturbation was traced
+    assert "was " + before in at.metric[0].delta
+    assert any("No baseline" in i.value for i in at.info)

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import streamlit as st
 
-from app import figures, sidebar, state
+from app import figures, sidebar, state, widgets
 from app.pages.about import EQUATIONS
 from ar_core.checkpoint import CheckpointError
 from ar_core.inference import (OUTCOMES, ImageError, ablate, filter_indices, fit_image, load_image, rectification,
@@ -46,6 +46,7 @@ def _dataset_browser(model, meta, size: int, ckpt_key: tuple):
     ds, ds_key = sidebar.dataset_picker(size)
     if ds is None:
         return []
+    st.session_state["lab_clutter_images"] = ds.images[:256]  # the lab's clutter: patches of real images
     classes = meta.get("classes") or ds.classes
     if len(ds.classes) != len(classes) or list(ds.classes) != list(classes):
         st.warning("This dataset's classes differ from the model's; predictions are shown with the model's names.")
@@ -260,11 +261,7 @@ def to_uint8_from_hwc(image):
 def _compare_view(res):
     """The same image through a baseline and an attention checkpoint of the same classes."""
     classes = res["ins"].classes
-    pairs = {}
-    for label, path in state.model_choices().items():
-        meta = state.checkpoint_meta(path)
-        if meta is not None and list(meta.get("classes", [])) == list(classes):
-            pairs[label] = (path, meta["config"]["attention_depth"])
+    pairs = state.checkpoints_for(classes)
     baselines = [l for l, (_, ad) in pairs.items() if ad == 0]
     attentive = [l for l, (_, ad) in pairs.items() if ad > 0]
     if not baselines or not attentive:
@@ -289,7 +286,7 @@ def _compare_view(res):
             st.markdown(f"**{label}** → **{top[0][0]}** ({top[0][1]:.1%})")
             st.dataframe([{"class": n, "probability": round(p, 4)} for n, p, _ in top], hide_index=True)
             if other.trace.layers:
-                st.pyplot(figures.attention_grid(res["image"], other.trace, 0, classes, 0.55, "jet"))
+                widgets.attention_panels(other.trace, classes, res["image"], 0.55, "jet", captions=False)
 
 
 @st.fragment
@@ -300,16 +297,7 @@ def _attention_view(trace, classes, image):
     c1, c2 = st.columns(2)
     alpha = c1.slider("Overlay opacity", 0.0, 1.0, 0.55, 0.05, key="alpha")
     cmap = c2.selectbox("Colormap", CMAPS, key="cmap")
-    panels = figures.overlay_panels(image, trace, 0, alpha, cmap)
-    k = len(panels[0])
-    for layer, row in zip(trace.layers, panels):
-        h, w = layer.attention_maps.shape[-2:]
-        cols = st.columns([1] + [2] * k)
-        cols[0].markdown(f"**{layer.name}**  \n{h}x{w}")
-        for j, (col, panel) in enumerate(zip(cols[1:], row)):
-            top = classes[int(layer.head_hypotheses[0, j].argmax())]
-            col.image(panel, caption=f"head {j + 1}: {top} · g={float(layer.confidence_gates[0, j]):.2f}",
-                      width="stretch")
+    widgets.attention_panels(trace, classes, image, alpha, cmap)
     c1, c2 = st.columns(2)
     layer = c1.selectbox("Layer", range(len(trace.layers)), format_func=lambda j: trace.layers[j].name, key="hm_layer")
     head = c2.selectbox("Head", range(trace.layers[0].attention_maps.shape[1]), format_func=lambda k: f"head {k + 1}",

@@ -1,0 +1,94 @@
+"""Perturbation lab: change the inspected image and watch maps, gates and prediction move."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import streamlit as st
+import torch
+
+from app import figures, state, widgets
+from ar_core import perturb as P
+from ar_core.inference import rectification, topk
+
+
+def _clutter_source(image: torch.Tensor) -> torch.Tensor:
+    """Patches for the clutter canvas: images of the dataset chosen in the sidebar when one is
+    loaded, else shuffled tiles of the image itself."""
+    ds = st.session_state.get("lab_clutter_images")
+    if ds is not None:
+        return ds
+    tiles = image.unfold(1, 8, 8).unfold(2, 8, 8).reshape(3, 16, 8, 8).permute(1, 0, 2, 3)
+    perm = torch.randperm(16, generator=torch.Generator().manual_seed(0))
+    return torch.stack([torch.cat([torch.cat(list(tiles[perm][r * 4:(r + 1) * 4]), 2) for r in range(4)], 1)])
+
+
+def _perturbed(x: torch.Tensor) -> torch.Tensor:
+    ss = st.session_state
+    if ss.get("lab_occlude"):
+        x = P.occlude(x, ss["lab_ox"], ss["lab_oy"], ss["lab_osize"])
+    if ss.get("lab_dx") or ss.get("lab_dy"):
+        x = P.shift(x, ss["lab_dx"], ss["lab_dy"])
+    if ss.get("lab_scale", 1.0) < 1.0:
+        x = P.clutter(x, _clutter_source(x), ss["lab_scale"], seed=ss.get("lab_seed", 0))
+    if ss.get("lab_noise"):
+        x = P.add_noise(x, ss["lab_noise"], seed=ss.get("lab_seed", 0))
+    if ss.get("lab_brightness") or ss.get("lab_contrast", 1.0) != 1.0:
+        x = P.adjust(x, ss.get("lab_brightness", 0.0), ss.get("lab_contrast", 1.0))
+    return x
+
+
+def render():
+    st.title("Perturbation lab")
+    st.write("Occlude, shift, shrink onto clutter, add noise or change brightness and contrast; after each change "
+             "the attention maps, gates and prediction are recomputed, next to the baseline. The paper claims "
+             "that gated attention helps most when the object is small among clutter.")
+    res = st.session_state.get("result")
+    if res is None:
+        st.info("First choose an image on the *Inspect an image* page; the lab starts from it.")
+        return
+    size = res["image"].shape[0]
+    with st.sidebar:
+        st.header("Perturbation")
+        st.checkbox("Occlude a patch", key="lab_occlude")
+        st.slider("Patch x", 0, size - 1, size // 2 - 4, key="lab_ox")
+        st.slider("Patch y", 0, size - 1, size // 2 - 4, key="lab_oy")
+        st.slider("Patch size", 1, size, 8, key="lab_osize")
+        st.slider("Shift x", -size // 2, size // 2, 0, key="lab_dx")
+        st.slider("Shift y", -size // 2, size // 2, 0, key="lab_dy")
+        st.slider("Object scale on clutter (1 = no clutter)", 0.3, 1.0, 1.0, 0.05, key="lab_scale")
+        st.slider("Noise (std, share of 255)", 0.0, 0.5, 0.0, 0.01, key="lab_noise")
+        st.slider("Brightness", -0.5, 0.5, 0.0, 0.05, key="lab_brightness")
+        st.slider("Contrast", 0.2, 2.0, 1.0, 0.05, key="lab_contrast")
+        st.number_input("Random seed (clutter, noise)", 0, 10_000, 0, key="lab_seed")
+    original = torch.from_numpy(np.ascontiguousarray(res["image"])).permute(2, 0, 1)
+    x = _perturbed(original)
+    digest = hashlib.sha256(x.numpy().tobytes()).hexdigest()[:16]
+    ins = res["ins"]
+    classes = ins.classes
+    model, meta = state.get_model(res["path"], res["device"])
+    now = state.cached_inspection(model, meta, (f"lab-{digest}", "lab", res["path"], res["device"]), x[None])
+    image = x.permute(1, 2, 0).numpy()
+    c1, c2, c3 = st.columns([1, 2, 2])
+    c1.image(image, caption="perturbed input", width=160)
+    before, after = topk(ins.trace.output[0], classes, 1)[0], topk(now.trace.output[0], classes, 1)[0]
+    c2.metric("Attention model", after[0], f"{after[1]:.1%} (was {before[0]} {before[1]:.1%})",
+              delta_color="off", delta_arrow="off")
+    verdict = rectification(now.trace, 0, res.get("label"))
+    c2.caption(f"network alone: {topk(now.trace.net_output[0], classes, 1)[0][0]} · {verdict}")
+    baselines = [l for l, (_, ad) in state.checkpoints_for(classes).items() if ad == 0]
+    if baselines:
+        source = state.checkpoints_for(classes)[baselines[0]][0]
+        bmodel, bmeta = state.get_model(source, res["device"])
+        b = state.cached_inspection(bmodel, bmeta, (f"lab-{digest}", "lab", source, res["device"]), x[None])
+        top = topk(b.trace.output[0], classes, 1)[0]
+        c3.metric(f"Baseline ({baselines[0]})", top[0], f"{top[1]:.1%}", delta_color="off", delta_arrow="off")
+    else:
+        c3.info("No baseline checkpoint with these classes is available for the side-by-side comparison.")
+    if now.trace.layers:
+        st.subheader("Attention maps")
+        widgets.attention_panels(now.trace, classes, image)
+        st.subheader("Gates")
+        st.plotly_chart(figures.confidence_gates_figure(now.trace, 0, classes), key="lab_conf")
+        st.plotly_chart(figures.global_gates_figure(now.trace, 0), key="lab_gg")

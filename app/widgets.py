@@ -1,0 +1,23 @@
+"""Small layout pieces shared by pages (no computation beyond arranging figures)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app import figures
+
+
+def attention_panels(trace, classes, image, alpha: float = 0.55, cmap: str = "jet", i: int = 0,
+                     captions: bool = True):
+    """One row per attended layer, one overlay per head, captioned with its top class and gate."""
+    panels = figures.overlay_panels(image, trace, i, alpha, cmap)
+    k = len(panels[0])
+    for layer, row in zip(trace.layers, panels):
+        h, w = layer.attention_maps.shape[-2:]
+        cols = st.columns([1] + [2] * k)
+        cols[0].markdown(f"**{layer.name}**  \n{h}x{w}")
+        for j, (col, panel) in enumerate(zip(cols[1:], row)):
+            top = classes[int(layer.head_hypotheses[i, j].argmax())]
+            gate = float(layer.confidence_gates[i, j])
+            col.image(panel, caption=f"head {j + 1}: {top} · g={gate:.2f}" if captions else f"g={gate:.2f}",
+                      width="stretch")

@@ -1,0 +1,173 @@
+"""Perturbations of uint8 images, and sweeps of accuracy against their strength.
+
+    python -m ar_core.perturb --checkpoint ATT.safetensors --baseline BASE.safetensors --data DIR \
+        --n 500 --out OUTDIR
+
+The paper claims attention helps under clutter: ``clutter`` shrinks the image onto a canvas tiled
+with patches of other images, ``occlude`` hides a square patch. The sweeps give accuracy against
+strength for the attention model and its baseline side by side (JSON and a PNG figure).
+Every function takes and returns (3, H, W) or (B, 3, H, W) uint8 tensors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def occlude(img: torch.Tensor, x: int, y: int, size: int, value: int = 127) -> torch.Tensor:
+    """A size x size grey square with its top-left corner at (x, y), clipped to the image."""
+    out = img.clone()
+    out[..., max(0, y):max(0, y + size), max(0, x):max(0, x + size)] = value
+    return out
+
+
+def shift(img: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """Translate by (dx, dy) pixels, filling the uncovered border by edge replication."""
+    h, w = img.shape[-2:]
+    pad = (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0))
+    x = F.pad(img.float().reshape(-1, 3, h, w), pad, mode="replicate")
+    top, left = max(-dy, 0), max(-dx, 0)
+    return x[..., top:top + h, left:left + w].reshape(img.shape).round().to(torch.uint8)
+
+
+def adjust(img: torch.Tensor, brightness: float = 0.0, contrast: float = 1.0) -> torch.Tensor:
+    """Contrast about the image mean, then add ``brightness`` (a fraction of 255)."""
+    x = img.float()
+    mean = x.mean(dim=(-3, -2, -1), keepdim=True)
+    return ((x - mean) * contrast + mean + 255 * brightness).clamp(0, 255).round().to(torch.uint8)
+
+
+def add_noise(img: torch.Tensor, std: float, seed: int = 0) -> torch.Tensor:
+    """Gaussian noise of ``std`` (a fraction of 255), reproducible by seed."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(img.shape, generator=g) * 255 * std
+    return (img.float() + noise).clamp(0, 255).round().to(torch.uint8)
+
+
+def clutter(img: torch.Tensor, others: torch.Tensor, scale: float, seed: int = 0) -> torch.Tensor:
+    """Shrink ``img`` by ``scale`` onto a canvas tiled with patches cut from ``others``.
+
+    ``others`` (N, 3, H, W) supplies the clutter; the object lands at a random place (seeded).
+    scale 1 returns the image itself.
+    """
+    if not 0 < scale <= 1:
+        raise ValueError(f"scale must be in (0, 1], got {scale}")
+    h, w = img.shape[-2:]
+    if scale == 1:
+        return img.clone()
+    g = torch.Generator().manual_seed(seed)
+    tile = max(4, h // 4)
+    canvas = torch.empty(3, h, w, dtype=torch.uint8)
+    for ty in range(0, h, tile):
+        for tx in range(0, w, tile):
+            src = others[int(torch.randint(len(others), (1,), generator=g))]
+            sy = int(torch.randint(0, h - tile + 1, (1,), generator=g))
+            sx = int(torch.randint(0, w - tile + 1, (1,), generator=g))
+            patch = src[:, sy:sy + tile, sx:sx + tile]
+            canvas[:, ty:ty + tile, tx:tx + tile] = patch[:, :min(tile, h - ty), :min(tile, w - tx)]
+    sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
+    small = F.interpolate(img.float()[None], size=(sh, sw), mode="bilinear", antialias=True, align_corners=False)[0]
+    y = int(torch.randint(0, h - sh + 1, (1,), generator=g))
+    x = int(torch.randint(0, w - sw + 1, (1,), generator=g))
+    canvas[:, y:y + sh, x:x + sw] = small.round().clamp(0, 255).to(torch.uint8)
+    return canvas
+
+
+@torch.inference_mode()
+def accuracy(model, images: torch.Tensor, labels: torch.Tensor, meta: dict, batch_size: int = 250) -> dict:
+    """Fused and network-only accuracy on uint8 images."""
+    from .inference import preprocess
+
+    fused = net = 0
+    for i in range(0, len(labels), batch_size):
+        t = model.trace(preprocess(images[i:i + batch_size], meta))
+        y = labels[i:i + batch_size]
+        fused += int((t.output.argmax(1) == y).sum())
+        net += int((t.net_output.argmax(1) == y).sum())
+    return {"fused": fused / len(labels), "network": net / len(labels)}
+
+
+def sweep(models: dict[str, tuple], images: torch.Tensor, labels: torch.Tensor,
+          clutter_scales: Sequence[float] = (1.0, 0.8, 0.6, 0.5, 0.4),
+          occlusion_sizes: Sequence[int] = (0, 4, 8, 12, 16), seed: int = 0) -> dict:
+    """Accuracy against strength for each model, on the same perturbed images."""
+    g = torch.Generator().manual_seed(seed)
+    n, h = len(images), images.shape[-1]
+    others = images[torch.randperm(n, generator=g)]
+    out: dict = {"n": n, "clutter": {"scales": list(clutter_scales)}, "occlusion": {"sizes": list(occlusion_sizes)}}
+    positions = torch.randint(0, h, (n, 2), generator=g)
+    for name, (model, meta) in models.items():
+        model.eval()
+        out["clutter"][name] = [accuracy(model, torch.stack([clutter(images[i], others, s, seed=i) for i in range(n)])
+                                         , labels, meta)["fused"] for s in clutter_scales]
+        occ = []
+        for size in occlusion_sizes:
+            pert = torch.stack([occlude(images[i], int(positions[i, 0]) - size // 2, int(positions[i, 1]) - size // 2,
+                                        size) for i in range(n)])
+            occ.append(accuracy(model, pert, labels, meta)["fused"])
+        out["occlusion"][name] = occ
+    return out
+
+
+def sweep_figure(result: dict, path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 3.6), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, kind, xkey, xlabel in ((axes[0], "clutter", "scales", "object scale on the cluttered canvas"),
+                                   (axes[1], "occlusion", "sizes", "occluding square (pixels)")):
+        for name, accs in result[kind].items():
+            if name != xkey:
+                ax.plot(result[kind][xkey], [100 * a for a in accs], marker="o", label=name)
+        ax.set(xlabel=xlabel, ylabel="accuracy %", title=f"{kind} ({result['n']} images)")
+        if kind == "clutter":
+            ax.invert_xaxis()
+        ax.legend()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> dict:
+    from . import data as D
+    from .checkpoint import CheckpointError, load_checkpoint
+    from .evaluate import ClassMismatchError, align_labels
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="the attention model")
+    p.add_argument("--baseline", help="its baseline (AD = 0), trained on the same classes")
+    p.add_argument("--data", required=True, help="ImageFolder tree named by the checkpoint's classes")
+    p.add_argument("--n", type=int, default=500, help="images (a fixed random subset)")
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    try:
+        models = {"attention": load_checkpoint(a.checkpoint)}
+        if a.baseline:
+            models["baseline"] = load_checkpoint(a.baseline)
+        meta = models["attention"][1]
+        ds = align_labels(D.load_image_folder(a.data, int(meta.get("image_size", 32))), meta["classes"])
+        for name, (_, m) in models.items():
+            if list(m["classes"]) != list(meta["classes"]):
+                raise ClassMismatchError(f"the {name} checkpoint has other classes than the attention model")
+    except (CheckpointError, ClassMismatchError, OSError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:a.n]
+    result = sweep(models, ds.images[idx], ds.labels[idx])
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "perturbation.json").write_text(json.dumps(result, indent=1))
+    sweep_figure(result, out / "perturbation.png")
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
