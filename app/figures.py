@@ -267,3 +267,21 @@ def class_heatmap(rows, classes: Sequence[str], columns: Sequence[str], title: s
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(title=title, height=max(320, 14 * len(classes)), margin=dict(l=10, r=10, t=40, b=10))
     return fig
+
+
+def faithfulness_figure(curves_by_map: dict):
+    """Deletion and insertion curves, one line per map (a ar_core.faithfulness.Curves each)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["deletion (lower is better)", "insertion (higher is better)"])
+    for j, (name, c) in enumerate(curves_by_map.items()):
+        color = SOURCE_COLORS[j % len(SOURCE_COLORS)]
+        for col, ys, area in ((1, c.deletion, c.deletion_area), (2, c.insertion, c.insertion_area)):
+            fig.add_trace(go.Scatter(x=c.fractions, y=ys, mode="lines", name=f"{name} ({area:.3f})",
+                                     line=dict(color=color, dash="dot" if name == "random" else "solid"),
+                                     legendgroup=name, showlegend=col == 1), row=1, col=col)
+    fig.update_xaxes(title="share of pixels removed / revealed", range=[0, 1])
+    fig.update_yaxes(title="class probability", range=[0, 1])
+    fig.update_layout(height=360, margin=dict(l=10, r=10, t=40, b=10))
+    return fig

@@ -153,6 +153,11 @@ def test_attributions_run_on_request(app_env):
     table = frames[-1].value
     assert set(table["method"]) == {"Saliency", "Grad-CAM", "Occlusion", "Integrated Gradients"}
     assert table["rank correlation"].between(-1, 1).all()
+    at.button(key="faith_go").click().run()
+    assert not at.exception
+    areas = at.dataframe[-1].value
+    assert "random" in set(areas["map"]) and "attention (all layers, gated)" in set(areas["map"])
+    assert areas["deletion area (lower is better)"].between(0, 1).all()
 
 
 def test_dataset_browser_filters(app_env):

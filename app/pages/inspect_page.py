@@ -250,6 +250,40 @@ def _attribution_view(res):
                          "top-20 % overlap": round(sc["top20_overlap"], 3), "time (ms)": round(a.seconds * 1000)})
     if rows:
         st.dataframe(rows, hide_index=True)
+    _faithfulness_view(res, target, att_maps, results)
+
+
+def _faithfulness_view(res, target, att_maps, results):
+    """Deletion/insertion curves of this image for the attention and each computed attribution."""
+    from ar_core.attribution import METHODS
+    from ar_core.faithfulness import curves, random_saliency
+    from ar_core.inference import preprocess
+
+    st.subheader("Faithfulness of the maps for this image")
+    st.write("Delete the pixels a map ranks highest first (blurred away) and watch the class probability: a "
+             "faithful map makes it fall fast (low deletion area); reveal them first and it should rise fast (high "
+             "insertion area). The random order is the bar to beat.")
+    key = ("faith", res["name"], res["path"], target, tuple(results))
+    store = st.session_state.setdefault("faith_curves", {})
+    if key not in store:
+        if not st.button("Compute deletion and insertion curves", key="faith_go"):
+            return
+        model, meta = state.get_model(res["path"], res["device"])
+        x = preprocess(to_uint8_from_hwc(res["image"]), meta).to(next(model.parameters()).device)
+        trace = res["ins"].trace
+        maps = {}
+        if att_maps:
+            maps["attention (all layers, gated)"] = sum(float(trace.global_gates[0, j]) * m
+                                                        for j, m in enumerate(att_maps.values()))
+        maps.update({METHODS[m]: a.map for m, a in results.items()})
+        maps["random"] = random_saliency(res["image"].shape[:2], seed=0)
+        with st.spinner("Perturbing…"):
+            store[key] = {name: curves(model, x, target, m) for name, m in maps.items()}
+    got = store[key]
+    st.plotly_chart(figures.faithfulness_figure(got), key="faith_fig")
+    st.dataframe([{"map": n, "deletion area (lower is better)": round(c.deletion_area, 4),
+                   "insertion area (higher is better)": round(c.insertion_area, 4)} for n, c in got.items()],
+                 hide_index=True)
 
 
 def to_uint8_from_hwc(image):
