@@ -14,7 +14,6 @@ import argparse
 import io
 import json
 import os
-import statistics
 import tempfile
 import threading
 import time

@@ -110,3 +110,21 @@ def dataset_picker(size: int):
         st.header("Dataset")
         kind = st.selectbox("Images from", DATASETS, key="dataset_kind")
         return _open_dataset(kind, size)
+
+
+def chosen_model():
+    """The model picked in the sidebar, loaded (cached) and described → (source, device, model, meta).
+
+    None, with a message on the page, when there is no checkpoint or it cannot be loaded.
+    """
+    chosen = model_picker()
+    if chosen is None:
+        return None
+    label, source, device = chosen
+    try:
+        model, meta = state.get_model(source, device)
+    except (CheckpointError, OSError, RuntimeError) as e:
+        st.error(f"Cannot load {label}: {e}")
+        return None
+    model_card(meta)
+    return source, device, model, meta

@@ -21,9 +21,9 @@ from app.loadtest import CHROMEDRIVER as DRIVER, CHROMIUM, make_driver, start_se
 
 
 def _browser_available() -> bool:
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("selenium") is None:
         return False
     return Path(CHROMIUM).exists() and Path(DRIVER).exists()
 
@@ -59,8 +59,6 @@ def _artifacts() -> Path:
 
 
 def test_upload_in_a_real_browser(server, browser):
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
 
     url, tmp = server
@@ -88,6 +86,7 @@ def _drive(browser, wait, image):
     upload.send_keys(str(image))
 
     wait.until(lambda d: "Prediction (fused)" in d.find_element(By.TAG_NAME, "body").text)
+    wait.until(lambda d: "views laid out in" in d.find_element(By.TAG_NAME, "body").text)  # the script finished
     body = browser.find_element(By.TAG_NAME, "body").text
     assert "Traceback" not in body
     assert not browser.find_elements(By.CSS_SELECTOR, "[data-testid='stException']")

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app import figures, sidebar, state
-from ar_core.checkpoint import CheckpointError
+from app import figures, sidebar
 from ar_core.evaluate import ClassMismatchError
 
 
@@ -51,16 +50,10 @@ def render():
     st.write("One image tells one story; this page runs the model over a whole data set: how accurate each "
              "source is alone, how often fusion rectified the network, how the gates behave per class, which "
              "heads specialise, and whether the attention maps are faithful to what the model uses.")
-    chosen = sidebar.model_picker()
+    chosen = sidebar.chosen_model()
     if chosen is None:
         return
-    label, source, device = chosen
-    try:
-        model, meta = state.get_model(source, device)
-    except (CheckpointError, OSError, RuntimeError) as e:
-        st.error(f"Cannot load {label}: {e}")
-        return
-    sidebar.model_card(meta)
+    source, device, model, meta = chosen
     ds, ds_key = sidebar.dataset_picker(int(meta.get("image_size", 32)))
     if ds is None:
         st.info("Choose a data set in the sidebar: a CIFAR test set or an ImageFolder directory.")

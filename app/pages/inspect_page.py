@@ -11,7 +11,6 @@ import streamlit as st
 
 from app import figures, sidebar, state, widgets
 from app.pages.about import EQUATIONS
-from ar_core.checkpoint import CheckpointError
 from ar_core.inference import (OUTCOMES, ImageError, ablate, filter_indices, fit_image, load_image, rectification,
                                to_uint8, topk, trace_to_json, trace_to_npz)
 
@@ -79,16 +78,10 @@ def render():
     st.title("Attend & Rectify Explorer")
     st.write("Pick an image and see where each attention head looked, how much each gate trusted it, and how "
              "the final answer was fused — and possibly rectified.")
-    chosen = sidebar.model_picker()
+    chosen = sidebar.chosen_model()
     if chosen is None:
         return
-    label, path, device = chosen
-    try:
-        model, meta = state.get_model(path, device)
-    except (CheckpointError, OSError, RuntimeError) as e:
-        st.error(f"Cannot load {label}: {e}")
-        return
-    sidebar.model_card(meta)
+    path, device, model, meta = chosen
     size = int(meta.get("image_size", 32))
     source = st.radio("Image source", ["Upload", "Dataset", "Camera"], horizontal=True, key="source")
     if source == "Upload":
