@@ -55,8 +55,10 @@ class AttentionModule(nn.Module):
         self.confidence_gate = _conv(in_channels, width, kernel_size)  # W_g^l
 
     def forward(self, z: torch.Tensor) -> ModuleOutput:
-        b, _, h, w = z.shape
+        b, c, h, w = z.shape
         k, m = self.width, self.num_classes
+        if self.attention_head.kernel_size == (1, 1):
+            return self._forward_1x1(z)
         # [1] attention head: a softmax over the h*w pixels of each of the K maps.
         H = F.softmax(self.attention_head(z).flatten(2).float(), dim=2)  # (B, K, hw)
         # [2] output head: each head's M class-score maps, pooled by its own attention map.
@@ -67,6 +69,26 @@ class AttentionModule(nn.Module):
         confidence_gates = F.softmax(torch.tanh(s), dim=1)
         # [4] the module's hypothesis: heads mixed by their confidence gates.
         hypothesis = torch.einsum("bk,bkm->bm", confidence_gates, head_hypotheses)
+        return ModuleOutput(H.reshape(b, k, h, w), head_hypotheses, confidence_gates, hypothesis)
+
+    def _forward_1x1(self, z: torch.Tensor) -> ModuleOutput:
+        """The same equations for 1x1 heads, computed in the cheaper order.
+
+        A 1x1 convolution without bias is linear per pixel, so pooling commutes with it:
+        Σ_xy H_k ⊙ (W_O,k * Z) = W_O,k · (Σ_xy H_k Z). Pooling Z once per head first costs h·w·K·C
+        instead of h·w·K·M·C, and avoids small convolutions that CPUs run slowly.
+        """
+        b, c, h, w = z.shape
+        k, m = self.width, self.num_classes
+        Z = z.flatten(2).float()  # (B, C, hw)
+        W_H = self.attention_head.weight.view(k, c).float()
+        W_O = self.output_head.weight.view(k, m, c).float()
+        W_g = self.confidence_gate.weight.view(k, c).float()
+        H = F.softmax(torch.einsum("kc,bcp->bkp", W_H, Z), dim=2)  # [1]
+        pooled = torch.einsum("bkp,bcp->bkc", H, Z)  # Σ_xy H_k Z, one C-vector per head
+        head_hypotheses = torch.einsum("bkc,kmc->bkm", pooled, W_O)  # [2]
+        confidence_gates = F.softmax(torch.tanh(torch.einsum("bkc,kc->bk", pooled, W_g)), dim=1)  # [3]
+        hypothesis = torch.einsum("bk,bkm->bm", confidence_gates, head_hypotheses)  # [4]
         return ModuleOutput(H.reshape(b, k, h, w), head_hypotheses, confidence_gates, hypothesis)
 
 
