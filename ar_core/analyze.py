@@ -307,8 +307,14 @@ def analyze(model: AttendAndRectify, dataset: D.TensorDataset, meta: dict[str, A
         methods = [m for m in methods if m != "attention" or model.attend]
         fcache = D.cache_dir() / "analysis" / f"{key}-faith-{'-'.join(methods)}.safetensors" if use_cache else None
         stored, done = _load_partial(fcache) if fcache else ({}, 0)
-        areas = {name: stored[name].numpy().copy() if name in stored else np.full(k, np.nan)
-                 for name in (f"{m}/{kind}" for m in methods for kind in ("deletion", "insertion"))}
+        # The images are a fixed random order, so a run for more images extends a cached shorter one.
+        areas = {}
+        for name in (f"{m}/{kind}" for m in methods for kind in ("deletion", "insertion")):
+            areas[name] = np.full(k, np.nan)
+            if name in stored:
+                v = stored[name].numpy()[:k]
+                areas[name][:len(v)] = v
+        done = min(done, k)
         t1 = time.perf_counter()
         step = 25
         for start in range(min(done, k), k, step):
