@@ -37,11 +37,16 @@ UPLOAD_PREFIX = "upload:"  # model sources that are uploaded bytes, kept in the 
 
 
 def model_choices() -> dict[str, str]:
-    """Label → source (a file path, or ``upload:<digest>``), shipped checkpoints first."""
-    choices = {f"{name} (shipped)": str(path) for name, path in ar_core.available_checkpoints().items()}
+    """Label → source (a file path, or ``upload:<digest>``); the first is the default.
+
+    The operator's AR_CHECKPOINT comes first when set, then the shipped checkpoints (the CIFAR-10
+    attention model first), then this session's uploads.
+    """
+    choices = {}
     extra = os.environ.get("AR_CHECKPOINT")
     if extra and Path(extra).is_file():
         choices[f"{Path(extra).stem} (AR_CHECKPOINT)"] = extra
+    choices.update({f"{name} (shipped)": str(path) for name, path in ar_core.available_checkpoints().items()})
     for label, digest in st.session_state.get("user_checkpoints", {}).items():
         choices[label] = UPLOAD_PREFIX + digest
     return choices

@@ -279,3 +279,12 @@ def test_perturbation_lab(app_env):
     assert len(at.session_state["traces"]) > calls  # each new perturbation was traced
     assert "was " + before in at.metric[0].delta
     assert any("No baseline" in i.value for i in at.info)
+
+
+def test_default_model_is_the_shipped_cifar10_attention_checkpoint(monkeypatch):
+    monkeypatch.delenv("AR_CHECKPOINT", raising=False)
+    if "cifar10-wrn16x4-ad3aw4" not in ar_core.available_checkpoints():
+        pytest.skip("the shipped checkpoint is not in this checkout")
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60).run()
+    assert at.selectbox(key="model_label").value == "cifar10-wrn16x4-ad3aw4 (shipped)"
+    assert any("cifar10 · WRN-16-4 · AD=3 AW=4" in c.value for c in at.caption)
