@@ -186,7 +186,12 @@ def test_dataset_browser_without_data(app_env, monkeypatch):
     assert not at.exception and any("Cannot read" in e for e in _errors(at))
 
 
-def test_uploaded_checkpoints_and_baseline_comparison(app_env):
+def test_uploaded_checkpoints_and_baseline_comparison(app_env, monkeypatch):
+    import pathlib
+
+    writes = []
+    original = pathlib.Path.write_bytes
+    monkeypatch.setattr(pathlib.Path, "write_bytes", lambda self, data: writes.append(self) or original(self, data))
     at = _start()
     bad = app_env / "bad.safetensors"
     bad.write_bytes(b"\x00" * 100)
@@ -195,6 +200,8 @@ def test_uploaded_checkpoints_and_baseline_comparison(app_env):
     base = _checkpoint(app_env / "tiny-base.safetensors", ad=0, seed=1)
     at.sidebar.file_uploader(key="ckpt_upload").set_value(("tiny-base.safetensors", base.read_bytes(), "application/octet-stream")).run()
     assert "tiny-base (uploaded)" in at.selectbox(key="model_label").options
+    # the upload lives in the session's memory, not on disk
+    assert list(at.session_state["uploaded_bytes"].values()) == [base.read_bytes()]
     at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()
     assert not at.exception
     assert at.selectbox(key="cmp_base").value == "tiny-base (uploaded)"
@@ -202,6 +209,7 @@ def test_uploaded_checkpoints_and_baseline_comparison(app_env):
     at.selectbox(key="model_label").set_value("tiny-base (uploaded)").run()
     assert not at.exception
     assert any("baseline (AD = 0)" in i.value for i in at.info)
+    assert [p for p in writes if p.suffix == ".safetensors"] == [app_env / "bad.safetensors"]  # the test's own
 
 
 def test_about_page():
