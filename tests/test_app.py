@@ -252,6 +252,10 @@ def test_dataset_page_analyses_and_opens_an_image(app_env):
     assert labels[:4] == ["Accuracy (fused)", "Network alone", "Top-5", "ECE"]
     table = at.dataframe[-1].value
     assert set(table["map"]) == {"attention", "random"}
+    at.selectbox(key="src_pick").set_value("group1").run()
+    at.radio(key="src_right").set_value("right").run()
+    at.selectbox(key="dom_pick").set_value("network").run()
+    assert not at.exception
     at.radio(key="cm_which").set_value("network alone").run()
     at.selectbox(key="an_layer").set_value("group2").run()
     assert not at.exception

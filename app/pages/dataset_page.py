@@ -23,7 +23,10 @@ def _run(model, meta, ds, n_faith: int, methods: list[str]):
                              return_arrays=True)
     for bar in bars.values():
         bar.empty()
-    return result, {k: v.numpy() for k, v in arrays.items() if k in ("pred", "net_pred")}
+    keep = {k: v.numpy() for k, v in arrays.items() if k in ("pred", "net_pred") or k.startswith("pred/")}
+    if "global_gates" in arrays:
+        keep["dominant"] = arrays["global_gates"].argmax(1).numpy()
+    return result, keep
 
 
 def _open_in_inspector(index: int):
@@ -94,6 +97,12 @@ def render():
         else:
             st.plotly_chart(figures.bars_figure(r["source_accuracy"], "accuracy of each source alone", percent=True),
                             key="src_acc")
+            c1, c2 = st.columns(2)
+            src = c1.selectbox("List the images of a source", list(r["source_accuracy"]), key="src_pick")
+            right = c2.radio("that it gets", ["wrong", "right"], horizontal=True, key="src_right")
+            spred = {"fused": arrays["pred"], "network": arrays["net_pred"]}.get(src, arrays.get(f"pred/{src}"))
+            ok = spred == labels
+            _image_list(ds, np.nonzero(ok if right == "right" else ~ok)[0], classes, arrays, f"{src} {right}")
             st.dataframe([{"": k, "images": v} for k, v in r["rectification"].items()], hide_index=True)
             per = [{"class": c, **v} for c, v in r["rectification_per_class"].items()]
             st.caption("Select a class to list its rectified and spoiled images.")
@@ -126,6 +135,9 @@ def render():
                      "each source carries the most weight:")
             st.plotly_chart(figures.bars_figure(r["dominant_source_share"], "dominant source", percent=True),
                             key="dom_fig")
+            dom = st.selectbox("List the images where this source weighs most", r["sources"], key="dom_pick")
+            _image_list(ds, np.nonzero(arrays["dominant"] == r["sources"].index(dom))[0], classes, arrays,
+                        f"{dom} dominant")
             st.plotly_chart(figures.class_heatmap(r["global_gates_per_class"], classes, r["sources"],
                                                   "mean global gate per true class"), key="gpc_fig")
             layer = st.selectbox("Layer", list(r["confidence_gates_per_class"]), key="an_layer")
