@@ -48,7 +48,7 @@ def model_card(meta: dict):
     st.caption(
         f"{meta.get('dataset', '?')} · {arch} · AD={cfg.get('attention_depth')} AW={cfg.get('attention_width')} · "
         f"{cfg.get('kernel_size')}x{cfg.get('kernel_size')} heads"
-        + (f" · validation accuracy {acc:.2%}" if acc is not None else ""))
+        + (f" · validation accuracy {acc:.2%} (measured at the end of training)" if acc is not None else ""))
     with st.expander("Model card"):
         split = meta.get("validation_split") or {}
         rows = {
