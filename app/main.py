@@ -7,7 +7,7 @@ import logging
 import streamlit as st
 
 
-SHARED_WIDGETS = ("model_label", "device", "dataset_kind", "folder")
+SHARED_WIDGETS = ("model_label", "device", "tta", "dataset_kind", "folder")
 
 
 def main():

@@ -9,6 +9,7 @@ import streamlit as st
 from app import state
 from ar_core.checkpoint import CheckpointError
 from ar_core.data import cache_dir, data_roots, resolve_under
+from ar_core.inference import flip_tta
 
 DATASETS = ["CIFAR-10 test set", "CIFAR-100 test set", "ImageFolder directory"]
 
@@ -38,6 +39,12 @@ def model_picker():
         label = st.selectbox("Checkpoint", list(choices), key="model_label")
         device = st.selectbox("Device", state.device_options(), key="device",
                               help="auto picks CUDA, then Apple MPS, then the CPU")
+        trained = "flip" if flip_tta(state.checkpoint_meta(choices[label]) or {}) else "none"
+        st.selectbox("Test-time augmentation", state.TTA_CHOICES, key="tta",
+                     format_func=lambda c: f"as trained ({trained})" if c == state.TTA_CHOICES[0] else c,
+                     help="flip: every number is the mean over the image and its mirror image (the mirror's "
+                          "maps flipped back), as the evaluator reports the checkpoint's accuracy. "
+                          "Attributions explain the single, un-mirrored pass.")
         return label, choices[label], device
 
 

@@ -75,13 +75,24 @@ def get_model(source: str, device: str):
     return load_model(source, Path(source).stat().st_mtime, device)
 
 
+TTA_CHOICES = ("as trained", "flip", "none")
+
+
+def use_flip(meta: dict) -> bool:
+    """The sidebar's test-time augmentation for this checkpoint ("as trained": its recipe's)."""
+    choice = st.session_state.get("tta", TTA_CHOICES[0])
+    return inference.flip_tta(meta) if choice == TTA_CHOICES[0] else choice == "flip"
+
+
 def cached_inspection(model, meta, key: tuple, images: torch.Tensor) -> Inspection:
-    """A trace is computed once per (image, checkpoint, device) and kept in the session."""
+    """A trace is computed once per (image, checkpoint, device, augmentation) and kept in the session."""
+    flip = use_flip(meta)
+    key = (*key, flip)
     cache = st.session_state.setdefault("traces", {})
     if key not in cache:
         if len(cache) > 64:
             cache.pop(next(iter(cache)))
-        cache[key] = inference.inspect(model, images, meta)
+        cache[key] = inference.inspect(model, images, meta, flip=flip)
     return cache[key]
 
 
@@ -105,12 +116,14 @@ def load_cifar_test(name: str, root: str, download: bool):
 
 def dataset_predictions(model, meta, dataset, key: tuple):
     """Fused and network-only predictions for a dataset, once per (dataset, checkpoint) per process."""
+    flip = use_flip(meta)
+    key = (*key, flip)
     store = _prediction_store()
     if key not in store:
         from ar_core.inference import predict_all
 
         bar = st.progress(0.0, text="Running the model over the dataset…")
-        store[key] = predict_all(model, dataset.images, meta, progress=lambda f: bar.progress(f))
+        store[key] = predict_all(model, dataset.images, meta, progress=lambda f: bar.progress(f), flip=flip)
         bar.empty()
     return store[key]
 

@@ -25,7 +25,9 @@ import torch
 
 from . import data as D
 from .checkpoint import CheckpointError, load_checkpoint
-from .evaluate import ClassMismatchError, align_labels, calibration_bins, collect, confusion_matrix, summarize
+from .evaluate import (ClassMismatchError, align_labels, calibration_bins, collect, confusion_matrix, summarize,
+                       validation_split)
+from .inference import flip_tta
 from .model import AttendAndRectify
 
 FAITHFULNESS_METHODS = ("attention", "saliency", "gradcam", "integrated_gradients", "random")
@@ -185,14 +187,14 @@ def _save_partial(path: Path, arrays: dict[str, torch.Tensor], done: int):
 
 
 def collect_cached(model, dataset, meta, cache: Path | None, chunk: int = 2000, batch_size: int = 500,
-                   progress=None) -> dict[str, torch.Tensor]:
+                   progress=None, flip: bool = False) -> dict[str, torch.Tensor]:
     """``collect`` over the whole set in chunks, each saved as it finishes (resumable)."""
     arrays, done = _load_partial(cache) if cache else ({}, 0)
     n = len(dataset)
     while done < n:
         stop = min(n, done + chunk)
         part, _ = collect(model, dataset.images[done:stop], dataset.labels[done:stop], meta, batch_size,
-                          progress=(lambda k, base=done: progress(base + k)) if progress else None)
+                          progress=(lambda k, base=done: progress(base + k)) if progress else None, flip=flip)
         arrays = {k: torch.cat([arrays[k], v]) if k in arrays else v for k, v in part.items()}
         done = stop
         if cache:
@@ -281,8 +283,12 @@ def save_figures(result: dict[str, Any], out: Path) -> list[str]:
 
 def analyze(model: AttendAndRectify, dataset: D.TensorDataset, meta: dict[str, Any], faithfulness_n: int = 500,
             methods: Sequence[str] = FAITHFULNESS_METHODS, batch_size: int = 500, use_cache: bool = True,
-            progress: Callable[[str, int, int], None] | None = None, return_arrays: bool = False):
+            progress: Callable[[str, int, int], None] | None = None, return_arrays: bool = False,
+            flip: bool | None = None):
     """Every number of the analysis as a JSON-ready dict (``progress(stage, done, total)``).
+
+    ``flip``: flip test-time augmentation for the predictions and gates (None: the checkpoint's
+    setting, as in the evaluator and the app). Faithfulness explains the single, un-mirrored pass.
 
     With ``return_arrays`` also the per-image arrays (predictions, gates), to list the images
     behind any number.
@@ -290,15 +296,17 @@ def analyze(model: AttendAndRectify, dataset: D.TensorDataset, meta: dict[str, A
     classes = list(meta.get("classes") or dataset.classes)
     dataset = align_labels(dataset, classes)
     model.eval()
+    flip = flip_tta(meta) if flip is None else flip
     key = cache_key(meta, dataset)
-    cache = D.cache_dir() / "analysis" / f"{key}.safetensors" if use_cache else None
+    cache = D.cache_dir() / "analysis" / f"{key}{'-flip' if flip else ''}.safetensors" if use_cache else None
     t0 = time.perf_counter()
     n = len(dataset)
     cat = collect_cached(model, dataset, meta, cache, batch_size=batch_size,
-                         progress=(lambda k: progress("predictions", k, n)) if progress else None)
+                         progress=(lambda k: progress("predictions", k, n)) if progress else None, flip=flip)
     seconds = time.perf_counter() - t0
     result = summarize(cat, dataset.labels, classes, model.sources)
     result["sources"] = list(model.sources)
+    result["test_time_augmentation"] = "flip" if flip else "none"
     result.update(dataset_story(cat, dataset.labels, classes, model.sources))
     result["seconds_predictions"] = round(seconds, 2)
     if faithfulness_n > 0:
@@ -338,6 +346,8 @@ def main(argv=None) -> dict[str, Any]:
     p.add_argument("--data", help="ImageFolder tree named by the checkpoint's classes")
     p.add_argument("--torchvision", choices=["cifar10", "cifar100"], help="torchvision's test split instead")
     p.add_argument("--root", default=str(D.cache_dir() / "torchvision"))
+    p.add_argument("--validation-split", action="store_true",
+                   help="DIR is the training set: use the validation split the checkpoint recorded")
     p.add_argument("--out", required=True, help="output folder (analysis.json and PNG figures)")
     p.add_argument("--faithfulness", type=int, default=500, help="images for the deletion/insertion curves (0: skip)")
     p.add_argument("--methods", nargs="*", default=list(FAITHFULNESS_METHODS), choices=FAITHFULNESS_METHODS)
@@ -354,6 +364,8 @@ def main(argv=None) -> dict[str, Any]:
         size = int(meta.get("image_size", 32))
         dataset = D.load_image_folder(a.data, size) if a.data else \
             D.load_torchvision_cifar(a.torchvision, a.root, train=False, download=True)
+        if a.validation_split:
+            dataset = validation_split(dataset, meta)
     except (CheckpointError, OSError, ValueError, RuntimeError) as e:
         sys.exit(f"error: {e}")
     from tqdm import tqdm

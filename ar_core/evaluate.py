@@ -2,6 +2,7 @@
 
     python -m ar_core.evaluate --checkpoint checkpoints/cifar10-wrn16x4-ad3aw4.safetensors --data DIR
     python -m ar_core.evaluate --checkpoint ... --torchvision cifar10 --root ~/data [--json]
+    python -m ar_core.evaluate --checkpoint ... --data TRAIN_DIR --validation-split
 
 DIR is an ImageFolder tree (``DIR/<class>/<image>``) whose class folders are named as the
 checkpoint's classes. Besides top-1/top-5 accuracy, NLL, calibration error, per-class accuracy and
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 
 from . import data as D
 from .checkpoint import CheckpointError, load_checkpoint
-from .inference import preprocess
+from .inference import flip_tta, preprocess
 from .model import AttendAndRectify
 
 FUSED = "fused"  # key of the fused output among the per-source accuracies
@@ -128,8 +129,10 @@ def autocast_for(device: torch.device, amp: str):
 @torch.inference_mode()
 def collect(model: AttendAndRectify, images: torch.Tensor, labels: torch.Tensor, meta: dict[str, Any],
             batch_size: int = 500, device: torch.device | None = None, amp: str = "auto",
-            progress=None) -> tuple[dict[str, torch.Tensor], str]:
+            progress=None, flip: bool | None = None) -> tuple[dict[str, torch.Tensor], str]:
     """Per-image results of one pass over uint8 ``images``: (arrays by name, precision used).
+
+    ``flip``: flip test-time augmentation, as the app applies it (None: the checkpoint's setting).
 
     Arrays: pred, confidence, top5, nll, net_pred, and for attention models pred/<layer>,
     conf_gates/<layer>, head_pred/<layer> (each head's top class) and global_gates.
@@ -137,6 +140,7 @@ def collect(model: AttendAndRectify, images: torch.Tensor, labels: torch.Tensor,
     """
     device = device or next(model.parameters()).device
     autocast, precision = autocast_for(device, amp)
+    flip = flip_tta(meta) if flip is None else flip
     keep: dict[str, list[torch.Tensor]] = {}
 
     def add(name: str, t: torch.Tensor):
@@ -147,7 +151,7 @@ def collect(model: AttendAndRectify, images: torch.Tensor, labels: torch.Tensor,
         x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         y = labels[i:i + batch_size].to(device, non_blocking=True)
         with autocast():
-            trace = model.trace(x)
+            trace = model.trace(x, flip=flip)
         output = trace.output.float()
         logp = F.log_softmax(output, dim=1)
         confidence, pred = logp.max(dim=1)
@@ -208,8 +212,11 @@ def summarize(cat: dict[str, torch.Tensor], labels: torch.Tensor, classes: Seque
 
 
 def evaluate(model: AttendAndRectify, dataset: D.TensorDataset, meta: dict[str, Any], batch_size: int = 500,
-             device: str | torch.device | None = None, progress: bool = False, amp: str = "auto") -> dict[str, Any]:
+             device: str | torch.device | None = None, progress: bool = False, amp: str = "auto",
+             flip: bool | None = None) -> dict[str, Any]:
     """All metrics of ``model`` on ``dataset`` (uint8 images, labels), as a JSON-ready dict.
+
+    ``flip``: flip test-time augmentation (None: the checkpoint's own setting, as in the app).
 
     Labels are renumbered to ``meta["classes"]`` by name (ClassMismatchError when the names differ).
     The model is put on ``device`` (default: where it is) in channels_last memory format, in place,
@@ -230,19 +237,34 @@ def evaluate(model: AttendAndRectify, dataset: D.TensorDataset, meta: dict[str, 
         from tqdm import tqdm
 
         bar = tqdm(total=n, unit="img", desc="evaluate", file=sys.stderr, dynamic_ncols=True)
+    flip = flip_tta(meta) if flip is None else flip
     t0 = time.perf_counter()
     try:
         cat, precision = collect(model, dataset.images, dataset.labels, meta, batch_size, device, amp,
-                                 progress=(lambda done: bar.update(done - bar.n)) if bar is not None else None)
+                                 progress=(lambda done: bar.update(done - bar.n)) if bar is not None else None,
+                                 flip=flip)
     finally:
         if bar is not None:
             bar.close()
         model.train(was_training)
     seconds = time.perf_counter() - t0
     result = summarize(cat, dataset.labels, classes, model.sources)
-    result.update({"precision": precision, "device": str(device), "batch_size": batch_size,
+    result.update({"test_time_augmentation": "flip" if flip else "none",
+                   "precision": precision, "device": str(device), "batch_size": batch_size,
                    "seconds": round(seconds, 3), "images_per_s": round(n / max(seconds, 1e-9), 1)})
     return result
+
+
+def validation_split(dataset: D.TensorDataset, meta: dict[str, Any]) -> D.TensorDataset:
+    """The held-out images of a training set, as the trainer carved them (size and seed from ``meta``)."""
+    split = meta.get("validation_split") or {}
+    if not split.get("size"):
+        raise ValueError("the checkpoint records no validation split; evaluate on a held-out folder instead")
+    if split.get("train_size") is not None and split["train_size"] + split["size"] != len(dataset):
+        raise ValueError(f"the checkpoint was trained on {split['train_size'] + split['size']} images, this "
+                         f"folder holds {len(dataset)}: it is not the same training set")
+    _, val_index = D.stratified_split(dataset.labels, split["size"], split["seed"])
+    return dataset.subset(val_index)
 
 
 # ---------------------------------------------------------------- report
@@ -256,8 +278,9 @@ def format_report(r: dict[str, Any], title: str = "") -> str:
     lines = []
     if title:
         lines.append(title)
+    tta = ", flip test-time augmentation" if r.get("test_time_augmentation") == "flip" else ""
     lines.append(f"{r['n']} images in {r['seconds']:.1f} s ({r['images_per_s']:.0f} images/s, {r['device']}, "
-                 f"{r['precision']})")
+                 f"{r['precision']}{tta})")
     lines.append(f"accuracy {_pct(r['accuracy'])} %   top-5 {_pct(r['top5_accuracy'])} %   "
                  f"NLL {r['nll']:.4f}   ECE {_pct(r['ece'])} %")
     if "source_accuracy" in r:
@@ -301,16 +324,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", help="ImageFolder tree DIR/<class>/<image>, class folders named as the checkpoint's")
     p.add_argument("--torchvision", choices=["cifar10", "cifar100"], help="torchvision's test split instead")
     p.add_argument("--root", default=str(D.cache_dir() / "torchvision"), help="download folder for --torchvision")
+    p.add_argument("--validation-split", action="store_true",
+                   help="DIR is the training set: evaluate on the validation split the checkpoint recorded "
+                        "(carved exactly as the trainer carved it)")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--amp", choices=["auto", "off"], default="auto",
                    help="auto: bf16 on CPUs with native bf16, fp16 on CUDA; off: float32")
+    p.add_argument("--tta", choices=["auto", "flip", "none"], default="auto",
+                   help="flip test-time augmentation (average with the mirror image); auto: the checkpoint's "
+                        "own setting, which the app uses too")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     p.add_argument("--json", action="store_true", help="print one JSON object (the last line) instead of tables")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if bool(args.data) == bool(args.torchvision):
         p.error("give exactly one of --data DIR or --torchvision cifar10|cifar100")
+    if args.validation_split and not args.data:
+        p.error("--validation-split needs --data TRAIN_DIR (the folder the checkpoint was trained on)")
     if args.batch_size < 1:
         p.error("--batch-size must be >= 1")
     return args
@@ -336,6 +367,8 @@ def main(argv=None) -> dict[str, Any]:
     try:
         if args.data:
             dataset, source = D.load_image_folder(args.data, size), args.data
+            if args.validation_split:
+                dataset, source = validation_split(dataset, meta), f"{args.data} (validation split)"
         else:
             if size != 32:
                 raise ValueError(f"the checkpoint expects {size}x{size} images; torchvision's CIFAR is 32x32")
@@ -346,7 +379,8 @@ def main(argv=None) -> dict[str, Any]:
         sys.exit(2)
     try:
         result = evaluate(model, dataset, meta, batch_size=args.batch_size, device=device,
-                          progress=not args.no_progress, amp=args.amp)
+                          progress=not args.no_progress, amp=args.amp,
+                          flip=None if args.tta == "auto" else args.tta == "flip")
     except ClassMismatchError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -123,13 +123,23 @@ class Inspection:
     device: str
 
 
-def inspect(model: AttendAndRectify, images: torch.Tensor, meta: dict[str, Any]) -> Inspection:
-    """Run ``model.trace`` on uint8 images; everything returned lives on the CPU in float32."""
+def flip_tta(meta: dict[str, Any]) -> bool:
+    """Whether a checkpoint's recipe evaluates with flip test-time augmentation (its default here)."""
+    return meta.get("test_time_augmentation") == "flip"
+
+
+def inspect(model: AttendAndRectify, images: torch.Tensor, meta: dict[str, Any],
+            flip: bool | None = None) -> Inspection:
+    """Run ``model.trace`` on uint8 images; everything returned lives on the CPU in float32.
+
+    ``flip``: average with the mirror images (None: the checkpoint's own setting).
+    """
     device = next(model.parameters()).device
     x = preprocess(images, meta).to(device)
+    flip = flip_tta(meta) if flip is None else flip
     t0 = time.perf_counter()
     with torch.inference_mode():
-        trace = model.trace(x)
+        trace = model.trace(x, flip=flip)
         trace = trace.map(lambda t: t.float().cpu())
     latency = (time.perf_counter() - t0) * 1000
     classes = meta.get("classes") or [str(i) for i in range(trace.output.shape[1])]
@@ -171,7 +181,10 @@ def ablate(trace: Trace, sources_on: Sequence[bool], heads_on: Sequence[Sequence
     ``sources_on``: one flag per source (layers, then the network). ``heads_on[l][k]``: keep head
     k of layer l; the layer's confidence gates over its remaining heads are renormalised to sum
     to 1, then the global gates over the remaining sources. Uses the trace only: no model run.
+    A flip-averaged trace is ablated view by view and averaged, as its output was made.
     """
+    if trace.views:
+        return torch.stack([ablate(v, sources_on, heads_on) for v in trace.views]).mean(0)
     if len(sources_on) != len(trace.sources):
         raise ValueError(f"{len(sources_on)} source flags for {len(trace.sources)} sources")
     if not any(sources_on):
@@ -219,18 +232,20 @@ def trace_to_json(trace: Trace, classes: Sequence[str], i: int | None = None, ex
 
 
 def predict_all(model: AttendAndRectify, images: torch.Tensor, meta: dict[str, Any], batch_size: int = 250,
-                progress=None) -> dict[str, np.ndarray]:
+                progress=None, flip: bool | None = None) -> dict[str, np.ndarray]:
     """Fused and network-only predictions for a whole uint8 image tensor, in batches.
 
-    ``progress(fraction)`` is called after each batch (a progress bar's update function).
+    ``progress(fraction)`` is called after each batch (a progress bar's update function);
+    ``flip`` as for :func:`inspect`.
     """
     device = next(model.parameters()).device
+    flip = flip_tta(meta) if flip is None else flip
     fused, net = [], []
     n = len(images)
     with torch.inference_mode():
         for start in range(0, n, batch_size):
             x = preprocess(images[start:start + batch_size], meta).to(device)
-            t = model.trace(x)
+            t = model.trace(x, flip=flip)
             fused.append(t.output.argmax(1).cpu())
             net.append(t.net_output.argmax(1).cpu())
             if progress is not None:

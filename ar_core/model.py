@@ -91,6 +91,9 @@ class Trace:
     contributions: torch.Tensor  # g_O^s · log_softmax(o^s), (B, N+1, M); sums over sources to output
     output: torch.Tensor  # fused log-scores (B, M); prediction = argmax, probabilities = softmax
     sources: list[str] = field(default_factory=list)
+    # With flip test-time augmentation: the image's own trace and its mirror's (maps flipped back);
+    # every tensor above is then their mean. Empty for a single view.
+    views: list["Trace"] = field(default_factory=list)
 
     def map(self, fn) -> "Trace":
         """A copy with ``fn`` applied to every tensor (e.g. ``lambda t: t.cpu()``)."""
@@ -98,7 +101,24 @@ class Trace:
                                        ("attention_maps", "head_hypotheses", "confidence_gates", "hypothesis")))
                   for l in self.layers]
         return Trace(layers, fn(self.net_output), fn(self.global_gates), fn(self.contributions),
-                     fn(self.output), list(self.sources))
+                     fn(self.output), list(self.sources), [v.map(fn) for v in self.views])
+
+
+def mean_of_views(views: Sequence[Trace]) -> Trace:
+    """The element-wise mean of traces of the same images seen differently (test-time augmentation).
+
+    Means keep every map and gate summing to 1 and the contributions summing to the output, so
+    every view of the app reads the averaged trace as it reads a single one.
+    """
+    def mean(get):
+        return torch.stack([get(v) for v in views]).mean(0)
+
+    first = views[0]
+    layers = [LayerTrace(l.name, *(mean(lambda v, i=i, f=f: getattr(v.layers[i], f)) for f in
+                                   ("attention_maps", "head_hypotheses", "confidence_gates", "hypothesis")))
+              for i, l in enumerate(first.layers)]
+    return Trace(layers, mean(lambda v: v.net_output), mean(lambda v: v.global_gates),
+                 mean(lambda v: v.contributions), mean(lambda v: v.output), list(first.sources), list(views))
 
 
 class AttendAndRectify(nn.Module):
@@ -173,7 +193,20 @@ class AttendAndRectify(nn.Module):
             return output, self.regularizer([m.attention_maps for m in modules]).to(output.device)
         return output
 
-    def trace(self, x: torch.Tensor) -> Trace:
+    def trace(self, x: torch.Tensor, flip: bool = False) -> Trace:
+        """Every intermediate of the forward pass as a :class:`Trace`.
+
+        ``flip=True`` is flip test-time augmentation: one batched pass over the images and their
+        mirror images, whose attention maps are flipped back so they align with the image, then
+        the mean of the two traces (both kept in ``views``).
+        """
+        if flip:
+            both = self.trace(torch.cat([x, x.flip(3)]))
+            b = x.shape[0]
+            own, mirror = both.map(lambda t: t[:b]), both.map(lambda t: t[b:])
+            for layer in mirror.layers:
+                layer.attention_maps = layer.attention_maps.flip(3)
+            return mean_of_views([own, mirror])
         modules, net_output, global_gates, contributions = self._run(x)
         layers = [LayerTrace(name, *m) for name, m in zip(self.attend, modules)]
         return Trace(layers, net_output.float(), global_gates, contributions, contributions.sum(dim=1),

@@ -82,12 +82,12 @@ def clutter(img: torch.Tensor, others: torch.Tensor, scale: float, seed: int = 0
 
 @torch.inference_mode()
 def accuracy(model, images: torch.Tensor, labels: torch.Tensor, meta: dict, batch_size: int = 250) -> dict:
-    """Fused and network-only accuracy on uint8 images."""
-    from .inference import preprocess
+    """Fused and network-only accuracy on uint8 images (with the checkpoint's test-time augmentation)."""
+    from .inference import flip_tta, preprocess
 
     fused = net = 0
     for i in range(0, len(labels), batch_size):
-        t = model.trace(preprocess(images[i:i + batch_size], meta))
+        t = model.trace(preprocess(images[i:i + batch_size], meta), flip=flip_tta(meta))
         y = labels[i:i + batch_size]
         fused += int((t.output.argmax(1) == y).sum())
         net += int((t.net_output.argmax(1) == y).sum())
@@ -139,12 +139,14 @@ def sweep_figure(result: dict, path: Path):
 def main(argv=None) -> dict:
     from . import data as D
     from .checkpoint import CheckpointError, load_checkpoint
-    from .evaluate import ClassMismatchError, align_labels
+    from .evaluate import ClassMismatchError, align_labels, validation_split
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="the attention model")
     p.add_argument("--baseline", help="its baseline (AD = 0), trained on the same classes")
     p.add_argument("--data", required=True, help="ImageFolder tree named by the checkpoint's classes")
+    p.add_argument("--validation-split", action="store_true",
+                   help="DIR is the training set: use the validation split the checkpoint recorded")
     p.add_argument("--n", type=int, default=500, help="images (a fixed random subset)")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
@@ -153,7 +155,10 @@ def main(argv=None) -> dict:
         if a.baseline:
             models["baseline"] = load_checkpoint(a.baseline)
         meta = models["attention"][1]
-        ds = align_labels(D.load_image_folder(a.data, int(meta.get("image_size", 32))), meta["classes"])
+        ds = D.load_image_folder(a.data, int(meta.get("image_size", 32)))
+        if a.validation_split:
+            ds = validation_split(ds, meta)
+        ds = align_labels(ds, meta["classes"])
         for name, (_, m) in models.items():
             if list(m["classes"]) != list(meta["classes"]):
                 raise ClassMismatchError(f"the {name} checkpoint has other classes than the attention model")

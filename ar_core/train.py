@@ -5,7 +5,7 @@
 
 Multi-GPU / multi-node: ``torchrun --nproc_per_node=N -m ar_core.train ...`` (DistributedDataParallel;
 ``--batch-size`` is the global batch). Resumable state is saved every epoch next to ``--out``
-(``OUT.state.pt``, plain tensors, read back with ``weights_only=True``); ``--resume`` continues it.
+(``OUT.state.safetensors``: tensors, and JSON for the rest; no pickle); ``--resume`` continues it.
 """
 
 from __future__ import annotations
@@ -59,9 +59,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     o.add_argument("--weight-decay", type=float, default=5e-4)
     o.add_argument("--label-smoothing", type=float, default=0.0)
     o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--tta", choices=["flip", "none"], default="flip",
+                   help="test-time augmentation the checkpoint is evaluated with (by the evaluator and the "
+                        "app): flip averages each image with its mirror image")
     r = p.add_argument_group("run")
     r.add_argument("--out", required=True, help="final checkpoint (.safetensors)")
-    r.add_argument("--resume", action="store_true", help="continue from OUT.state.pt")
+    r.add_argument("--resume", action="store_true", help="continue from OUT.state.safetensors")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     r.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
                    help="bf16 autocast on CPU (when supported) / fp16 on CUDA")
@@ -138,9 +141,57 @@ def hardware(device: torch.device) -> str:
     return f"{cpu}, {torch.get_num_threads()} threads"
 
 
+def save_state(path: Path, model, optimizer, scheduler, info: dict) -> None:
+    """Resumable state as safetensors: weights and optimizer buffers as tensors, the rest as JSON.
+
+    Written to a temporary file and renamed, so an interrupted save never corrupts the last one.
+    """
+    from safetensors.torch import save_file
+
+    opt = optimizer.state_dict()
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    scalars = {}
+    for i, per_param in opt["state"].items():
+        for k, v in per_param.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"optimizer.{i}.{k}"] = v
+            else:
+                scalars[f"{i}.{k}"] = v
+    header = {"param_groups": opt["param_groups"], "optimizer_scalars": scalars,
+              "scheduler": scheduler.state_dict(), **info}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
+              metadata={"state": json.dumps(header)})
+    tmp.replace(path)
+
+
+def load_state(path: Path, model, optimizer, scheduler) -> dict:
+    """Restore what :func:`save_state` wrote; returns its JSON part (epoch, step, elapsed, args)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        header = json.loads(f.metadata()["state"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    per_param: dict[int, dict] = {}
+    for k, v in tensors.items():
+        if k.startswith("optimizer."):
+            i, name = k[len("optimizer."):].split(".", 1)
+            per_param.setdefault(int(i), {})[name] = v
+    for k, v in header.pop("optimizer_scalars").items():
+        i, name = k.split(".", 1)
+        per_param.setdefault(int(i), {})[name] = v
+    optimizer.load_state_dict({"state": per_param, "param_groups": header.pop("param_groups")})
+    scheduler.load_state_dict(header.pop("scheduler"))
+    return header
+
+
 @torch.no_grad()
-def evaluate_split(model, images, labels, mean, std, device, autocast, batch_size=500) -> dict:
-    """Accuracy of the fused output and of the network's own output on a uint8 split."""
+def evaluate_split(model, images, labels, mean, std, device, autocast, batch_size=500, flip=False) -> dict:
+    """Accuracy of the fused output and of the network's own output on a uint8 split.
+
+    ``flip``: with flip test-time augmentation, as the evaluator and the app apply it.
+    """
     model.eval()
     fused = net = 0
     nll = 0.0
@@ -148,7 +199,7 @@ def evaluate_split(model, images, labels, mean, std, device, autocast, batch_siz
         x = D.normalize(images[i:i + batch_size].to(device), mean, std).contiguous(memory_format=torch.channels_last)
         y = labels[i:i + batch_size].to(device)
         with autocast():
-            t = model.trace(x)
+            t = model.trace(x, flip=flip)
         fused += (t.output.argmax(1) == y).sum().item()
         net += (t.net_output.argmax(1) == y).sum().item()
         nll += F.cross_entropy(t.output.float(), y, reduction="sum").item()
@@ -177,7 +228,7 @@ def main(argv=None) -> dict:
         raise SystemExit(f"--batch-size {args.batch_size} must be divisible by the {world} processes")
     main_process = rank == 0
     out = Path(args.out)
-    state_path = out.with_name(out.name + ".state.pt")
+    state_path = out.with_name(out.name + ".state.safetensors")
     log_path = out.with_name(out.name + ".log.jsonl")
 
     # Data: decode once, carve the validation split, keep everything as uint8 tensors.
@@ -216,12 +267,9 @@ def main(argv=None) -> dict:
 
     start_epoch, elapsed, step = 0, 0.0, 0
     if args.resume and state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        state = load_state(state_path, model, optimizer, scheduler)
         if state["args"]["epochs"] != args.epochs:
             raise SystemExit(f"{state_path} was made with --epochs {state['args']['epochs']}; resume with the same schedule")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         start_epoch, elapsed, step = state["epoch"], state["elapsed"], state["step"]
         if main_process:
             print(f"resuming at epoch {start_epoch} from {state_path}", file=sys.stderr)
@@ -293,16 +341,16 @@ def main(argv=None) -> dict:
             with open(log_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
             if finished:  # resumable state marks whole epochs only; a partial one would be skipped on resume
-                tmp = state_path.with_name(state_path.name + ".tmp")
-                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "step": step,
-                            "elapsed": elapsed, "args": vars(args)}, tmp)
-                tmp.replace(state_path)
+                save_state(state_path, model, optimizer, scheduler,
+                           {"epoch": epoch + 1, "step": step, "elapsed": elapsed, "args": vars(args)})
         if args.max_steps and step >= args.max_steps:
             break
 
     if main_process:
         final = history[-1] if history else {}
+        if len(val) and args.tta == "flip":  # the figure the evaluator and the app reproduce
+            tta = evaluate_split(model, val.images, val.labels, mean, std, device, autocast, flip=True)
+            final = {**final, **tta, "val_accuracy_single_view": final.get("val_accuracy")}
         meta = {
             "classes": full.classes,
             "normalization": {"mean": list(mean), "std": list(std)},
@@ -312,8 +360,10 @@ def main(argv=None) -> dict:
                                  "train_size": len(train)},
             "recipe": {k: v for k, v in vars(args).items() if k not in ("out", "resume", "no_progress", "device")},
             "epochs_trained": final.get("epoch", start_epoch),
+            "test_time_augmentation": args.tta,
             "val_accuracy": final.get("val_accuracy"),
             "val_net_accuracy": final.get("val_net_accuracy"),
+            "val_accuracy_single_view": final.get("val_accuracy_single_view", final.get("val_accuracy")),
             "training_time_s": round(elapsed, 1),
             "hardware": hardware(device),
             "processes": world,

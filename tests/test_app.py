@@ -77,6 +77,20 @@ def test_upload_shows_every_view_and_downloads(app_env):
     assert any("views laid out in" in c.value for c in at.caption)
 
 
+def test_flip_tta_follows_the_checkpoint_and_can_be_switched(app_env):
+    at = _start()
+    assert at.selectbox(key="tta").value == "as trained"  # META has no test-time augmentation: single view
+    at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()
+    single = at.session_state["result"]["ins"].trace
+    assert not single.views and not any("mirror image" in c.value for c in at.caption)
+    at.selectbox(key="tta").set_value("flip").run()
+    assert not at.exception and not _errors(at)
+    flipped = at.session_state["result"]["ins"].trace
+    assert len(flipped.views) == 2 and any("mirror image" in c.value for c in at.caption)
+    torch.testing.assert_close(flipped.views[0].output, single.output)
+    assert at.metric[0].value == CLASSES[int(flipped.output[0].argmax())]
+
+
 def test_bad_file_gives_an_error_and_keeps_the_previous_result(app_env):
     at = _start()
     at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()

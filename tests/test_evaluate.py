@@ -212,6 +212,25 @@ def test_evaluate_matches_an_independent_computation(tiny_checkpoint):
     assert not model.training
 
 
+def test_flip_tta_evaluates_the_mean_of_image_and_mirror(tiny_checkpoint, capsys):
+    """--tta flip scores argmax of the two views' mean; 'auto' follows the checkpoint's recipe."""
+    path, root = tiny_checkpoint
+    model, meta = load_checkpoint(path)
+    ds = E.align_labels(D.load_image_folder(root, 32), CLASSES)
+    with torch.no_grad():
+        x = _normalise(ds.images)
+        mean = (model.trace(x).output + model.trace(x.flip(3)).output) / 2
+    want = float((mean.argmax(1) == ds.labels).double().mean())
+    r = E.evaluate(model, ds, meta, batch_size=16, amp="off", flip=True)
+    assert r["test_time_augmentation"] == "flip" and r["accuracy"] == pytest.approx(want, abs=1e-12)
+    assert E.evaluate(model, ds, meta, amp="off")["test_time_augmentation"] == "none"  # no flip in the recipe
+    assert E.evaluate(model, ds, {**meta, "test_time_augmentation": "flip"}, amp="off")["accuracy"] == r["accuracy"]
+    E.main(["--checkpoint", str(path), "--data", str(root), "--json", "--amp", "off", "--tta", "flip",
+            "--no-progress"])
+    cli = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert cli["test_time_augmentation"] == "flip" and cli["accuracy"] == r["accuracy"]
+
+
 def test_evaluate_under_bf16_reports_its_own_path(tiny_checkpoint, monkeypatch):
     """Forced bf16 (emulated where the CPU lacks it): the numbers and the precision label agree."""
     path, root = tiny_checkpoint
@@ -329,3 +348,15 @@ def test_cli_torchvision_uses_the_test_split(tiny_checkpoint, tmp_path, monkeypa
     with pytest.raises(SystemExit) as e:
         E.main(["--checkpoint", str(path), "--torchvision", "cifar10", "--root", str(tmp_path)])
     assert e.value.code == 2 and "cannot load cifar10" in capsys.readouterr().err
+
+
+def test_validation_split_is_the_trainers_and_refuses_another_set():
+    labels = torch.arange(40) % 4
+    ds = D.TensorDataset(torch.zeros(40, 3, 32, 32, dtype=torch.uint8), labels, list("abcd"))
+    meta = {"validation_split": {"size": 8, "seed": 3, "method": "stratified", "train_size": 32}}
+    _, want = D.stratified_split(labels, 8, 3)
+    assert torch.equal(E.validation_split(ds, meta).labels, labels[want])
+    with pytest.raises(ValueError, match="not the same training set"):
+        E.validation_split(ds, {"validation_split": {"size": 8, "seed": 3, "train_size": 50}})
+    with pytest.raises(ValueError, match="records no validation split"):
+        E.validation_split(ds, {})

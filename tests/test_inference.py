@@ -113,6 +113,30 @@ def test_ablation_renormalises_gates(traced):
         I.ablate(traced, [True] * 4, [[False, False], [True, True], [True, True]])
 
 
+def test_ablation_of_a_flip_trace_ablates_each_view(tiny_model):
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        t = tiny_model.trace(x, flip=True)
+    torch.testing.assert_close(I.ablate(t, [True] * 4), t.output)
+    heads = [[True, False], [True, True], [False, True]]
+    want = (I.ablate(t.views[0], [True, False, True, True], heads)
+            + I.ablate(t.views[1], [True, False, True, True], heads)) / 2
+    torch.testing.assert_close(I.ablate(t, [True, False, True, True], heads), want)
+
+
+def test_flip_tta_follows_the_checkpoint_unless_asked(tiny_model):
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    plain, flip = {}, {"test_time_augmentation": "flip"}
+    assert not I.flip_tta(plain) and I.flip_tta(flip) and not I.flip_tta({"test_time_augmentation": "none"})
+    with torch.inference_mode():
+        want = tiny_model.trace(I.preprocess(images, plain), flip=True)
+    got = I.inspect(tiny_model, images, flip).trace
+    torch.testing.assert_close(got.output, want.output)
+    assert len(got.views) == 2 and not I.inspect(tiny_model, images, flip, flip=False).trace.views
+    assert len(I.inspect(tiny_model, images, plain, flip=True).trace.views) == 2
+    assert I.predict_all(tiny_model, images, flip)["fused"].tolist() == want.output.argmax(1).tolist()
+
+
 def test_topk_and_rectification(traced):
     classes = list("abcde")
     top = I.topk(traced.output[0], classes, 3)

@@ -71,6 +71,26 @@ def test_forward_and_trace_agree(tiny_model):
     assert (tiny_model(x) - tiny_model.trace(x).output).abs().max() <= 1e-6
 
 
+def test_flip_trace_is_the_mean_of_the_image_and_its_mirror(tiny_model):
+    """Flip TTA: every tensor is the mean of both views, the mirror's maps flipped back first."""
+    x = _x()
+    with torch.no_grad():
+        t, own, mirror = tiny_model.trace(x, flip=True), tiny_model.trace(x), tiny_model.trace(x.flip(3))
+    assert len(t.views) == 2 and not own.views
+    torch.testing.assert_close(t.output, (own.output + mirror.output) / 2)
+    torch.testing.assert_close(t.net_output, (own.net_output + mirror.net_output) / 2)
+    torch.testing.assert_close(t.global_gates, (own.global_gates + mirror.global_gates) / 2)
+    for l, (a, b) in enumerate(zip(own.layers, mirror.layers)):
+        torch.testing.assert_close(t.layers[l].attention_maps, (a.attention_maps + b.attention_maps.flip(3)) / 2)
+        torch.testing.assert_close(t.views[1].layers[l].attention_maps, b.attention_maps.flip(3))
+        torch.testing.assert_close(t.layers[l].confidence_gates, (a.confidence_gates + b.confidence_gates) / 2)
+        torch.testing.assert_close(t.layers[l].attention_maps.sum((2, 3)), torch.ones(3, 2))
+    # what makes the averaged trace readable as a single one
+    torch.testing.assert_close(t.contributions.sum(1), t.output)
+    torch.testing.assert_close(t.global_gates.sum(1), torch.ones(3))
+    assert t.map(lambda u: u[:1]).views[1].output.shape == (1, 5)
+
+
 def test_training_mode_returns_regulariser(tiny_model):
     tiny_model.train()
     out, reg = tiny_model(_x())

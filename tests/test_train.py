@@ -13,6 +13,8 @@ import torch
 from ar_core import ModelConfig, build_model, load_checkpoint
 from ar_core import data as D
 from ar_core import train as T
+from ar_core.evaluate import evaluate
+from ar_core.evaluate import main as evaluate_main
 from conftest import ROOT
 from test_data import make_image_folder
 
@@ -66,10 +68,26 @@ def test_training_learns_and_writes_a_complete_checkpoint(folder, tmp_path):
                                         "train_size": len(CLASSES) * PER_CLASS - VAL}
     assert meta["recipe"]["epochs"] == 4 and meta["recipe"]["lr"] == 0.1 and meta["recipe"]["amp"] == "off"
     assert meta["epochs_trained"] == 4 and meta["processes"] == 1
-    assert meta["val_accuracy"] == history[-1]["val_accuracy"] and 0 <= meta["val_accuracy"] <= 1
+    # The recorded accuracy is the one the evaluator (and so the app) reproduces: flip TTA by default.
+    assert meta["test_time_augmentation"] == "flip"
+    assert meta["val_accuracy_single_view"] == history[-1]["val_accuracy"]
+    _, val_idx = D.stratified_split(full.labels, VAL, 0)
+    assert meta["val_accuracy"] == evaluate(model, full.subset(val_idx), meta, amp="off", flip=True)["accuracy"]
+    # the evaluator carves the same split from the training folder and reproduces the recorded figure
+    r = evaluate_main(["--checkpoint", str(out), "--data", str(folder), "--validation-split", "--amp", "off",
+                       "--json", "--no-progress"])
+    assert r["n"] == VAL and r["accuracy"] == meta["val_accuracy"] and r["test_time_augmentation"] == "flip"
     assert meta["training_time_s"] >= 0 and meta["hardware"] and meta["torch"] == torch.__version__
     assert "code_commit" in meta
     assert meta["command"].startswith("python -m ar_core.train ") and "--epochs 4" in meta["command"]
+
+
+def test_training_without_tta_records_single_view_accuracy(folder, tmp_path):
+    out = tmp_path / "plain" / "model.safetensors"
+    history = T.main(_args(folder, out, "--epochs", "1", "--tta", "none"))["history"]
+    meta = load_checkpoint(out)[1]
+    assert meta["test_time_augmentation"] == "none"
+    assert meta["val_accuracy"] == meta["val_accuracy_single_view"] == history[-1]["val_accuracy"]
 
 
 def test_resume_continues_exactly(folder, tmp_path):
@@ -79,7 +97,7 @@ def test_resume_continues_exactly(folder, tmp_path):
     split = tmp_path / "split" / "m.safetensors"
     first = T.main(_args(folder, split, "--epochs", "3", "--max-steps", str(2 * STEPS_PER_EPOCH)))["history"]
     assert [h["epoch"] for h in first] == [1, 2]
-    assert split.with_name(split.name + ".state.pt").is_file()
+    assert split.with_name(split.name + ".state.safetensors").is_file()
     second = T.main(_args(folder, split, "--epochs", "3", "--resume"))["history"]
     assert [h["epoch"] for h in second] == [3] and second[0]["step"] == 3 * STEPS_PER_EPOCH
     assert [h["epoch"] for h in _log(split)] == [1, 2, 3]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app import figures, sidebar
+from app import figures, sidebar, state
 from ar_core.evaluate import ClassMismatchError
 
 
@@ -20,7 +20,7 @@ def _run(model, meta, ds, n_faith: int, methods: list[str]):
         bars[stage].progress(min(1.0, done / max(total, 1)), text=f"{stage}: {done}/{total} images")
 
     result, arrays = analyze(model, ds, meta, faithfulness_n=n_faith, methods=methods, progress=progress,
-                             return_arrays=True)
+                             return_arrays=True, flip=state.use_flip(meta))
     for bar in bars.values():
         bar.empty()
     keep = {k: v.numpy() for k, v in arrays.items() if k in ("pred", "net_pred") or k.startswith("pred/")}
@@ -70,7 +70,7 @@ def render():
                                                   "random"], default=["attention", "saliency", "gradcam", "random"],
                                  key="faith_methods")
         go = st.form_submit_button("Analyse the data set", key="analyse_go")
-    key = (ds_key, source, device, int(n_faith), tuple(methods))
+    key = (ds_key, source, device, int(n_faith), tuple(methods), state.use_flip(meta))
     store = st.session_state.setdefault("analyses", {})
     if go:
         try:

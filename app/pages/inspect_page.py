@@ -134,7 +134,8 @@ def _views(res, model, meta):
         else:
             st.caption(f"The network alone says {net[0]} ({net[1]:.1%})"
                        + (f"; true label {classes[res['label']]}." if res.get("label") is not None else "."))
-        st.caption(f"Device {ins.device} · model run {ins.latency_ms:.0f} ms")
+        tta = " · averaged with the mirror image (flip test-time augmentation)" if trace.views else ""
+        st.caption(f"Device {ins.device} · model run {ins.latency_ms:.0f} ms{tta}")
 
     tabs = st.tabs(["1 · Prediction", "2 · Attention maps", "3 · Confidence gates", "4 · Global fusion",
                     "5 · Attributions", "6 · Baseline vs attention", "Export"])
@@ -172,7 +173,8 @@ def _export_view(res):
     trace, classes = ins.trace, ins.classes
     st.write("Download the whole trace (every map, gate, hypothesis and fusion term) or the figures. Every "
              "interactive chart also has a camera icon that saves it as PNG.")
-    extra = {"image": res["name"], "checkpoint": os.path.basename(res["path"]), "true_label": res.get("label")}
+    extra = {"image": res["name"], "checkpoint": os.path.basename(res["path"]), "true_label": res.get("label"),
+             "test_time_augmentation": "flip" if trace.views else "none"}
     st.download_button("Trace as JSON", lambda: trace_to_json(trace, classes, 0, extra), f"{base}-trace.json",
                        mime="application/json", key="dl_json")
     st.download_button("Trace as NPZ", lambda: trace_to_npz(trace, 0), f"{base}-trace.npz",
