@@ -76,17 +76,20 @@ def _run_pool(workers: int, seconds: float, max_runs: int, job) -> dict:
             "rss_after_500_mb": round(mem[500], 1) if 500 in mem else None, "rss_end_mb": round(rss_mb(), 1)}
 
 
-def trace_load(model, workers: int = 8, seconds: float = 60, max_runs: int = 1_000_000) -> dict:
-    """N threads tracing on one shared model; every result must equal the sequential one."""
+def trace_load(model, workers: int = 8, seconds: float = 60, max_runs: int = 1_000_000, flip: bool = False) -> dict:
+    """N threads tracing on one shared model; every result must equal the sequential one.
+
+    ``flip``: flip test-time augmentation, as the app runs the checkpoint.
+    """
     g = torch.Generator().manual_seed(0)
     images = [torch.randn(1, 3, 32, 32, generator=g) for _ in range(workers * 4)]
     with torch.inference_mode():
-        expected = [model.trace(x) for x in images]
+        expected = [model.trace(x, flip=flip) for x in images]
 
     def job(w, i):
         k = (w * 4 + i) % len(images)
         with torch.inference_mode():
-            t = model.trace(images[k])
+            t = model.trace(images[k], flip=flip)
         e = expected[k]
         same = torch.equal(t.output, e.output) and torch.equal(t.global_gates, e.global_gates) and all(
             torch.equal(a.attention_maps, b.attention_maps) and torch.equal(a.confidence_gates, b.confidence_gates)
@@ -232,6 +235,7 @@ def _png(seed: int) -> bytes:
 
 def main(argv=None) -> dict:
     import ar_core
+    from ar_core.inference import flip_tta
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=60)
@@ -246,8 +250,8 @@ def main(argv=None) -> dict:
             torch.manual_seed(0)
             ckpt = ar_core.save_checkpoint(ar_core.build_model(ar_core.ModelConfig()).eval(),
                                            Path(tmp) / "load-wrn16x4.safetensors", {"classes": [str(i) for i in range(10)]})
-        model, _ = ar_core.load_checkpoint(ckpt)
-        result = {"trace": trace_load(model, a.workers, a.seconds, a.max_runs),
+        model, meta = ar_core.load_checkpoint(ckpt)
+        result = {"trace": trace_load(model, a.workers, a.seconds, a.max_runs, flip=flip_tta(meta)),
                   "browsers": browser_load(str(ckpt), a.workers, a.seconds, a.max_runs)}
     print(json.dumps(result, indent=2))
     if a.out:

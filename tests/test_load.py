@@ -18,6 +18,11 @@ def test_eight_threads_on_the_trace_api(tiny_model):
     assert r["rss_end_mb"] - r["rss_after_100_mb"] < 50
 
 
+def test_eight_threads_with_flip_tta(tiny_model):
+    r = trace_load(tiny_model, workers=8, seconds=2, max_runs=200, flip=True)
+    assert r["errors"] == 0 and r["runs"] == 200, r["first_errors"]
+
+
 @pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()) and not os.environ.get("CI"),
                     reason="needs Debian's chromium and chromium-driver (installed by .ci/run)")
 def test_eight_browsers_on_one_server(tmp_path):

@@ -17,6 +17,11 @@ EQUATIONS = [
     ("Fusion", r"\mathrm{output} = g_{net}\log\mathrm{softmax}(o_{net}) + \sum_l g_O^l \log\mathrm{softmax}(o^l)",
      "The prediction is the argmax. When the network alone is wrong and the fused output is right, "
      "attention has rectified the prediction."),
+    ("Flip test-time augmentation", r"\bar T = \tfrac12\left(T(x) + \mathrm{mirror}\,T(\mathrm{flip}(x))\right)",
+     "Not part of the method: the shipped checkpoints are evaluated on each image and its mirror image, and "
+     "every map, gate, hypothesis and fusion term shown is the mean of the two (the mirror's maps flipped "
+     "back). Means keep gates and maps summing to 1 and the fusion terms summing to the output. The sidebar "
+     "switches it off."),
 ]
 
 
