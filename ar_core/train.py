@@ -266,11 +266,14 @@ def main(argv=None) -> dict:
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
 
     start_epoch, elapsed, step = 0, 0.0, 0
+    # The code that trained each stretch of epochs: read now, since the tree may change while training.
+    commits = [{"from_epoch": 1, "commit": git_commit()}]
     if args.resume and state_path.is_file():
         state = load_state(state_path, model, optimizer, scheduler)
         if state["args"]["epochs"] != args.epochs:
             raise SystemExit(f"{state_path} was made with --epochs {state['args']['epochs']}; resume with the same schedule")
         start_epoch, elapsed, step = state["epoch"], state["elapsed"], state["step"]
+        commits = state.get("code_commits", []) + [{"from_epoch": start_epoch + 1, "commit": commits[0]["commit"]}]
         if main_process:
             print(f"resuming at epoch {start_epoch} from {state_path}", file=sys.stderr)
     net = model
@@ -342,7 +345,8 @@ def main(argv=None) -> dict:
                 f.write(json.dumps(record) + "\n")
             if finished:  # resumable state marks whole epochs only; a partial one would be skipped on resume
                 save_state(state_path, model, optimizer, scheduler,
-                           {"epoch": epoch + 1, "step": step, "elapsed": elapsed, "args": vars(args)})
+                           {"epoch": epoch + 1, "step": step, "elapsed": elapsed, "args": vars(args),
+                            "code_commits": commits})
         if args.max_steps and step >= args.max_steps:
             break
 
@@ -368,7 +372,8 @@ def main(argv=None) -> dict:
             "hardware": hardware(device),
             "processes": world,
             "torch": torch.__version__,
-            "code_commit": git_commit(),
+            "code_commit": commits[-1]["commit"],
+            "code_commits": commits,
             "command": "python -m ar_core.train " + " ".join(sys.argv[1:] if argv is None else argv),
         }
         save_checkpoint(model, out, meta, dtype=getattr(torch, args.save_dtype))

@@ -107,6 +107,8 @@ def test_resume_continues_exactly(folder, tmp_path):
     for (name, ta), (_, tb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(ta, tb), name
     assert meta_b["epochs_trained"] == 3 and meta_b["val_accuracy"] == meta_a["val_accuracy"]
+    assert [c["from_epoch"] for c in meta_b["code_commits"]] == [1, 3]  # which code trained which epochs
+    assert meta_b["code_commit"] == meta_b["code_commits"][-1]["commit"]
 
     with pytest.raises(SystemExit, match="--epochs 3"):  # another schedule cannot continue this state
         T.main(_args(folder, split, "--epochs", "4", "--resume"))
