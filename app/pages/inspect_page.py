@@ -321,7 +321,9 @@ def _compare_view(res):
 @st.fragment
 def _attention_view(trace, classes, image):
     st.write("Each row is an attended layer, each column one of its K heads. Bright regions are where the head "
-             "looked; the caption gives the head's top class and its confidence gate g.")
+             "looked; the caption gives the head's top class and its confidence gate g."
+             + (" With flip test-time augmentation every map, class and gate is the mean over the image and its "
+                "mirror image, whose maps are flipped back first." if trace.views else ""))
     st.latex(EQUATIONS[0][1])
     c1, c2 = st.columns(2)
     alpha = c1.slider("Overlay opacity", 0.0, 1.0, 0.55, 0.05, key="alpha")
