@@ -87,6 +87,7 @@ def inference(device: torch.device, repeats: int, batch: int) -> dict:
     x1 = torch.randn(1, 3, 32, 32, device=device)
     with torch.inference_mode():
         t_trace = _median_time(lambda: att.trace(x1), repeats, sync=sync)
+        t_flip = _median_time(lambda: att.trace(x1, flip=True), repeats, sync=sync)  # what the app runs
         t_plain = _median_time(lambda: plain(x1), repeats, sync=sync)
         t_plain_backbone = _median_time(lambda: plain.backbone(x1), repeats, sync=sync)
         xb = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
@@ -100,7 +101,8 @@ def inference(device: torch.device, repeats: int, batch: int) -> dict:
         t_batch = _median_time(batch_eval, max(3, repeats // 10), warmup=1, sync=sync)
     return {"trace_1img_ms": round(t_trace * 1000, 2), "plain_forward_1img_ms": round(t_plain * 1000, 2),
             "plain_backbone_1img_ms": round(t_plain_backbone * 1000, 2),
-            "trace_over_plain": round(t_trace / t_plain, 3), "batch": batch,
+            "trace_over_plain": round(t_trace / t_plain, 3), "trace_flip_1img_ms": round(t_flip * 1000, 2),
+            "batch": batch,
             "batch_images_per_s": round(batch / t_batch, 1)}
 
 
