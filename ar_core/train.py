@@ -276,6 +276,13 @@ def main(argv=None) -> dict:
         commits = state.get("code_commits", []) + [{"from_epoch": start_epoch + 1, "commit": commits[0]["commit"]}]
         if main_process:
             print(f"resuming at epoch {start_epoch} from {state_path}", file=sys.stderr)
+    elif args.resume:
+        legacy = out.with_name(out.name + ".state.pt")
+        if legacy.is_file():
+            raise SystemExit(f"{legacy} is the pickle state of an older version, which is no longer read; "
+                             f"start the run again without --resume")
+        if main_process:
+            print(f"no state at {state_path}: starting from epoch 1", file=sys.stderr)
     net = model
     if distributed:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -114,6 +114,17 @@ def test_resume_continues_exactly(folder, tmp_path):
         T.main(_args(folder, split, "--epochs", "4", "--resume"))
 
 
+def test_resume_says_what_it_found(folder, tmp_path, capsys):
+    out = tmp_path / "fresh" / "m.safetensors"
+    T.main(_args(folder, out, "--epochs", "1", "--max-steps", "1", "--resume"))
+    assert "no state at" in capsys.readouterr().err
+    old = tmp_path / "old" / "m.safetensors"
+    old.parent.mkdir()
+    old.with_name(old.name + ".state.pt").write_bytes(b"\x80\x04not read")
+    with pytest.raises(SystemExit, match="pickle state of an older version"):
+        T.main(_args(folder, old, "--epochs", "1", "--resume"))
+
+
 # ---------------------------------------------------------------- DDP
 
 def _replay(folder, meta, epochs: int, world: int) -> dict[str, torch.Tensor]:
