@@ -5,7 +5,11 @@ Two loads, each bounded in time and count:
 - ``browsers``: N headless Chromium browsers against one `streamlit run` server on 127.0.0.1, each
   opening sessions and uploading images (the cached model is shared by all of them).
 Every result is compared with the sequential one; errors, p50/p95 latency and resident memory
-(after the first 100 runs and at the end) are reported.
+(every ``--every`` runs, and at the end) are reported.
+
+Streamlit keeps a closed browser tab's session for ``server.disconnectedSessionTTL`` seconds (120
+by default, at most 128 sessions) so that a reconnecting tab finds its results. Those sessions are
+held, not leaked; ``--settle`` waits them out after the browsers close and samples the server again.
 """
 
 from __future__ import annotations
@@ -35,11 +39,14 @@ def _pct(values, q):
     return round(1000 * float(np.percentile(values, q)), 2) if values else None
 
 
-def _run_pool(workers: int, seconds: float, max_runs: int, job) -> dict:
-    """Run ``job(worker, i)`` in ``workers`` threads until the time or the run budget is spent."""
+def _run_pool(workers: int, seconds: float, max_runs: int, job, memory=rss_mb, every: int = 50) -> dict:
+    """Run ``job(worker, i)`` in ``workers`` threads until the time or the run budget is spent.
+
+    ``memory()`` (MB) is sampled whenever the number of finished runs reaches a multiple of ``every``.
+    """
     latencies, errors = [], []
     lock = threading.Lock()
-    count = [0]
+    count, done = [0], [0]
     mem = {}
     deadline = time.monotonic() + seconds
 
@@ -60,8 +67,9 @@ def _run_pool(workers: int, seconds: float, max_runs: int, job) -> dict:
             dt = time.perf_counter() - t0
             with lock:
                 latencies.append(dt)
-                if n in (100, 500):
-                    mem[n] = rss_mb()
+                done[0] += 1
+                if done[0] % every == 0:
+                    mem[done[0]] = round(memory(), 1)
             i += 1
 
     start = time.monotonic()
@@ -72,11 +80,19 @@ def _run_pool(workers: int, seconds: float, max_runs: int, job) -> dict:
         t.join()
     return {"workers": workers, "runs": len(latencies), "seconds": round(time.monotonic() - start, 1),
             "errors": len(errors), "first_errors": errors[:3], "p50_ms": _pct(latencies, 50),
-            "p95_ms": _pct(latencies, 95), "rss_after_100_mb": round(mem[100], 1) if 100 in mem else None,
-            "rss_after_500_mb": round(mem[500], 1) if 500 in mem else None, "rss_end_mb": round(rss_mb(), 1)}
+            "p95_ms": _pct(latencies, 95), "memory_mb_by_runs": mem, "memory_end_mb": round(memory(), 1)}
 
 
-def trace_load(model, workers: int = 8, seconds: float = 60, max_runs: int = 1_000_000, flip: bool = False) -> dict:
+def growth_mb(result: dict) -> float | None:
+    """Memory growth over the second half of the samples (MB): ~0 when memory has levelled off."""
+    series = [v for _, v in sorted(result["memory_mb_by_runs"].items())]
+    if len(series) < 2:
+        return None
+    return round(series[-1] - series[len(series) // 2], 1)
+
+
+def trace_load(model, workers: int = 8, seconds: float = 60, max_runs: int = 1_000_000, flip: bool = False,
+               every: int = 50) -> dict:
     """N threads tracing on one shared model; every result must equal the sequential one.
 
     ``flip``: flip test-time augmentation, as the app runs the checkpoint.
@@ -97,7 +113,7 @@ def trace_load(model, workers: int = 8, seconds: float = 60, max_runs: int = 1_0
         if not same:
             raise AssertionError(f"image {k}: concurrent trace differs from the sequential one")
 
-    return _run_pool(workers, seconds, max_runs, job)
+    return _run_pool(workers, seconds, max_runs, job, every=every)
 
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -182,11 +198,14 @@ def _server_rss_mb(pid: int) -> float:
 
 
 def browser_load(checkpoint: str, workers: int = 8, seconds: float = 60, max_runs: int = 500,
-                 n_images: int = 40) -> dict:
+                 n_images: int = 40, every: int = 50, settle: float = 0) -> dict:
     """N headless browsers against one `streamlit run` server, each opening sessions and uploading.
 
-    Every page's prediction must equal the sequential one; the server's memory is sampled after
-    100 runs and at the end.
+    Every page's prediction must equal the sequential one. The server's memory is sampled after
+    every browser's first session, every ``every`` sessions and at the end; with ``settle`` > 0 the
+    browsers then close, the server idles that long (longer than its disconnected-session TTL to
+    let it drop the sessions it keeps for reconnection), one more session runs, and memory is
+    sampled again.
     """
     import ar_core
     from ar_core.inference import fit_image, inspect, load_image, to_uint8
@@ -205,19 +224,32 @@ def browser_load(checkpoint: str, workers: int = 8, seconds: float = 60, max_run
         drivers = []
         try:
             drivers = [make_driver() for _ in range(workers)]
-            mem = {}
+            first_round = [0.0]
 
             def job(w, i):
                 k = (w * 7 + i) % n_images
                 got = upload_and_read(drivers[w], url, images[k])
                 if i == 0:  # the server after every browser's first session: the baseline for growth
-                    mem["first_round"] = max(mem.get("first_round", 0.0), _server_rss_mb(proc.pid))
+                    first_round[0] = max(first_round[0], _server_rss_mb(proc.pid))
                 if got != expected[k]:
                     raise AssertionError(f"browser {w}, image {k}: page says {got!r}, sequential run says {expected[k]!r}")
 
-            result = _run_pool(workers, seconds, max_runs, job)
-            result["server_rss_after_first_round_mb"] = round(mem.get("first_round", 0.0), 1)
-            result["server_rss_end_mb"] = round(_server_rss_mb(proc.pid), 1)
+            result = _run_pool(workers, seconds, max_runs, job, memory=lambda: _server_rss_mb(proc.pid), every=every)
+            result["memory_after_first_round_mb"] = round(first_round[0], 1)
+            if settle > 0:
+                for d in drivers[1:]:
+                    d.quit()
+                drivers = drivers[:1]
+                drivers[0].get("about:blank")  # closes the last session too
+                time.sleep(settle)
+                got = upload_and_read(drivers[0], url, images[0])  # storing one more session expires the old ones
+                drivers[0].get("about:blank")
+                time.sleep(2)
+                result["settled_s"] = settle
+                result["memory_after_settling_mb"] = round(_server_rss_mb(proc.pid), 1)
+                if got != expected[0]:
+                    result["errors"] += 1
+                    result["first_errors"].append(f"after settling: page says {got!r}, expected {expected[0]!r}")
         finally:
             for d in drivers:
                 d.quit()
@@ -241,6 +273,12 @@ def main(argv=None) -> dict:
     p.add_argument("--seconds", type=float, default=60)
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--max-runs", type=int, default=1_000_000, help="a bound on runs per load, besides --seconds")
+    p.add_argument("--every", type=int, default=50, help="sample memory every this many runs")
+    p.add_argument("--settle", type=float, default=0,
+                   help="after the browsers: idle this many seconds (over the server's disconnected-session "
+                        "TTL, 120 s by default) and sample the server's memory again")
+    p.add_argument("--skip-trace", action="store_true")
+    p.add_argument("--skip-browsers", action="store_true")
     p.add_argument("--checkpoint", help="default: the shipped CIFAR-10 attention checkpoint, else a fresh WRN-16-4")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     a = p.parse_args(argv)
@@ -251,8 +289,14 @@ def main(argv=None) -> dict:
             ckpt = ar_core.save_checkpoint(ar_core.build_model(ar_core.ModelConfig()).eval(),
                                            Path(tmp) / "load-wrn16x4.safetensors", {"classes": [str(i) for i in range(10)]})
         model, meta = ar_core.load_checkpoint(ckpt)
-        result = {"trace": trace_load(model, a.workers, a.seconds, a.max_runs, flip=flip_tta(meta)),
-                  "browsers": browser_load(str(ckpt), a.workers, a.seconds, a.max_runs)}
+        result = {}
+        if not a.skip_trace:
+            result["trace"] = trace_load(model, a.workers, a.seconds, a.max_runs, flip=flip_tta(meta), every=a.every)
+            result["trace"]["growth_second_half_mb"] = growth_mb(result["trace"])
+        if not a.skip_browsers:
+            result["browsers"] = browser_load(str(ckpt), a.workers, a.seconds, a.max_runs, every=a.every,
+                                              settle=a.settle)
+            result["browsers"]["growth_second_half_mb"] = growth_mb(result["browsers"])
     print(json.dumps(result, indent=2))
     if a.out:
         Path(a.out).write_text(json.dumps(result, indent=2))

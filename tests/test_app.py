@@ -334,3 +334,31 @@ def test_shipped_pair_compares_side_by_side_with_the_recipes_flip(monkeypatch):
     assert sorted(len(t.layers) for t in traces) == [0, 3]
     shown = [m.value for m in at.markdown if "→" in m.value]
     assert len(shown) == 2 and all(c in " ".join(shown) for c in ("baseline", "ad3aw4"))
+
+
+def test_sessions_leave_no_hooks_captum_objects_or_figures(app_env):
+    """Several sessions that attribute, ablate and draw: afterwards the process holds none of it."""
+    import gc
+
+    import matplotlib.pyplot as plt
+
+    for seed in range(3):
+        at = _start()
+        at.file_uploader(key="images").set_value([(f"img{seed}.png", _png(seed), "image/png")]).run()
+        at.multiselect(key="attr_methods").set_value(["saliency", "gradcam", "occlusion", "integrated_gradients"])
+        at.button(key="attr_go").click().run()
+        at.button(key="faith_go").click().run()
+        at.checkbox(key="src_group1").uncheck().run()
+        assert not at.exception and not _errors(at)
+        del at
+    gc.collect()
+    alive = gc.get_objects()
+    modules = [o for o in alive if isinstance(o, torch.nn.Module)]
+    assert modules, "the cached model should still be alive"
+    hooked = [type(m).__name__ for m in modules
+              if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks]
+    assert not hooked
+    from captum.attr import Attribution
+
+    assert not [type(o).__name__ for o in alive if isinstance(o, Attribution)]
+    assert plt.get_fignums() == []

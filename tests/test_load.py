@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import ar_core
-from app.loadtest import CHROMEDRIVER, CHROMIUM, browser_load, trace_load
+from app.loadtest import CHROMEDRIVER, CHROMIUM, browser_load, growth_mb, trace_load
 from conftest import randomize_bn
 
 
@@ -15,7 +15,9 @@ def test_eight_threads_on_the_trace_api(tiny_model):
     r = trace_load(tiny_model, workers=8, seconds=3, max_runs=400)
     assert r["errors"] == 0, r["first_errors"]
     assert r["runs"] >= 100 and r["p95_ms"] >= r["p50_ms"] > 0
-    assert r["rss_end_mb"] - r["rss_after_100_mb"] < 50
+    assert set(r["memory_mb_by_runs"]) == set(range(50, r["runs"] + 1, 50))
+    assert r["memory_end_mb"] - r["memory_mb_by_runs"][100] < 50
+    assert growth_mb(r) < 20
 
 
 def test_eight_threads_with_flip_tta(tiny_model):
@@ -30,6 +32,7 @@ def test_eight_browsers_on_one_server(tmp_path):
     cfg = ar_core.ModelConfig(num_classes=4, depth=10, width=1, attention_width=2)
     ckpt = ar_core.save_checkpoint(randomize_bn(ar_core.build_model(cfg)).eval(), tmp_path / "load.safetensors",
                                    {"classes": ["apple", "bear", "cloud", "dolphin"]})
-    r = browser_load(str(ckpt), workers=8, seconds=20, max_runs=48, n_images=12)
+    r = browser_load(str(ckpt), workers=8, seconds=20, max_runs=48, n_images=12, every=8)
     assert r["errors"] == 0, r["first_errors"]
     assert r["runs"] >= 8
+    assert r["memory_after_first_round_mb"] > 0 and 8 in r["memory_mb_by_runs"]
