@@ -57,7 +57,6 @@ def _run_pool(workers: int, seconds: float, max_runs: int, job, memory=rss_mb, e
                 if count[0] >= max_runs:
                     return
                 count[0] += 1
-                n = count[0]
             t0 = time.perf_counter()
             try:
                 job(w, i)
