@@ -5,7 +5,8 @@
 2. inference: one-image ``model.trace`` latency against the plain network's forward, and batch
    evaluation throughput (the evaluator's path);
 3. training: images/s of the project's training step (channels_last, bf16 autocast where the CPU
-   has native bf16) against a plain fp32, contiguous, eager step of the same model;
+   has native bf16) against a plain fp32, contiguous, eager step of the same model, and the same
+   step under ``torch.compile`` (the trainer's ``--compile``; compile time reported apart);
 4. the app: image uploaded → default views (Streamlit AppTest), and a rerun after changing a
    display control (which must not run the model);
 5. all of it on CUDA as well when a GPU is present.
@@ -106,13 +107,14 @@ def inference(device: torch.device, repeats: int, batch: int) -> dict:
             "batch_images_per_s": round(batch / t_batch, 1)}
 
 
-def training(device: torch.device, steps: int, batch: int) -> dict:
+def training(device: torch.device, steps: int, batch: int, compiled: bool = True) -> dict:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     y = torch.randint(0, 10, (batch,), device=device)
 
-    def make(fast: bool):
+    def make(fast: bool, compile_it: bool = False):
         torch.manual_seed(0)
         model = build_model(ModelConfig(attention_depth=3, attention_width=4)).to(device).train()
+        net = torch.compile(model) if compile_it else model
         x = torch.randn(batch, 3, 32, 32, device=device)
         if fast:
             model = model.to(memory_format=torch.channels_last)
@@ -123,7 +125,7 @@ def training(device: torch.device, steps: int, batch: int) -> dict:
 
         def step():
             with ac():
-                out, reg = model(x)
+                out, reg = net(x)
                 loss = F.nll_loss(out.float(), y) + reg
             opt.zero_grad(set_to_none=True)
             if scaler:
@@ -137,8 +139,21 @@ def training(device: torch.device, steps: int, batch: int) -> dict:
 
     t_fast = _median_time(make(True), steps, warmup=2, sync=sync)
     t_plain = _median_time(make(False), steps, warmup=2, sync=sync)
-    return {"batch": batch, "project_images_per_s": round(batch / t_fast, 1),
-            "plain_fp32_images_per_s": round(batch / t_plain, 1), "speedup": round(t_plain / t_fast, 2)}
+    row = {"batch": batch, "project_images_per_s": round(batch / t_fast, 1),
+           "plain_fp32_images_per_s": round(batch / t_plain, 1), "speedup": round(t_plain / t_fast, 2)}
+    if compiled:
+        step = make(True, compile_it=True)
+        t0 = time.perf_counter()
+        try:
+            step()  # compiles
+        except Exception as e:  # e.g. no C++ compiler or Triton on this machine: say so, keep the rest
+            row["compiled"] = f"unavailable: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+            return row
+        sync()
+        row["compile_s"] = round(time.perf_counter() - t0, 1)
+        t_comp = _median_time(step, steps, warmup=1, sync=sync)
+        row.update({"compiled_images_per_s": round(batch / t_comp, 1), "compiled_speedup": round(t_plain / t_comp, 2)})
+    return row
 
 
 def machine() -> dict:
@@ -166,6 +181,7 @@ def main(argv=None) -> dict:
     p.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
     p.add_argument("--skip-app", action="store_true")
     p.add_argument("--skip-training", action="store_true")
+    p.add_argument("--skip-compile", action="store_true", help="no torch.compile training row (it compiles for ~1 min)")
     a = p.parse_args(argv)
     repeats = 5 if a.quick else 30
     result = {"machine": machine(), "attention_cost": attention_cost()}
@@ -176,7 +192,8 @@ def main(argv=None) -> dict:
         result[f"inference_{dev.type}"] = inf
         print(_table(f"2. inference on {dev.type}", [inf]), flush=True)
         if not a.skip_training:
-            tr = training(dev, steps=3 if a.quick else 10, batch=32 if a.quick else 128)
+            tr = training(dev, steps=3 if a.quick else 10, batch=32 if a.quick else 128,
+                          compiled=not (a.quick or a.skip_compile))
             result[f"training_{dev.type}"] = tr
             print(_table(f"3. training step on {dev.type}", [tr]), flush=True)
     if not a.skip_app:
