@@ -90,6 +90,26 @@ def test_training_without_tta_records_single_view_accuracy(folder, tmp_path):
     assert meta["val_accuracy"] == meta["val_accuracy_single_view"] == history[-1]["val_accuracy"]
 
 
+def test_compile_wraps_the_training_forward_only(folder, tmp_path, monkeypatch):
+    """--compile hands the training module to torch.compile; the saved weights come from the eager model.
+
+    torch.compile itself is replaced by a recording identity here (compiling takes about a minute;
+    the benchmark measures the real thing), so the run must equal the one without --compile.
+    """
+    seen = []
+    monkeypatch.setattr(T.torch, "compile", lambda module, **kw: seen.append(module) or module)
+    plain = tmp_path / "plain" / "m.safetensors"
+    T.main(_args(folder, plain, "--epochs", "1", "--max-steps", "2"))
+    assert not seen
+    comp = tmp_path / "compiled" / "m.safetensors"
+    T.main(_args(folder, comp, "--epochs", "1", "--max-steps", "2", "--compile"))
+    assert len(seen) == 1 and isinstance(seen[0], torch.nn.Module)
+    a, b = load_checkpoint(plain)[0], load_checkpoint(comp)[0]
+    for (name, ta), (_, tb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(ta, tb), name
+    assert load_checkpoint(comp)[1]["recipe"]["compile"] is True
+
+
 def test_resume_continues_exactly(folder, tmp_path):
     """3 epochs in one go == 2 epochs, stopped, then resumed to 3: bit-identical weights."""
     whole = tmp_path / "whole" / "m.safetensors"
