@@ -317,18 +317,20 @@ def test_default_model_is_the_shipped_cifar10_attention_checkpoint(monkeypatch):
     assert any("cifar10 · WRN-16-4 · AD=3 AW=4" in c.value for c in at.caption)
 
 
-def test_shipped_pair_compares_side_by_side_with_the_recipes_flip(monkeypatch):
-    """View 6 on the shipped CIFAR-10 checkpoints: the baseline and the attention model, both as trained."""
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
+def test_shipped_pair_compares_side_by_side_with_the_recipes_flip(monkeypatch, dataset):
+    """View 6 on a shipped pair: the baseline and the attention model of one dataset, both as trained."""
     monkeypatch.delenv("AR_CHECKPOINT", raising=False)
     shipped = ar_core.available_checkpoints()
-    if not {"cifar10-wrn16x4-ad3aw4", "cifar10-wrn16x4-baseline"} <= set(shipped):
-        pytest.skip("the shipped CIFAR-10 pair is not in this checkout")
+    if not {f"{dataset}-wrn16x4-ad3aw4", f"{dataset}-wrn16x4-baseline"} <= set(shipped):
+        pytest.skip(f"the shipped {dataset} pair is not in this checkout")
     at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60).run()
+    at.selectbox(key="model_label").set_value(f"{dataset}-wrn16x4-ad3aw4 (shipped)").run()
     assert at.selectbox(key="tta").options[0] == "as trained (flip)"
     at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()
     assert not at.exception and not _errors(at)
-    assert at.selectbox(key="cmp_base").value == "cifar10-wrn16x4-baseline (shipped)"
-    assert at.selectbox(key="cmp_att").value == "cifar10-wrn16x4-ad3aw4 (shipped)"
+    assert at.selectbox(key="cmp_base").value == f"{dataset}-wrn16x4-baseline (shipped)"
+    assert at.selectbox(key="cmp_att").value == f"{dataset}-wrn16x4-ad3aw4 (shipped)"
     traces = [ins.trace for key, ins in at.session_state["traces"].items() if key[1] == "cmp"]
     assert len(traces) == 2 and all(len(t.views) == 2 for t in traces)  # both checkpoints' recipes use flip
     assert sorted(len(t.layers) for t in traces) == [0, 3]
