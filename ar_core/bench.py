@@ -43,6 +43,26 @@ def _median_time(fn, repeats: int, warmup: int = 2, sync=lambda: None) -> float:
     return statistics.median(times)
 
 
+def _interleaved_medians(fns: dict, rounds: int, warmup: int = 5, sync=lambda: None) -> dict:
+    """Median time of each function, run in turn round after round.
+
+    Millisecond timings drift with the machine's state; taking turns exposes every function to the
+    same drift, so their ratio stays fair.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    sync()
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def count_flops(model: torch.nn.Module, x: torch.Tensor) -> int:
     """FLOPs of one forward pass (multiply-adds count 2), by torch.utils.flop_counter."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -87,10 +107,10 @@ def inference(device: torch.device, repeats: int, batch: int) -> dict:
     plain = build_model(ModelConfig(attention_depth=0)).to(device).eval()
     x1 = torch.randn(1, 3, 32, 32, device=device)
     with torch.inference_mode():
-        t_trace = _median_time(lambda: att.trace(x1), repeats, sync=sync)
-        t_flip = _median_time(lambda: att.trace(x1, flip=True), repeats, sync=sync)  # what the app runs
-        t_plain = _median_time(lambda: plain(x1), repeats, sync=sync)
-        t_plain_backbone = _median_time(lambda: plain.backbone(x1), repeats, sync=sync)
+        t = _interleaved_medians({"trace": lambda: att.trace(x1), "plain": lambda: plain(x1),
+                                  "flip": lambda: att.trace(x1, flip=True),  # what the app runs
+                                  "backbone": lambda: plain.backbone(x1)}, rounds=10 * repeats, sync=sync)
+        t_trace, t_plain, t_flip, t_plain_backbone = t["trace"], t["plain"], t["flip"], t["backbone"]
         xb = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
         att_cl = att.to(memory_format=torch.channels_last)
         ac = _autocast(device, True)
