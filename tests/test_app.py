@@ -364,3 +364,31 @@ def test_sessions_leave_no_hooks_captum_objects_or_figures(app_env):
 
     assert not [type(o).__name__ for o in alive if isinstance(o, Attribution)]
     assert plt.get_fignums() == []
+
+
+def test_python_memory_levels_off_over_many_sessions(app_env):
+    """Forty sessions, each uploading its own image: after the first few, traced memory stays flat.
+
+    A per-session leak of the upload (about 120 KB here) or its arrays would add megabytes of
+    traced memory between the two samples; a leaked trace would add live tensors.
+    """
+    import gc
+    import tracemalloc
+
+    samples = {}
+    tracemalloc.start()
+    try:
+        for i in range(1, 41):
+            at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60).run()
+            at.selectbox(key="model_label").set_value("tiny-ad3 (AR_CHECKPOINT)").run()
+            at.file_uploader(key="images").set_value([(f"img{i}.png", _png(i, (200, 200)), "image/png")]).run()
+            assert not at.exception and not _errors(at)
+            del at
+            if i in (15, 40):
+                gc.collect()
+                tensors = sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))  # not traced below
+                samples[i] = (tracemalloc.get_traced_memory()[0] / 2**20, tensors)
+    finally:
+        tracemalloc.stop()
+    assert samples[40][0] - samples[15][0] < 1.0, samples
+    assert samples[40][1] <= samples[15][1], samples
