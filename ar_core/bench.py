@@ -134,11 +134,11 @@ def training(device: torch.device, steps: int, batch: int, compiled: bool = True
     def make(fast: bool, compile_it: bool = False):
         torch.manual_seed(0)
         model = build_model(ModelConfig(attention_depth=3, attention_width=4)).to(device).train()
-        net = torch.compile(model) if compile_it else model
         x = torch.randn(batch, 3, 32, 32, device=device)
         if fast:
             model = model.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
+        net = torch.compile(model) if compile_it else model
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
         ac = _autocast(device, fast)
         scaler = torch.amp.GradScaler("cuda") if fast and device.type == "cuda" else None
