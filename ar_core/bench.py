@@ -30,19 +30,6 @@ import torch.nn.functional as F
 from .model import ModelConfig, build_model
 
 
-def _median_time(fn, repeats: int, warmup: int = 2, sync=lambda: None) -> float:
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def _interleaved_medians(fns: dict, rounds: int, warmup: int = 5, sync=lambda: None) -> dict:
     """Median time of each function, run in turn round after round.
 
@@ -61,6 +48,10 @@ def _interleaved_medians(fns: dict, rounds: int, warmup: int = 5, sync=lambda: N
             sync()
             times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _median_time(fn, repeats: int, warmup: int = 2, sync=lambda: None) -> float:
+    return _interleaved_medians({"fn": fn}, repeats, warmup, sync)["fn"]
 
 
 def count_flops(model: torch.nn.Module, x: torch.Tensor) -> int:
