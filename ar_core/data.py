@@ -129,8 +129,27 @@ def stratified_split(labels: torch.Tensor, val_size: int, seed: int) -> tuple[to
     return torch.nonzero(mask).flatten(), val_index
 
 
-def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random crop of a reflect-padded image and random horizontal flip, for a whole batch."""
+def content_digest(dataset: "TensorDataset") -> str:
+    """SHA-256 of a dataset's decoded pixels, labels and class names, in order: names the training
+    images a checkpoint saw without naming the machine's paths (the order is the sorted-path order
+    the split is carved from, so equal digests reproduce the same split)."""
+    h = hashlib.sha256(json.dumps(list(dataset.classes)).encode())
+    h.update(dataset.images.contiguous().numpy().tobytes())
+    h.update(dataset.labels.to(torch.int64).numpy().tobytes())
+    return h.hexdigest()
+
+
+def index_digest(index: torch.Tensor) -> str:
+    """SHA-256 of a split's image indices (int64, sorted), recorded beside the split's size and seed."""
+    return hashlib.sha256(index.to(torch.int64).sort().values.numpy().tobytes()).hexdigest()
+
+
+def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 4, cutout: int = 0) -> torch.Tensor:
+    """Random crop of a reflect-padded image and random horizontal flip, for a whole batch.
+
+    ``cutout``: also blank one ``cutout``-pixel square per image (centre uniform over the image, clipped
+    at its border; DeVries & Taylor 2017) with the value 0, after the crop and flip.
+    """
     b, c, h, w = images.shape
     padded = F.pad(images.float(), (pad, pad, pad, pad), mode="reflect")
     dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
@@ -140,6 +159,13 @@ def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> t
     cols = dx[:, None] + torch.arange(w)
     cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, None, :]
     out = padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+    if cutout:
+        cy = torch.randint(0, h, (b,), generator=generator)[:, None]
+        cx = torch.randint(0, w, (b,), generator=generator)[:, None]
+        ys, xs = torch.arange(h)[None, :], torch.arange(w)[None, :]
+        inside_y = (ys >= cy - cutout // 2) & (ys < cy - cutout // 2 + cutout)
+        inside_x = (xs >= cx - cutout // 2) & (xs < cx - cutout // 2 + cutout)
+        out = out * ~(inside_y[:, :, None] & inside_x[:, None, :])[:, None]
     return out.to(torch.uint8)
 
 
