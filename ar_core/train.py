@@ -58,6 +58,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     o.add_argument("--milestones", type=int, nargs="*", default=[60, 120, 160])
     o.add_argument("--weight-decay", type=float, default=5e-4)
     o.add_argument("--label-smoothing", type=float, default=0.0)
+    o.add_argument("--cutout", type=int, default=0, help="side of the square blanked in each training image (0: none)")
+    o.add_argument("--ema", type=float, default=0.0,
+                   help="decay of an exponential moving average of the weights (0: none); the average, with "
+                        "BatchNorm statistics recomputed for it, is then the model validated and saved")
+    o.add_argument("--ema-bn-images", type=int, default=5120,
+                   help="augmented training images used to recompute the averaged model's BatchNorm statistics")
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--tta", choices=["flip", "none"], default="flip",
                    help="test-time augmentation the checkpoint is evaluated with (by the evaluator and the "
@@ -74,6 +80,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     r.add_argument("--save-dtype", choices=["float32", "float16"], default="float32")
     r.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (smoke tests)")
     r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--no-history", action="store_true",
+                   help="do not record OUT's training history (probe traces and per-source accuracy each epoch)")
+    r.add_argument("--probe-seed", type=int, default=0, help="seed choosing the history's probe images")
     args = p.parse_args(argv)
     if bool(args.data) == bool(args.torchvision):
         p.error("give exactly one of --data DIR or --torchvision cifar10|cifar100")
@@ -81,7 +90,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def nll_with_smoothing(output: torch.Tensor, target: torch.Tensor, smoothing: float) -> torch.Tensor:
-    """NLL of the fused log-scores (method.md, item 8), optionally label-smoothed."""
+    """NLL of the fused log-scores (the paper's training loss), optionally label-smoothed."""
     nll = F.nll_loss(output, target)
     if smoothing <= 0:
         return nll
@@ -96,6 +105,32 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str, milestones: lis
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+# Arguments that say where things were on the training machine, not how the model was trained.
+_LOCAL_ARGS = ("data", "root", "out", "resume", "no_progress", "device", "threads")
+
+
+def recipe(args: argparse.Namespace) -> dict:
+    """The training recipe as a JSON object: every argument that shapes the model, no local paths."""
+    return {k: v for k, v in vars(args).items() if k not in _LOCAL_ARGS}
+
+
+def command_line(argv: list[str]) -> str:
+    """The training command without this machine's paths: the data folder becomes DATA, an absolute
+    ``--out`` its file name."""
+    local = {"--data": lambda v: "DATA", "--root": lambda v: "DATA",
+             "--out": lambda v: Path(v).name if Path(v).is_absolute() else v}
+    words, rest = [], iter(argv)
+    for w in rest:
+        flag, eq, value = w.partition("=")
+        if eq and flag in local:
+            words.append(f"{flag}={local[flag](value)}")
+        elif w in local:
+            words += [w, local[w](next(rest, ""))]
+        else:
+            words.append(w)
+    return "python -m ar_core.train " + " ".join(words)
 
 
 def pick_device(name: str) -> torch.device:
@@ -143,7 +178,7 @@ def hardware(device: torch.device) -> str:
     return f"{cpu}, {torch.get_num_threads()} threads"
 
 
-def save_state(path: Path, model, optimizer, scheduler, info: dict) -> None:
+def save_state(path: Path, model, optimizer, scheduler, info: dict, ema=None) -> None:
     """Resumable state as safetensors: weights and optimizer buffers as tensors, the rest as JSON.
 
     Written to a temporary file and renamed, so an interrupted save never corrupts the last one.
@@ -152,6 +187,8 @@ def save_state(path: Path, model, optimizer, scheduler, info: dict) -> None:
 
     opt = optimizer.state_dict()
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    if ema is not None:
+        tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
     scalars = {}
     for i, per_param in opt["state"].items():
         for k, v in per_param.items():
@@ -167,7 +204,7 @@ def save_state(path: Path, model, optimizer, scheduler, info: dict) -> None:
     tmp.replace(path)
 
 
-def load_state(path: Path, model, optimizer, scheduler) -> dict:
+def load_state(path: Path, model, optimizer, scheduler, ema=None) -> dict:
     """Restore what :func:`save_state` wrote; returns its JSON part (epoch, step, elapsed, args)."""
     from safetensors import safe_open
 
@@ -175,6 +212,11 @@ def load_state(path: Path, model, optimizer, scheduler) -> dict:
         header = json.loads(f.metadata()["state"])
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    if ema is not None:
+        averaged = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
+        if not averaged:
+            raise SystemExit(f"{path} holds no averaged weights; resume with the --ema it was started with")
+        ema.load_state_dict(averaged)
     per_param: dict[int, dict] = {}
     for k, v in tensors.items():
         if k.startswith("optimizer."):
@@ -195,18 +237,37 @@ def evaluate_split(model, images, labels, mean, std, device, autocast, batch_siz
     ``flip``: with flip test-time augmentation, as the evaluator and the app apply it.
     """
     model.eval()
-    fused = net = 0
+    correct = None  # per output: each attended layer's hypothesis, the network, the fused output
+    gates = 0.0
     nll = 0.0
     for i in range(0, len(labels), batch_size):
         x = D.normalize(images[i:i + batch_size].to(device), mean, std).contiguous(memory_format=torch.channels_last)
         y = labels[i:i + batch_size].to(device)
         with autocast():
             t = model.trace(x, flip=flip)
-        fused += (t.output.argmax(1) == y).sum().item()
-        net += (t.net_output.argmax(1) == y).sum().item()
+        scores = [l.hypothesis for l in t.layers] + [t.net_output, t.output]
+        hits = torch.stack([(s.argmax(1) == y).sum() for s in scores]).cpu()
+        correct = hits if correct is None else correct + hits
+        gates = gates + t.global_gates.float().sum(0).cpu()
         nll += F.cross_entropy(t.output.float(), y, reduction="sum").item()
     n = len(labels)
-    return {"val_accuracy": fused / n, "val_net_accuracy": net / n, "val_nll": nll / n}
+    acc = (correct.double() / n).tolist()
+    return {"val_accuracy": acc[-1], "val_net_accuracy": acc[-2], "val_nll": nll / n,
+            "val_source_accuracy": acc, "val_mean_global_gates": (gates / n).tolist()}
+
+
+def recompute_bn_statistics(model, images, mean, std, device, autocast, seed: int, n: int, batch_size: int = 512):
+    """BatchNorm statistics that match ``model``'s own weights (an averaged model's would otherwise be
+    the average of the running statistics of other weights): a cumulative mean over ``n`` augmented
+    training images, drawn by ``seed`` so a resumed run draws the same ones."""
+    from torch.optim.swa_utils import update_bn
+
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(images), generator=g)[:n]
+    batches = [D.normalize(D.augment(images[idx[i:i + batch_size]], g).to(device), mean, std)
+               .contiguous(memory_format=torch.channels_last) for i in range(0, len(idx), batch_size)]
+    with autocast():
+        update_bn(batches, model, device=device)
 
 
 def main(argv=None) -> dict:
@@ -245,6 +306,9 @@ def main(argv=None) -> dict:
     train_idx, val_idx = D.stratified_split(full.labels, args.val_size, args.split_seed) if args.val_size \
         else (torch.arange(len(full)), torch.arange(0))
     train, val = full.subset(train_idx), full.subset(val_idx)
+    # Names the training images by content, not by this machine's paths (see evaluate --validation-split).
+    split_record = {"size": len(val), "seed": args.split_seed, "method": "stratified", "train_size": len(train),
+                    "train_digest": D.content_digest(full), "index_digest": D.index_digest(val_idx)}
 
     config = ModelConfig(num_classes=len(full.classes), depth=args.depth, width=args.width, dropout=args.dropout,
                          attention_depth=args.attention_depth, attention_width=args.attention_width,
@@ -266,18 +330,34 @@ def main(argv=None) -> dict:
         optimizer, lambda s: lr_factor(s, total_steps, warmup, args.schedule, args.milestones, steps_per_epoch))
     autocast, use_scaler = autocast_for(device, args.amp)
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    ema = None
+    if args.ema:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=False)
+    kept = ema.module if ema is not None else model  # the model validated, recorded and saved
+    recorder = None
+    if main_process and len(val) and not args.no_history:
+        from .history import HistoryRecorder, history_path, probe_indices
+
+        probes = probe_indices(val.labels, seed=args.probe_seed)
+        recorder = HistoryRecorder(history_path(out), model.sources, full.classes, probes, val.labels[probes],
+                                   {"probe_seed": args.probe_seed, "model": "ema" if ema is not None else "raw",
+                                    "validation_split": split_record})
 
     start_epoch, elapsed, step = 0, 0.0, 0
     # The code that trained each stretch of epochs: read now, since the tree may change while training.
     commits = [{"from_epoch": 1, "commit": git_commit()}]
     if args.resume and state_path.is_file():
-        state = load_state(state_path, model, optimizer, scheduler)
+        state = load_state(state_path, model, optimizer, scheduler, ema)
         if state["args"]["epochs"] != args.epochs:
             raise SystemExit(f"{state_path} was made with --epochs {state['args']['epochs']}; resume with the same schedule")
         start_epoch, elapsed, step = state["epoch"], state["elapsed"], state["step"]
         commits = state.get("code_commits", []) + [{"from_epoch": start_epoch + 1, "commit": commits[0]["commit"]}]
         if main_process:
             print(f"resuming at epoch {start_epoch} from {state_path}", file=sys.stderr)
+        if recorder is not None:
+            recorder.resume(start_epoch)
     elif args.resume:
         legacy = out.with_name(out.name + ".state.pt")
         if legacy.is_file():
@@ -312,7 +392,7 @@ def main(argv=None) -> dict:
             # Every process augments the whole global batch alike and keeps its own slice, so N
             # processes see exactly the images one process would.
             idx = perm[i * args.batch_size:(i + 1) * args.batch_size]
-            x = D.augment(train.images[idx], aug_g)[rank * local_batch:(rank + 1) * local_batch]
+            x = D.augment(train.images[idx], aug_g, cutout=args.cutout)[rank * local_batch:(rank + 1) * local_batch]
             x = D.normalize(x.to(device, non_blocking=True), mean, std).contiguous(memory_format=torch.channels_last)
             y = train.labels[idx][rank * local_batch:(rank + 1) * local_batch].to(device, non_blocking=True)
             with autocast():
@@ -327,6 +407,8 @@ def main(argv=None) -> dict:
                 loss.backward()
                 optimizer.step()
             scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
             step += 1
             loss_sum += loss.detach()
             seen += len(y) * world
@@ -347,8 +429,21 @@ def main(argv=None) -> dict:
                   "lr": scheduler.get_last_lr()[0], "epoch_time_s": round(epoch_time, 1),
                   "images_per_s": round(seen / epoch_time, 1)}
         if main_process:
+            if ema is not None:
+                recompute_bn_statistics(kept, train.images, mean, std, device, autocast,
+                                        seed=args.seed * 1000 + epoch + 3 * 10**6, n=args.ema_bn_images)
             if len(val):
-                record.update(evaluate_split(model, val.images, val.labels, mean, std, device, autocast))
+                figures = evaluate_split(kept, val.images, val.labels, mean, std, device, autocast)
+                record.update(figures)
+                if ema is not None:  # the raw weights' figure, to see what averaging gives
+                    record["val_accuracy_raw"] = evaluate_split(model, val.images, val.labels, mean, std, device,
+                                                                autocast)["val_accuracy"]
+                if recorder is not None:
+                    kept.eval()
+                    with torch.no_grad(), autocast():
+                        probe_x = D.normalize(val.images[probes].to(device), mean, std)
+                        recorder.append(epoch + 1, kept.trace(probe_x.contiguous(memory_format=torch.channels_last)),
+                                        figures["val_source_accuracy"], figures["val_mean_global_gates"])
             history.append(record)
             print(json.dumps(record), file=sys.stderr)
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -357,37 +452,41 @@ def main(argv=None) -> dict:
             if finished:  # resumable state marks whole epochs only; a partial one would be skipped on resume
                 save_state(state_path, model, optimizer, scheduler,
                            {"epoch": epoch + 1, "step": step, "elapsed": elapsed, "args": vars(args),
-                            "code_commits": commits})
+                            "code_commits": commits}, ema)
         if args.max_steps and step >= args.max_steps:
             break
 
     if main_process:
         final = history[-1] if history else {}
         if len(val) and args.tta == "flip":  # the figure the evaluator and the app reproduce
-            tta = evaluate_split(model, val.images, val.labels, mean, std, device, autocast, flip=True)
+            tta = evaluate_split(kept, val.images, val.labels, mean, std, device, autocast, flip=True)
             final = {**final, **tta, "val_accuracy_single_view": final.get("val_accuracy")}
+            if ema is not None:
+                final["val_accuracy_raw"] = evaluate_split(model, val.images, val.labels, mean, std, device,
+                                                           autocast, flip=True)["val_accuracy"]
         meta = {
             "classes": full.classes,
             "normalization": {"mean": list(mean), "std": list(std)},
             "image_size": args.image_size,
             "dataset": name,
-            "validation_split": {"size": len(val), "seed": args.split_seed, "method": "stratified",
-                                 "train_size": len(train)},
-            "recipe": {k: v for k, v in vars(args).items() if k not in ("out", "resume", "no_progress", "device")},
+            "validation_split": split_record,
+            "recipe": recipe(args),
             "epochs_trained": final.get("epoch", start_epoch),
             "test_time_augmentation": args.tta,
             "val_accuracy": final.get("val_accuracy"),
             "val_net_accuracy": final.get("val_net_accuracy"),
             "val_accuracy_single_view": final.get("val_accuracy_single_view", final.get("val_accuracy")),
+            "val_source_accuracy": dict(zip([*model.sources, "fused"], final.get("val_source_accuracy", []))),
+            "val_accuracy_raw_weights": final.get("val_accuracy_raw"),
             "training_time_s": round(elapsed, 1),
             "hardware": hardware(device),
             "processes": world,
             "torch": torch.__version__,
             "code_commit": commits[-1]["commit"],
             "code_commits": commits,
-            "command": "python -m ar_core.train " + " ".join(sys.argv[1:] if argv is None else argv),
+            "command": command_line(sys.argv[1:] if argv is None else argv),
         }
-        save_checkpoint(model, out, meta, dtype=getattr(torch, args.save_dtype))
+        save_checkpoint(kept, out, meta, dtype=getattr(torch, args.save_dtype))
         print(f"wrote {out}", file=sys.stderr)
     if distributed:
         import torch.distributed as dist

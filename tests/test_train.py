@@ -64,14 +64,15 @@ def test_training_learns_and_writes_a_complete_checkpoint(folder, tmp_path):
     assert meta["normalization"]["mean"] == pytest.approx(x.mean((0, 2, 3)).tolist())
     assert meta["normalization"]["std"] == pytest.approx(x.std((0, 2, 3)).tolist())
     assert meta["dataset"] == "toy" and meta["image_size"] == 32
+    _, val_idx = D.stratified_split(full.labels, VAL, 0)
     assert meta["validation_split"] == {"size": VAL, "seed": 0, "method": "stratified",
-                                        "train_size": len(CLASSES) * PER_CLASS - VAL}
+                                        "train_size": len(CLASSES) * PER_CLASS - VAL,
+                                        "train_digest": D.content_digest(full), "index_digest": D.index_digest(val_idx)}
     assert meta["recipe"]["epochs"] == 4 and meta["recipe"]["lr"] == 0.1 and meta["recipe"]["amp"] == "off"
     assert meta["epochs_trained"] == 4 and meta["processes"] == 1
     # The recorded accuracy is the one the evaluator (and so the app) reproduces: flip TTA by default.
     assert meta["test_time_augmentation"] == "flip"
     assert meta["val_accuracy_single_view"] == history[-1]["val_accuracy"]
-    _, val_idx = D.stratified_split(full.labels, VAL, 0)
     assert meta["val_accuracy"] == evaluate(model, full.subset(val_idx), meta, amp="off", flip=True)["accuracy"]
     # the evaluator carves the same split from the training folder and reproduces the recorded figure
     r = evaluate_main(["--checkpoint", str(out), "--data", str(folder), "--validation-split", "--amp", "off",
@@ -80,6 +81,35 @@ def test_training_learns_and_writes_a_complete_checkpoint(folder, tmp_path):
     assert meta["training_time_s"] >= 0 and meta["hardware"] and meta["torch"] == torch.__version__
     assert "code_commit" in meta
     assert meta["command"].startswith("python -m ar_core.train ") and "--epochs 4" in meta["command"]
+    # No path of the training machine anywhere in the header: the data folder is named by content.
+    assert str(folder) not in json.dumps(meta) and str(tmp_path) not in json.dumps(meta)
+    assert "--data DATA" in meta["command"] and "data" not in meta["recipe"]
+    assert meta["val_source_accuracy"].keys() == {"group1", "group2", "group3", "network", "fused"}
+    assert meta["val_source_accuracy"]["fused"] == meta["val_accuracy"]
+    assert meta["val_source_accuracy"]["network"] == meta["val_net_accuracy"]
+
+
+# Every key the trainer writes into a checkpoint's metadata; a shipped header must hold exactly these.
+TRAINER_META_KEYS = {
+    "classes", "normalization", "image_size", "dataset", "validation_split", "recipe", "epochs_trained",
+    "test_time_augmentation", "val_accuracy", "val_net_accuracy", "val_accuracy_single_view",
+    "val_source_accuracy", "val_accuracy_raw_weights", "training_time_s", "hardware", "processes", "torch",
+    "code_commit", "code_commits", "command",
+}
+
+
+def header_meta(path) -> dict:
+    """The metadata JSON exactly as stored (the loader adds ``config`` and ``weights_sha256``)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads(f.metadata()["meta"])
+
+
+def test_the_trainer_writes_exactly_the_documented_header_keys(folder, tmp_path):
+    out = tmp_path / "keys" / "model.safetensors"
+    T.main(_args(folder, out, "--epochs", "1", "--max-steps", "2"))
+    assert set(header_meta(out)) == TRAINER_META_KEYS
 
 
 def test_training_without_tta_records_single_view_accuracy(folder, tmp_path):

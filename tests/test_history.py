@@ -1,0 +1,151 @@
+"""Attention over training: the trainer's per-epoch history, its file, its size budget, exact resume,
+and the averaged (EMA) weights the trainer can validate and save instead of the raw ones."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ar_core import data as D
+from ar_core import load_checkpoint
+from ar_core import train as T
+from ar_core.history import (HistoryRecorder, dequantize_maps, history_path, load_history, probe_indices,
+                             quantize_maps)
+from ar_core.model import LayerTrace, Trace
+from test_train import BATCH, CLASSES, STEPS_PER_EPOCH, VAL, _args, _log, cache, folder  # noqa: F401
+
+
+def test_history_path_sits_next_to_the_checkpoint(tmp_path):
+    assert history_path("checkpoints/a-b.safetensors").as_posix() == "checkpoints/a-b.history.safetensors"
+
+
+def test_probe_indices_are_stratified_and_fixed_by_seed():
+    labels = torch.arange(10).repeat_interleave(50)
+    p = probe_indices(labels, 32, seed=3)
+    assert len(p) == 32 and len(set(p.tolist())) == 32
+    counts = torch.bincount(labels[p], minlength=10)
+    assert counts.min() == 3 and counts.max() == 4  # 32 over 10 classes: every class 3 or 4 times
+    assert torch.equal(p, probe_indices(labels, 32, seed=3))
+    assert not torch.equal(p, probe_indices(labels, 32, seed=4))
+    many = probe_indices(torch.arange(100).repeat_interleave(5), 32, seed=0)
+    assert len(torch.unique(torch.arange(100).repeat_interleave(5)[many])) == 32  # 32 classes of 100
+
+
+def test_quantised_maps_keep_their_mass_and_shape():
+    g = torch.Generator().manual_seed(0)
+    maps = F.softmax(torch.randn(2, 4, 32 * 32, generator=g) * 3, -1).view(2, 4, 32, 32)
+    q = quantize_maps(maps)
+    assert q.dtype == torch.uint8 and q.shape == (2, 4, 16, 16) and (q.amax((-2, -1)) == 255).all()
+    back = dequantize_maps(q)
+    pooled = F.avg_pool2d(maps.view(-1, 1, 32, 32), 2).view(2, 4, 16, 16) * 4
+    peak = pooled.amax((-2, -1), keepdim=True)
+    assert ((back - pooled).abs() <= 0.05 * peak).all()  # within a few grey levels of each map's peak
+    assert torch.allclose(back.sum((-2, -1)), torch.ones(2, 4))
+    small = F.softmax(torch.randn(3, 8 * 8, generator=g), -1).view(3, 8, 8)  # already small: not pooled
+    assert quantize_maps(small).shape == (3, 8, 8)
+
+
+def _fake_trace(p=32, k=4, m=100, sides=(32, 16, 8)):
+    g = torch.Generator().manual_seed(0)
+    layers = [LayerTrace(f"group{i + 1}", F.softmax(torch.randn(p, k, s * s, generator=g), -1).view(p, k, s, s),
+                         torch.randn(p, k, m), F.softmax(torch.randn(p, k), -1), torch.randn(p, m))
+              for i, s in enumerate(sides)]
+    gates = F.softmax(torch.randn(p, 4, generator=g), -1)
+    return Trace(layers, torch.randn(p, m), gates, torch.randn(p, 4, m), torch.randn(p, m),
+                 ["group1", "group2", "group3", "network"])
+
+
+def test_fifty_epochs_of_a_wrn_history_fit_in_four_megabytes(tmp_path):
+    """WRN-16-4, AD=3, AW=4, CIFAR-100, 32 probes, 50 epochs: the shipped configuration's worst case."""
+    rec = HistoryRecorder(tmp_path / "h.safetensors", ["group1", "group2", "group3", "network"],
+                          [str(i) for i in range(100)], torch.arange(32), torch.arange(32))
+    trace = _fake_trace()
+    for epoch in range(1, 51):
+        rec.append(epoch, trace, [0.5] * 5, [0.25] * 4)
+    size = (tmp_path / "h.safetensors").stat().st_size
+    assert size < 4 * 2**20, size
+    h = load_history(tmp_path / "h.safetensors")
+    assert h.epochs == list(range(1, 51)) and h.attention_maps["group1"].shape == (50, 32, 4, 16, 16)
+
+
+def test_load_history_says_what_is_wrong(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no training history"):
+        load_history(tmp_path / "none.history.safetensors")
+    bad = tmp_path / "bad.history.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="not a readable training history"):
+        load_history(bad)
+
+
+def test_the_trainer_records_what_the_model_computed_each_epoch(folder, tmp_path):
+    out = tmp_path / "run" / "m.safetensors"
+    T.main(_args(folder, out, "--epochs", "2"))
+    h = load_history(history_path(out))
+    log = _log(out)
+    assert h.epochs == [1, 2] and h.sources == ["group1", "group2", "group3", "network"]
+    assert h.outputs[-1] == "fused" and h.classes == sorted(CLASSES)
+    # the probes are the validation images the recorded seed picks
+    full = D.load_image_folder(folder)
+    _, val_idx = D.stratified_split(full.labels, VAL, 0)
+    val = full.subset(val_idx)
+    assert h.probe_index == probe_indices(val.labels, seed=0).tolist()
+    assert h.probe_labels == val.labels[h.probe_index].tolist()
+    # per-epoch figures are the log's
+    for e, rec in enumerate(log):
+        assert h.val_accuracy[e].tolist() == pytest.approx(rec["val_source_accuracy"])
+        assert h.val_accuracy[e, -1].item() == pytest.approx(rec["val_accuracy"])
+        assert h.mean_global_gates[e].tolist() == pytest.approx(rec["val_mean_global_gates"])
+    # the last epoch's probe record is the final model's trace of those images
+    model, meta = load_checkpoint(out)
+    x = D.normalize(val.images[h.probe_index], meta["normalization"]["mean"], meta["normalization"]["std"])
+    with torch.no_grad():
+        t = model.trace(x)
+    assert torch.equal(h.predictions[-1, :, -1], t.output.argmax(1))
+    assert torch.equal(h.predictions[-1, :, -2], t.net_output.argmax(1))
+    assert torch.allclose(h.global_gates[-1], t.global_gates, atol=1e-3)
+    assert torch.allclose(h.confidence_gates["group2"][-1], t.layers[1].confidence_gates, atol=1e-3)
+    labels = torch.tensor(h.probe_labels)
+    assert torch.allclose(h.true_class_prob[-1, :, -1], t.output.softmax(1)[torch.arange(len(labels)), labels],
+                          atol=1e-3)
+    peak = t.layers[2].attention_maps.amax((-2, -1), keepdim=True)
+    assert ((h.attention_maps["group3"][-1] - t.layers[2].attention_maps).abs() <= 0.05 * peak).all()
+
+
+def test_a_resumed_history_equals_an_uninterrupted_one(folder, tmp_path):
+    """With the averaged weights on, so the averaged model's state is resumed too."""
+    whole = tmp_path / "whole" / "m.safetensors"
+    T.main(_args(folder, whole, "--epochs", "3", "--ema", "0.9", "--ema-bn-images", "16"))
+    split = tmp_path / "split" / "m.safetensors"
+    T.main(_args(folder, split, "--epochs", "3", "--ema", "0.9", "--ema-bn-images", "16",
+                 "--max-steps", str(2 * STEPS_PER_EPOCH)))
+    assert load_history(history_path(split)).epochs == [1, 2]
+    T.main(_args(folder, split, "--epochs", "3", "--ema", "0.9", "--ema-bn-images", "16", "--resume"))
+    a, b = load_history(history_path(whole)), load_history(history_path(split))
+    assert a.epochs == b.epochs == [1, 2, 3]
+    for name in ("global_gates", "predictions", "true_class_prob", "val_accuracy", "mean_global_gates"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    for layer in a.layers:
+        assert torch.equal(a.attention_maps[layer], b.attention_maps[layer]), layer
+        assert torch.equal(a.confidence_gates[layer], b.confidence_gates[layer]), layer
+    for (name, ta), (_, tb) in zip(load_checkpoint(whole)[0].state_dict().items(),
+                                   load_checkpoint(split)[0].state_dict().items()):
+        assert torch.equal(ta, tb), name
+
+
+def test_ema_saves_the_averaged_weights_with_their_own_batchnorm_statistics(folder, tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "ema" / "m.safetensors"
+    T.main(_args(folder, out, "--epochs", "2", "--ema", "0.5", "--ema-bn-images", "24"))
+    model, meta = load_checkpoint(out)
+    state = load_file(str(out.with_name(out.name + ".state.safetensors")))
+    saved = model.state_dict()
+    conv = "backbone.conv1.weight" if "backbone.conv1.weight" in saved else next(k for k in saved if "conv" in k)
+    assert torch.equal(saved[conv], state[f"ema.module.{conv}"])  # the averaged weights, not the raw ones
+    assert not torch.equal(saved[conv], state[f"model.{conv}"])
+    bn = next(k for k in saved if k.endswith("running_mean"))
+    assert not torch.equal(saved[bn], state[f"model.{bn}"])  # statistics recomputed for the average
+    assert meta["val_accuracy_raw_weights"] is not None and meta["recipe"]["ema"] == 0.5
+    assert json.dumps(meta)  # a JSON object throughout
+    assert "val_accuracy_raw" in _log(out)[-1]
