@@ -156,3 +156,38 @@ def checkpoints_for(classes) -> dict[str, tuple[str, int]]:
         if meta is not None and list(meta.get("classes", [])) == list(classes):
             pairs[label] = (source, meta["config"]["attention_depth"])
     return pairs
+
+
+def training_history(source: str):
+    """(History, None) for a checkpoint file with a training history next to it, else (None, why)."""
+    from ar_core.history import history_path
+
+    if source.startswith(UPLOAD_PREFIX):
+        return None, "Uploaded checkpoints come without a training history; the shipped ones have theirs."
+    path = history_path(source)
+    if not path.is_file():
+        return None, ("This checkpoint has no training history: it was trained before histories were recorded, "
+                      "or converted. `python -m ar_core.train` records one next to every checkpoint it writes.")
+    try:
+        return _load_history(str(path), path.stat().st_mtime), None
+    except (ValueError, OSError) as e:
+        return None, f"The training history next to this checkpoint cannot be read: {e}"
+
+
+@st.cache_resource(max_entries=8)
+def _load_history(path: str, mtime: float):
+    from ar_core.history import load_history
+
+    return load_history(path)
+
+
+@st.cache_resource(max_entries=8)
+def _probe_images(source: str, mtime: float, dataset_key: str, _history, _dataset):
+    from ar_core.history import probe_images as carve
+
+    return carve(_history, _dataset)
+
+
+def probe_images(source: str, history, dataset, dataset_key: str):
+    """The history's probe images when ``dataset`` is the training folder (checked once per process)."""
+    return _probe_images(source, Path(source).stat().st_mtime, dataset_key, history, dataset)

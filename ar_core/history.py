@@ -203,3 +203,19 @@ def load_history(path: str | Path) -> History:
         global_gates=tensors["global_gates"].float(), predictions=tensors["predictions"].long(),
         true_class_prob=tensors["true_class_prob"].float(), val_accuracy=tensors["val_accuracy"],
         mean_global_gates=tensors["mean_global_gates"], info=info)
+
+
+def probe_images(history: History, dataset) -> torch.Tensor | None:
+    """The probe images (P, 3, H, W) uint8, carved from ``dataset`` when it is the training folder
+    the history was recorded on (same content digest); None for any other data set.
+
+    Histories hold no images themselves: the training data stay with whoever has them."""
+    from . import data as D
+
+    split = history.info.get("validation_split") or {}
+    if not split.get("train_digest") or len(dataset) != split.get("size", 0) + split.get("train_size", 0):
+        return None
+    if D.content_digest(dataset) != split["train_digest"]:
+        return None
+    _, val_index = D.stratified_split(dataset.labels, split["size"], split["seed"])
+    return dataset.images[val_index[torch.tensor(history.probe_index)]]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app import figures, sidebar, state
+from app import figures, sidebar, state, training_view
 from ar_core.evaluate import ClassMismatchError
 
 
@@ -58,6 +58,9 @@ def render():
         return
     source, device, model, meta = chosen
     ds, ds_key = sidebar.dataset_picker(int(meta.get("image_size", 32)))
+    if st.toggle("Over training: how this model's attention, gates and accuracy formed, epoch by epoch",
+                 key="dataset_history"):
+        training_view.render(source, "dataset_history", ds, ds_key)
     if ds is None:
         st.info("Choose a data set in the sidebar: a CIFAR test set or an ImageFolder directory.")
         return

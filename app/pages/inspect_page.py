@@ -9,7 +9,7 @@ import time
 import numpy as np
 import streamlit as st
 
-from app import figures, sidebar, state, widgets
+from app import figures, sidebar, state, training_view, widgets
 from app.pages.about import EQUATIONS
 from ar_core.inference import (OUTCOMES, ImageError, ablate, filter_indices, fit_image, load_image, rectification,
                                to_uint8, topk, trace_to_json, trace_to_npz)
@@ -45,7 +45,8 @@ def _dataset_browser(model, meta, size: int, ckpt_key: tuple):
     ds, ds_key = sidebar.dataset_picker(size)
     if ds is None:
         return []
-    st.session_state["lab_clutter_images"] = ds.images[:256]  # the lab's clutter: patches of real images
+    st.session_state["lab_clutter_images"] = ds.images[:256]
+    st.session_state["browse_dataset"] = (ds, ds_key)  # the over-training view finds its probe images here  # the lab's clutter: patches of real images
     classes = meta.get("classes") or ds.classes
     if len(ds.classes) != len(classes) or list(ds.classes) != list(classes):
         st.warning("This dataset's classes differ from the model's; predictions are shown with the model's names.")
@@ -138,7 +139,7 @@ def _views(res, model, meta):
         st.caption(f"Device {ins.device} · model run {ins.latency_ms:.0f} ms{tta}")
 
     tabs = st.tabs(["1 · Prediction", "2 · Attention maps", "3 · Confidence gates", "4 · Global fusion",
-                    "5 · Attributions", "6 · Baseline vs attention", "Export"])
+                    "5 · Attributions", "6 · Baseline vs attention", "7 · Over training", "Export"])
     with tabs[0]:
         st.write("Top-5 classes of the fused output, of the network's own output, and of each attended layer's "
                  "hypothesis. Probabilities are the softmax of each source's scores.")
@@ -163,6 +164,12 @@ def _views(res, model, meta):
     with tabs[5]:
         _compare_view(res)
     with tabs[6]:
+        st.write("How this model's attention maps, gates and answers formed while it trained, traced on fixed "
+                 "probe images after every epoch.")
+        if st.toggle("Show the probe images over training", key="inspect_history_on"):
+            browsed = st.session_state.get("browse_dataset") if st.session_state.get("source") == "Dataset" else None
+            training_view.render(res["path"], "inspect_history", *(browsed or (None, None)))
+    with tabs[7]:
         _export_view(res)
     st.caption(f"Image chosen → views laid out in "
                f"{(time.perf_counter() - t_start) * 1000 + res.get('wall_ms', 0):.0f} ms (model run included).")

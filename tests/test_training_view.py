@@ -1,0 +1,133 @@
+"""The "Over training" view: figure builders on a real trainer history, the probe images carved from
+the training folder only, and the view in the inspector and on the data-set page (AppTest)."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from app import figures_training as ft
+from ar_core import data as D
+from ar_core import train as T
+from ar_core.history import history_path, load_history, probe_images
+from conftest import ROOT
+from test_data import make_image_folder
+
+CLASSES = ("red", "green", "blue")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model trained 3 epochs on a 3-class folder, with its history; (checkpoint, folder)."""
+    tmp = tmp_path_factory.mktemp("hist")
+    folder = tmp / "toy"
+    make_image_folder(folder, classes=CLASSES, per_class=16)
+    out = tmp / "ckpt" / "toy-ad3.safetensors"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("AR_CACHE_DIR", str(tmp / "cache"))
+    T.main(["--data", str(folder), "--depth", "10", "--width", "1", "--attention-width", "2", "--val-size", "6",
+            "--batch-size", "8", "--threads", "1", "--no-progress", "--amp", "off", "--epochs", "3",
+            "--out", str(out)])
+    mp.undo()
+    return out, folder
+
+
+def test_probe_images_come_from_the_training_folder_only(trained, tmp_path):
+    out, folder = trained
+    h = load_history(history_path(out))
+    full = D.load_image_folder(folder, use_cache=False)
+    _, val_idx = D.stratified_split(full.labels, 6, 0)
+    images = probe_images(h, full)
+    assert torch.equal(images, full.images[val_idx][h.probe_index])
+    other = D.TensorDataset(full.images.flip(3), full.labels, full.classes)  # same size, other pixels
+    assert probe_images(h, other) is None
+    assert probe_images(h, full.subset(torch.arange(10))) is None
+
+
+def test_figures_plot_the_recorded_values(trained):
+    h = load_history(history_path(trained[0]))
+    fig = ft.accuracy_curves(h, epoch=2)
+    assert [t.name for t in fig.data] == ["attention @ group1 alone", "attention @ group2 alone",
+                                          "attention @ group3 alone", "network alone", "fused output"]
+    for j, t in enumerate(fig.data):
+        assert list(t.x) == h.epochs and np.allclose(t.y, 100 * h.val_accuracy[:, j].numpy())
+    gates = ft.global_gate_curves(h, probe=1)
+    assert np.allclose(gates.data[1].y, h.global_gates[:, 1, 0].numpy())  # group1, this image
+    belief = ft.probe_belief_curves(h, 0)
+    assert np.allclose(belief.data[-1].y, h.true_class_prob[:, 0, -1].numpy())
+    assert f"({h.classes[h.probe_labels[0]]})" in belief.layout.title.text
+    maps = ft.probe_maps_figure(h, 0, 2, image=np.zeros((32, 32, 3), np.uint8))
+    assert len(maps.axes) == 3 * 2  # attended layers x heads
+    assert maps.axes[0].get_title() == f"head 1 · g {h.confidence_gates['group1'][1, 0, 0]:.2f}"
+    assert maps._suptitle.get_text().startswith("epoch 2: fused answer "
+                                                + h.classes[int(h.predictions[1, 0, -1])])
+
+
+def _png(seed=0):
+    arr = np.random.default_rng(seed).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def env(trained, monkeypatch, tmp_path):
+    out, folder = trained
+    monkeypatch.setenv("AR_CHECKPOINT", str(out))
+    monkeypatch.setenv("AR_IMAGE_FOLDER", str(folder))
+    monkeypatch.setenv("AR_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(ROOT)
+    return out
+
+
+def _dataset_page():
+    at = AppTest.from_string(
+        "import streamlit as st\n"
+        "from app.pages import dataset_page, inspect_page\n"
+        "st.session_state['_pages'] = {'inspect': st.Page(inspect_page.render, url_path='inspect'),\n"
+        "                              'dataset': st.Page(dataset_page.render, url_path='dataset', default=True)}\n"
+        "st.navigation(list(st.session_state['_pages'].values()), position='hidden').run()\n",
+        default_timeout=120).run()
+    at.selectbox(key="model_label").set_value("toy-ad3 (AR_CHECKPOINT)").run()
+    return at
+
+
+def test_dataset_page_steps_through_the_epochs_over_the_training_folder(env):
+    at = _dataset_page()
+    at.selectbox(key="dataset_kind").set_value("ImageFolder directory").run()
+    at.toggle(key="dataset_history").set_value(True).run()
+    assert not at.exception and not at.error
+    assert len(at.get("image")) == 1 and len(at.get("plotly_chart")) == 4
+    assert not any("not stored with the model" in c.value for c in at.caption)  # the folder supplied them
+    slider = at.select_slider(key="dataset_history_epoch")
+    assert slider.value == 3
+    slider.set_value(1).run()
+    at.selectbox(key="dataset_history_probe").set_value(4).run()
+    assert not at.exception and len(at.get("image")) == 1
+
+
+def test_inspector_shows_the_probes_without_the_folder_and_says_so(env):
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60).run()
+    at.selectbox(key="model_label").set_value("toy-ad3 (AR_CHECKPOINT)").run()
+    at.file_uploader(key="images").set_value([("x.png", _png(), "image/png")]).run()
+    assert "7 · Over training" in [t.label for t in at.tabs]
+    at.toggle(key="inspect_history_on").set_value(True).run()
+    assert not at.exception and not at.error
+    assert any("not stored with the model" in c.value for c in at.caption)
+    assert len(at.selectbox(key="inspect_history_probe").options) == len(load_history(history_path(env)).probe_index)
+
+
+def test_a_checkpoint_without_history_says_why(env, tmp_path, monkeypatch):
+    import ar_core
+
+    model, meta = ar_core.load_checkpoint(env)
+    bare = ar_core.save_checkpoint(model, tmp_path / "bare.safetensors", {k: meta[k] for k in ("classes", "normalization")})
+    monkeypatch.setenv("AR_CHECKPOINT", str(bare))
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60).run()
+    at.selectbox(key="model_label").set_value("bare (AR_CHECKPOINT)").run()
+    at.file_uploader(key="images").set_value([("x.png", _png(), "image/png")]).run()
+    at.toggle(key="inspect_history_on").set_value(True).run()
+    assert not at.exception and any("has no training history" in i.value for i in at.info)
