@@ -1,0 +1,99 @@
+"""Paired comparison of two checkpoints on the same images, with McNemar's exact test.
+
+    python -m ar_core.compare --a checkpoints/cifar10-wrn16x4-ad3aw4.safetensors \
+        --b checkpoints/cifar10-wrn16x4-baseline.safetensors --data ~/data/cifar10 --validation-split
+
+Two accuracies measured on the same images are not independent samples: what decides between the
+models is the images only one of them gets right. McNemar's test asks whether those two counts
+could come from a fair coin (exact binomial, two-sided), which a difference of accuracies alone
+cannot tell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from typing import Any
+
+import torch
+
+from . import data as D
+from .checkpoint import load_checkpoint
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value: P(a count as uneven as this | each discordant image is a coin flip)."""
+    n, k = only_a + only_b, min(only_a, only_b)
+    if n == 0:
+        return 1.0
+    # the binomial tail in log space (n can be in the thousands)
+    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) - n * math.log(2) for i in range(k + 1)]
+    top = max(logs)
+    return min(1.0, 2 * math.exp(top) * sum(math.exp(l - top) for l in logs))
+
+
+def paired(correct_a: torch.Tensor, correct_b: torch.Tensor) -> dict[str, Any]:
+    """Counts and test for two boolean vectors of per-image correctness over the same images."""
+    a, b = correct_a.bool(), correct_b.bool()
+    if a.shape != b.shape:
+        raise ValueError(f"{len(a)} and {len(b)} results: the comparison needs the same images")
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    return {"n": len(a), "accuracy_a": float(a.double().mean()), "accuracy_b": float(b.double().mean()),
+            "both_right": int((a & b).sum()), "both_wrong": int((~a & ~b).sum()),
+            "only_a_right": only_a, "only_b_right": only_b, "mcnemar_p": mcnemar_exact(only_a, only_b)}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--a", required=True, help="first checkpoint (.safetensors)")
+    p.add_argument("--b", required=True, help="second checkpoint (.safetensors)")
+    p.add_argument("--data", required=True, help="ImageFolder tree with both models' classes")
+    p.add_argument("--validation-split", action="store_true",
+                   help="compare on the validation split both checkpoints record (carved from --data, the "
+                        "training folder); both must record the same split")
+    p.add_argument("--tta", choices=["auto", "flip", "none"], default="auto",
+                   help="test-time augmentation (auto: each checkpoint's own)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict[str, Any]:
+    from .evaluate import align_labels, collect, validation_split
+
+    args = parse_args(argv)
+    (model_a, meta_a), (model_b, meta_b) = (load_checkpoint(p, device=args.device) for p in (args.a, args.b))
+    if list(meta_a.get("classes", [])) != list(meta_b.get("classes", [])):
+        raise SystemExit("the two checkpoints have different classes; they cannot be compared image by image")
+    dataset = D.load_image_folder(args.data)
+    if args.validation_split:
+        keys = ("size", "seed", "train_size")
+        split_a, split_b = meta_a.get("validation_split") or {}, meta_b.get("validation_split") or {}
+        if {k: split_a.get(k) for k in keys} != {k: split_b.get(k) for k in keys}:
+            raise SystemExit("the two checkpoints record different validation splits; compare them on a "
+                             "held-out folder instead")
+        dataset = validation_split(dataset, meta_a)
+    dataset = align_labels(dataset, meta_a["classes"])
+    correct = []
+    for model, meta in ((model_a, meta_a), (model_b, meta_b)):
+        flip = None if args.tta == "auto" else args.tta == "flip"
+        model.to(memory_format=torch.channels_last)
+        cat, _ = collect(model, dataset.images, dataset.labels, meta, flip=flip)
+        correct.append(cat["pred"] == dataset.labels)
+    result = {"a": args.a, "b": args.b, **paired(*correct)}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{result['n']} images\n"
+              f"  A {args.a}: {100 * result['accuracy_a']:.2f} %\n"
+              f"  B {args.b}: {100 * result['accuracy_b']:.2f} %\n"
+              f"  only A right: {result['only_a_right']}, only B right: {result['only_b_right']}, "
+              f"both right: {result['both_right']}, both wrong: {result['both_wrong']}\n"
+              f"  McNemar's exact test: p = {result['mcnemar_p']:.4g}", file=sys.stdout)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Paired comparison of two checkpoints: the counts, McNemar's exact p-value, and the CLI."""
+
+import math
+
+import pytest
+import torch
+
+import ar_core
+from ar_core import data as D
+from ar_core.compare import main, mcnemar_exact, paired
+from ar_core.evaluate import evaluate
+from conftest import randomize_bn
+from test_data import make_image_folder
+
+
+@pytest.mark.parametrize("only_a, only_b, p", [
+    (10, 0, 2 / 1024),                               # ten discordant images, all one way
+    (3, 7, 2 * (1 + 10 + 45 + 120) / 1024),          # the binomial tail by hand
+    (5, 5, 1.0), (0, 0, 1.0),
+    (0, 1, 1.0),
+])
+def test_mcnemar_exact_matches_the_binomial_tail(only_a, only_b, p):
+    assert mcnemar_exact(only_a, only_b) == pytest.approx(p)
+    assert mcnemar_exact(only_b, only_a) == pytest.approx(p)  # symmetric
+
+
+def test_mcnemar_stays_finite_for_thousands_of_images():
+    p = mcnemar_exact(1100, 1000)
+    exact = 2 * sum(math.comb(2100, i) for i in range(1001)) / 2 ** 2100
+    assert p == pytest.approx(exact, rel=1e-9) and 0.02 < p < 0.04
+
+
+def test_paired_counts():
+    a = torch.tensor([1, 1, 0, 0, 1, 0], dtype=torch.bool)
+    b = torch.tensor([1, 0, 1, 0, 0, 0], dtype=torch.bool)
+    r = paired(a, b)
+    assert (r["both_right"], r["only_a_right"], r["only_b_right"], r["both_wrong"]) == (1, 2, 1, 2)
+    assert r["accuracy_a"] == pytest.approx(0.5) and r["accuracy_b"] == pytest.approx(2 / 6)
+    assert r["mcnemar_p"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="same images"):
+        paired(a, b[:3])
+
+
+def test_cli_compares_two_checkpoints_image_by_image(tmp_path, monkeypatch):
+    monkeypatch.setenv("AR_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "toy"
+    make_image_folder(folder, classes=("a", "b", "c"), per_class=8)
+    meta = {"classes": ["a", "b", "c"], "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}}
+    paths = []
+    for seed, ad in ((0, 3), (1, 0)):
+        torch.manual_seed(seed)
+        model = randomize_bn(ar_core.build_model(ar_core.ModelConfig(num_classes=3, depth=10, width=1,
+                                                                     attention_depth=ad, attention_width=2)))
+        paths.append(ar_core.save_checkpoint(model.eval(), tmp_path / f"m{seed}.safetensors", meta))
+    r = main(["--a", str(paths[0]), "--b", str(paths[1]), "--data", str(folder), "--tta", "none", "--json"])
+    ds = D.load_image_folder(folder)
+    accs = [evaluate(ar_core.load_checkpoint(p)[0], ds, meta, flip=False, amp="auto")["accuracy"] for p in paths]
+    assert r["n"] == 24 and r["accuracy_a"] == pytest.approx(accs[0]) and r["accuracy_b"] == pytest.approx(accs[1])
+    assert r["both_right"] + r["only_a_right"] == round(accs[0] * 24)
+    assert r["mcnemar_p"] == pytest.approx(mcnemar_exact(r["only_a_right"], r["only_b_right"]))
+    same = main(["--a", str(paths[0]), "--b", str(paths[0]), "--data", str(folder), "--tta", "none"])
+    assert same["only_a_right"] == same["only_b_right"] == 0 and same["mcnemar_p"] == 1.0
