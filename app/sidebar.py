@@ -65,6 +65,9 @@ def model_card(meta: dict):
             "validation accuracy (fused)": f"{acc:.2%}" if acc is not None else None,
             "validation accuracy (network alone)": f"{meta['val_net_accuracy']:.2%}" if meta.get("val_net_accuracy") else None,
             "validation split": f"{split.get('size')} images, stratified, seed {split.get('seed')}" if split else None,
+            "training images (SHA-256 of their content)": split.get("train_digest", "")[:16] or None,
+            "validation accuracy of the raw weights (the model is their moving average)":
+                f"{meta['val_accuracy_raw_weights']:.2%}" if meta.get("val_accuracy_raw_weights") else None,
             "epochs": meta.get("epochs_trained"), "training time": f"{meta['training_time_s'] / 60:.0f} min"
             if meta.get("training_time_s") else None,
             "hardware": meta.get("hardware"), "code commit": meta.get("code_commit"), "source": meta.get("source"),

@@ -131,3 +131,14 @@ def test_a_checkpoint_without_history_says_why(env, tmp_path, monkeypatch):
     at.file_uploader(key="images").set_value([("x.png", _png(), "image/png")]).run()
     at.toggle(key="inspect_history_on").set_value(True).run()
     assert not at.exception and any("has no training history" in i.value for i in at.info)
+
+
+def test_model_card_names_the_training_images_by_digest(env):
+    import ar_core
+
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60).run()
+    at.selectbox(key="model_label").set_value("toy-ad3 (AR_CHECKPOINT)").run()
+    card = at.table[0].value
+    digest = ar_core.load_checkpoint(env)[1]["validation_split"]["train_digest"]
+    assert card.loc["training images (SHA-256 of their content)"].iloc[0] == digest[:16]
+    assert "validation accuracy of the raw weights (the model is their moving average)" not in card.index  # no EMA
