@@ -10,6 +10,7 @@ from app import state
 from ar_core.checkpoint import CheckpointError
 from ar_core.data import cache_dir, data_roots, resolve_under
 from ar_core.inference import flip_tta
+from ar_core.precision import device_options
 
 DATASETS = ["CIFAR-10 test set", "CIFAR-100 test set", "ImageFolder directory"]
 
@@ -37,7 +38,7 @@ def model_picker():
             st.warning("No checkpoint found. Train one with `python -m ar_core.train` (see README) or upload one.")
             return None
         label = st.selectbox("Checkpoint", list(choices), key="model_label")
-        device = st.selectbox("Device", state.device_options(), key="device",
+        device = st.selectbox("Device", device_options(), key="device",
                               help="auto picks CUDA, then Apple MPS, then the CPU")
         trained = "flip" if flip_tta(state.checkpoint_meta(choices[label]) or {}) else "none"
         st.selectbox("Test-time augmentation", state.TTA_CHOICES, key="tta",

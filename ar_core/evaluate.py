@@ -14,7 +14,6 @@ gates. ``evaluate()`` is the computation alone, for the app and for analysis scr
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import time
@@ -27,6 +26,7 @@ from . import data as D
 from .checkpoint import CheckpointError, load_checkpoint
 from .inference import flip_tta, preprocess
 from .model import AttendAndRectify
+from .precision import autocast_for, pick_device
 
 FUSED = "fused"  # key of the fused output among the per-source accuracies
 
@@ -81,7 +81,7 @@ def mean_std(x: torch.Tensor) -> tuple[list[float], list[float]]:
     return x.mean(dim=0).tolist(), x.std(dim=0, correction=0).tolist()
 
 
-# ---------------------------------------------------------------- classes and precision
+# ---------------------------------------------------------------- classes
 
 def align_labels(dataset: D.TensorDataset, classes: Sequence[str]) -> D.TensorDataset:
     """The dataset with labels renumbered to ``classes`` (the checkpoint's order).
@@ -107,21 +107,6 @@ def align_labels(dataset: D.TensorDataset, classes: Sequence[str]) -> D.TensorDa
     index = {name: i for i, name in enumerate(classes)}
     remap = torch.tensor([index[name] for name in dataset.classes], dtype=torch.int64)
     return D.TensorDataset(dataset.images, remap[dataset.labels], classes)
-
-
-def autocast_for(device: torch.device, amp: str):
-    """(context factory, precision name): bf16 only on CPUs with native bf16, fp16 on CUDA.
-
-    The numbers ``evaluate`` reports come from this same path, so they state its precision.
-    """
-    if amp not in ("auto", "off"):
-        raise ValueError(f"amp must be 'auto' or 'off', got {amp!r}")
-    if amp == "auto":
-        if device.type == "cuda":
-            return (lambda: torch.autocast("cuda", dtype=torch.float16)), "float16"
-        if device.type == "cpu" and torch.cpu._is_avx512_bf16_supported():
-            return (lambda: torch.autocast("cpu", dtype=torch.bfloat16)), "bfloat16"
-    return contextlib.nullcontext, "float32"
 
 
 # ---------------------------------------------------------------- evaluation
@@ -328,9 +313,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="DIR is the training set: evaluate on the validation split the checkpoint recorded "
                         "(carved exactly as the trainer carved it)")
     p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--amp", choices=["auto", "off"], default="auto",
-                   help="auto: bf16 on CPUs with native bf16, fp16 on CUDA; off: float32")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
+                   help="auto: CUDA, then MPS, then the CPU")
+    p.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
+                   help="auto: bf16 on CPUs with native bf16, fp16 on CUDA; on: bf16 on any CPU; off: float32")
     p.add_argument("--tta", choices=["auto", "flip", "none"], default="auto",
                    help="flip test-time augmentation (average with the mirror image); auto: the checkpoint's "
                         "own setting, which the app uses too")
@@ -351,13 +337,10 @@ def main(argv=None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        if args.device == "cuda" and not torch.cuda.is_available():
-            print("error: --device cuda, but no CUDA device is available", file=sys.stderr)
-            sys.exit(2)
-        device = torch.device(args.device)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda, but no CUDA device is available", file=sys.stderr)
+        sys.exit(2)
+    device = pick_device(args.device)
     try:
         model, meta = load_checkpoint(args.checkpoint, device=device)
     except CheckpointError as e:

@@ -102,17 +102,6 @@ def preprocess(images: torch.Tensor, meta: dict[str, Any]) -> torch.Tensor:
     return (images.float() / 255.0 - mean) / std
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """auto: CUDA, then MPS, then CPU."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
 @dataclass
 class Inspection:
     """A trace for one batch, on the CPU, with the labels and timing the app shows."""

@@ -79,17 +79,6 @@ def test_align_labels_renumbers_by_name_and_names_mismatches():
         E.align_labels(ds, ["a", "b", "d"])
 
 
-def test_autocast_choice(monkeypatch):
-    cpu = torch.device("cpu")
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
-    assert E.autocast_for(cpu, "auto")[1] == "float32"
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
-    assert E.autocast_for(cpu, "auto")[1] == "bfloat16"
-    assert E.autocast_for(cpu, "off")[1] == "float32"
-    with pytest.raises(ValueError):
-        E.autocast_for(cpu, "on")
-
-
 # ---------------------------------------------------------------- evaluate() on a tiny checkpoint
 
 def _smooth_images(n: int, seed: int) -> torch.Tensor:
