@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from typing import Any, Sequence
 
 import torch
@@ -241,14 +242,35 @@ def evaluate(model: AttendAndRectify, dataset: D.TensorDataset, meta: dict[str, 
 
 
 def validation_split(dataset: D.TensorDataset, meta: dict[str, Any]) -> D.TensorDataset:
-    """The held-out images of a training set, as the trainer carved them (size and seed from ``meta``)."""
+    """The held-out images of a training set, as the trainer carved them (size and seed from ``meta``).
+
+    ``dataset`` is the whole training folder as loaded (sorted paths, folder class order). When the
+    checkpoint records digests of the training images' content and of its split, a folder whose
+    images, labels, classes or order differ is refused: carving it would give another split, one
+    that may overlap the images the model was trained on. Older checkpoints record only size and
+    seed; their split is checked by size alone (with a warning).
+    """
     split = meta.get("validation_split") or {}
     if not split.get("size"):
         raise ValueError("the checkpoint records no validation split; evaluate on a held-out folder instead")
     if split.get("train_size") is not None and split["train_size"] + split["size"] != len(dataset):
         raise ValueError(f"the checkpoint was trained on {split['train_size'] + split['size']} images, this "
                          f"folder holds {len(dataset)}: it is not the same training set")
+    if split.get("train_digest"):
+        if D.content_digest(dataset) != split["train_digest"]:
+            raise ValueError("this folder's images, labels or class folders differ from the training set the "
+                             "checkpoint recorded (content digest mismatch), so the recorded validation split "
+                             "cannot be carved from it. Use the training folder exactly as it was: the same "
+                             "files, in class sub-folders of the same names (see README, 'Reproducing the "
+                             "validation split')")
+    else:
+        warnings.warn("the checkpoint records no digest of its training images: the split is carved by size and "
+                      "seed only, and is the recorded one only if this folder holds the same images under the "
+                      "same sorted paths", stacklevel=2)
     _, val_index = D.stratified_split(dataset.labels, split["size"], split["seed"])
+    if split.get("index_digest") and D.index_digest(val_index) != split["index_digest"]:
+        raise ValueError("the split carved from this folder is not the one the checkpoint recorded (index digest "
+                         "mismatch): the split code or its seed changed since training")
     return dataset.subset(val_index)
 
 
