@@ -8,7 +8,7 @@ import streamlit as st
 
 from app import state
 from ar_core.checkpoint import CheckpointError
-from ar_core.data import cache_dir, data_roots, resolve_under
+from ar_core.data import cache_dir, data_roots, is_loopback, resolve_under
 from ar_core.inference import flip_tta
 from ar_core.precision import device_options
 
@@ -80,11 +80,13 @@ def model_card(meta: dict):
 def _open_dataset(kind: str, size: int):
     """The chosen dataset, or None with a message that says how to get one."""
     if kind == "ImageFolder directory":
-        roots = data_roots()
+        loopback = is_loopback(st.get_option("server.address"))
+        roots = data_roots(loopback)
         default = os.environ.get(state.DATASET_ENV, "")
         path = st.text_input("Folder (root/<class>/<image>)", default, key="folder",
                              help=f"Also settable with the {state.DATASET_ENV} environment variable.")
-        st.caption("Readable folders: " + ", ".join(f"`{r}`" for r in roots))
+        if loopback:  # the server's own paths are shown to the operator only, never over the network
+            st.caption("Readable folders: " + ", ".join(f"`{r}`" for r in roots))
         if not path:
             st.info("Enter the path of an ImageFolder directory: one sub-folder per class, images inside.")
             return None, None
@@ -92,7 +94,8 @@ def _open_dataset(kind: str, size: int):
             real = resolve_under(path, roots)
             return state.load_folder(str(real), size), f"folder:{real}"
         except PermissionError as e:
-            st.error(f"Refused: {e}")
+            st.error(f"Refused: {e}" if loopback else "Refused: this folder is not among those the operator "
+                     "allowed this server to read (AR_DATA_ROOTS).")
         except (FileNotFoundError, OSError, ValueError) as e:
             st.error(f"Cannot read {path}: {e}")
         return None, None

@@ -196,8 +196,11 @@ def test_dataset_browser_without_data(app_env, monkeypatch):
     assert any("not downloaded yet" in i.value and "upload" in i.value for i in at.info)
     at.selectbox(key="dataset_kind").set_value("ImageFolder directory").run()
     assert any("ImageFolder" in i.value for i in at.info)
-    at.text_input(key="folder").input("/no/such/folder").run()
+    monkeypatch.setenv("HOME", str(app_env))
+    at.text_input(key="folder").input(str(app_env / "no-such-folder")).run()
     assert not at.exception and any("Cannot read" in e for e in _errors(at))
+    at.text_input(key="folder").input("/no/such/folder").run()  # outside the roots: refused, not probed
+    assert not at.exception and any(e.startswith("Refused") for e in _errors(at))
 
 
 def test_uploaded_checkpoints_and_baseline_comparison(app_env, monkeypatch):
@@ -392,3 +395,31 @@ def test_python_memory_levels_off_over_many_sessions(app_env):
         tracemalloc.stop()
     assert samples[40][0] - samples[15][0] < 1.0, samples
     assert samples[40][1] <= samples[15][1], samples
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "0.0.0.0"])
+def test_home_folder_and_root_paths_only_on_loopback(app_env, monkeypatch, address):
+    """Without AR_DATA_ROOTS, a server others can reach reads only AR_IMAGE_FOLDER and shows no paths."""
+    from streamlit import config
+
+    monkeypatch.delenv("AR_DATA_ROOTS", raising=False)
+    monkeypatch.setenv("HOME", str(app_env))
+    private = app_env / "private" / "cls"
+    private.mkdir(parents=True)
+    (private / "a.png").write_bytes(_png())
+    before = config.get_option("server.address")
+    config.set_option("server.address", address)
+    try:
+        at = _start()
+        at.radio(key="source").set_value("Dataset").run()
+        at.selectbox(key="dataset_kind").set_value("ImageFolder directory").run()
+        assert not at.exception and not _errors(at)  # AR_IMAGE_FOLDER is readable either way
+        shown = " ".join(c.value for c in at.sidebar.caption)
+        at.text_input(key="folder").input(str(app_env / "private")).run()
+        refused = [e for e in _errors(at) if e.startswith("Refused")]
+    finally:
+        config.set_option("server.address", before)
+    if address == "127.0.0.1":
+        assert str(app_env) in shown and not refused
+    else:
+        assert str(app_env) not in shown and refused and str(app_env) not in refused[0]

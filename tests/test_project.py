@@ -53,13 +53,14 @@ def test_bench_quick_run(tmp_path):
     assert result["app"]["model_runs_on_control_change"] == 0
 
 
-def test_streamlit_config_keeps_xsrf_and_upload_limit():
+def test_streamlit_config_keeps_loopback_xsrf_and_upload_limit():
     import tomllib
 
     from ar_core.inference import MAX_UPLOAD_BYTES
 
     cfg = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
     assert cfg["server"]["enableXsrfProtection"] is True
+    assert cfg["server"]["address"] == "127.0.0.1"  # loopback unless the operator decides otherwise
     assert cfg["server"]["maxUploadSize"] * 1024 * 1024 == MAX_UPLOAD_BYTES
     assert cfg["client"]["showErrorDetails"] == "none"
 
