@@ -5,6 +5,7 @@ No Streamlit here: the app lays these results out, tests and scripts call them d
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import time
@@ -92,6 +93,19 @@ def fit_image(img, size: int = 32, mode: str = "center-crop"):
 def to_uint8(img) -> torch.Tensor:
     """RGB PIL image → (3, H, W) uint8 tensor."""
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
+def from_hwc(image: np.ndarray) -> torch.Tensor:
+    """An (H, W, 3) uint8 array, as the app keeps and shows images → a (1, 3, H, W) uint8 batch."""
+    return torch.from_numpy(np.ascontiguousarray(image, dtype=np.uint8)).permute(2, 0, 1).unsqueeze(0)
+
+
+def image_digest(images: torch.Tensor) -> str:
+    """A short SHA-256 of uint8 pixels and their shape: results are cached under what the model saw,
+    never under a file name (every camera shot is 'camera.jpg')."""
+    h = hashlib.sha256(str(tuple(images.shape)).encode())
+    h.update(images.to(torch.uint8).contiguous().numpy().tobytes())
+    return h.hexdigest()[:24]
 
 
 def preprocess(images: torch.Tensor, meta: dict[str, Any]) -> torch.Tensor:

@@ -423,3 +423,30 @@ def test_home_folder_and_root_paths_only_on_loopback(app_env, monkeypatch, addre
         assert str(app_env) in shown and not refused
     else:
         assert str(app_env) not in shown and refused and str(app_env) not in refused[0]
+
+
+def test_results_follow_the_image_content_not_its_file_name(app_env):
+    """Two different photos uploaded under one name: attributions, faithfulness curves and the
+    baseline comparison of the first are never shown for the second."""
+    at = _start()
+    base = _checkpoint(app_env / "tiny-base.safetensors", ad=0, seed=1)
+    at.sidebar.file_uploader(key="ckpt_upload").set_value(("tiny-base.safetensors", base.read_bytes(),
+                                                           "application/octet-stream")).run()
+    at.selectbox(key="model_label").set_value("tiny-ad3 (AR_CHECKPOINT)").run()
+    shown = []
+    for seed in (1, 2):
+        at.file_uploader(key="images").set_value([("same-name.png", _png(seed), "image/png")]).run()
+        assert any("Compute attributions" in i.value for i in at.info), f"upload {seed}: stale attributions"
+        at.multiselect(key="attr_methods").set_value(["saliency"])
+        at.button(key="attr_go").click().run()
+        assert any("Compute deletion and insertion curves" in b.label for b in at.button), f"upload {seed}: stale curves"
+        at.button(key="faith_go").click().run()
+        assert not at.exception and not _errors(at)
+        areas = [d.value for d in at.dataframe if "deletion area (lower is better)" in d.value]
+        shown.append(areas[0]["deletion area (lower is better)"].tolist())
+    assert shown[0] != shown[1]
+    compared = [key for key in at.session_state["traces"] if key[1] == "cmp"]
+    assert len(compared) == 4  # baseline and attention model, for each of the two images
+    # switching the fit of the same file is another model input: its own trace
+    at.radio(key="fit").set_value("pad").run()
+    assert any("Compute attributions" in i.value for i in at.info)

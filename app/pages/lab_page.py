@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import streamlit as st
 import torch
 
 from app import figures, state, widgets
 from ar_core import perturb as P
-from ar_core.inference import rectification, topk
+from ar_core.inference import from_hwc, image_digest, rectification, topk
 
 
 def _clutter_source(image: torch.Tensor) -> torch.Tensor:
@@ -62,9 +60,8 @@ def render():
         st.slider("Brightness", -0.5, 0.5, 0.0, 0.05, key="lab_brightness")
         st.slider("Contrast", 0.2, 2.0, 1.0, 0.05, key="lab_contrast")
         st.number_input("Random seed (clutter, noise)", 0, 10_000, 0, key="lab_seed")
-    original = torch.from_numpy(np.ascontiguousarray(res["image"])).permute(2, 0, 1)
-    x = _perturbed(original)
-    digest = hashlib.sha256(x.numpy().tobytes()).hexdigest()[:16]
+    x = _perturbed(from_hwc(res["image"])[0])
+    digest = image_digest(x)
     ins = res["ins"]
     classes = ins.classes
     model, meta = state.get_model(res["path"], res["device"])
