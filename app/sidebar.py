@@ -9,6 +9,7 @@ import streamlit as st
 from app import state
 from ar_core.checkpoint import CheckpointError
 from ar_core.data import cache_dir, data_roots, is_loopback, resolve_under
+from ar_core.evaluate import ClassMismatchError, align_labels
 from ar_core.inference import flip_tta
 from ar_core.precision import device_options
 
@@ -115,12 +116,24 @@ def _open_dataset(kind: str, size: int):
         return None, None
 
 
-def dataset_picker(size: int):
-    """The dataset chosen in the sidebar → (TensorDataset, key) or (None, None) with a message."""
+def dataset_picker(size: int, classes=None):
+    """The dataset chosen in the sidebar → (TensorDataset, key) or (None, None) with a message.
+
+    With the checkpoint's ``classes``, labels are renumbered to them by name, here and only here, so
+    every verdict on every page compares predictions and labels in the same class order. The data may
+    hold a subset of the classes.
+    """
     with st.sidebar:
         st.header("Dataset")
         kind = st.selectbox("Images from", DATASETS, key="dataset_kind")
-        return _open_dataset(kind, size)
+        ds, key = _open_dataset(kind, size)
+        if ds is None or not classes:
+            return ds, key
+        try:
+            return align_labels(ds, classes, subset=True), key
+        except ClassMismatchError as e:
+            st.error(f"{e}. Pick a data set whose class folders are named as the model's classes.")
+            return None, None
 
 
 def chosen_model():

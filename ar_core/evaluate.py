@@ -84,22 +84,25 @@ def mean_std(x: torch.Tensor) -> tuple[list[float], list[float]]:
 
 # ---------------------------------------------------------------- classes
 
-def align_labels(dataset: D.TensorDataset, classes: Sequence[str]) -> D.TensorDataset:
-    """The dataset with labels renumbered to ``classes`` (the checkpoint's order).
+def align_labels(dataset: D.TensorDataset, classes: Sequence[str], subset: bool = False) -> D.TensorDataset:
+    """The dataset with labels renumbered to ``classes`` (the checkpoint's order), matched by name.
 
-    Class names must match as sets; a different order (e.g. a checkpoint that lists CIFAR classes
-    in another order) is renumbered rather than misread.
+    A different order (e.g. a checkpoint that lists CIFAR classes in another order) is renumbered
+    rather than misread. ``subset``: the data may hold only some of the classes (a folder with just
+    ``cat/`` and ``dog/``); the result still lists all of ``classes``. A class the checkpoint does
+    not know is always an error.
     """
     classes = list(classes)
     have, want = set(dataset.classes), set(classes)
-    if have != want or len(classes) != len(dataset.classes):
-        missing, extra = sorted(want - have), sorted(have - want)
+    missing, extra = sorted(want - have), sorted(have - want)
+    duplicates = len(have) != len(dataset.classes) or len(want) != len(classes)
+    if extra or duplicates or (missing and not subset):
         parts = []
-        if missing:
+        if missing and not subset:
             parts.append(f"missing (in the checkpoint, not in the data): {', '.join(missing)}")
         if extra:
             parts.append(f"extra (in the data, unknown to the checkpoint): {', '.join(extra)}")
-        if not parts:
+        if duplicates:
             parts.append("duplicate class names")
         raise ClassMismatchError(f"the data's classes do not match the checkpoint's {len(classes)} classes; "
                                  + "; ".join(parts))

@@ -450,3 +450,53 @@ def test_results_follow_the_image_content_not_its_file_name(app_env):
     # switching the fit of the same file is another model input: its own trace
     at.radio(key="fit").set_value("pad").run()
     assert any("Compute attributions" in i.value for i in at.info)
+
+
+@pytest.fixture
+def subset_folder(app_env, monkeypatch):
+    """A folder with two of the model's four classes, class3 and class1: folder order gives them
+    labels 0 and 1, the checkpoint's order 3 and 1."""
+    folder = app_env / "subset"
+    for name in ("class3", "class1"):
+        (folder / name).mkdir(parents=True)
+        for j in range(3):
+            (folder / name / f"{j}.png").write_bytes(_png(100 + j + 7 * len(name), (32, 32)))
+    monkeypatch.setenv("AR_IMAGE_FOLDER", str(folder))
+    return folder
+
+
+def test_browser_labels_a_subset_folder_by_class_name(app_env, subset_folder):
+    at = _start()
+    at.radio(key="source").set_value("Dataset").run()
+    at.selectbox(key="dataset_kind").set_value("ImageFolder directory").run()
+    assert not at.exception and not any("do not match" in e for e in _errors(at))
+    assert at.selectbox(key="browse_class").options == ["all classes", "class1", "class3"]
+    at.selectbox(key="browse_class").set_value(3).run()
+    assert any("true label: **class3**" in c.value for c in at.caption)
+    assert at.session_state["result"]["label"] == 3  # the checkpoint's index of class3, as predictions use
+    # outcome filters judge predictions against labels in the same order
+    from ar_core.inference import predict_all
+
+    model, meta = ar_core.load_checkpoint(app_env / "tiny-ad3.safetensors")
+    ds = ar_core.data.load_image_folder(subset_folder)
+    preds = predict_all(model, ds.images, meta, flip=False)["fused"]
+    truth = np.array([CLASSES.index(ds.classes[y]) for y in ds.labels.tolist()])
+    at.selectbox(key="browse_class").set_value(None).run()
+    at.selectbox(key="browse_outcome").set_value("correct").run()
+    right = int((preds == truth).sum())
+    if right:
+        assert at.number_input(key="browse_pos").label == f"Image ({right} match)"
+    else:
+        assert any("No image matches" in i.value for i in at.info)
+
+
+def test_dataset_page_analyses_a_subset_folder(subset_folder):
+    at = AppTest.from_string("from app.pages import dataset_page\ndataset_page.render()\n", default_timeout=120).run()
+    at.selectbox(key="model_label").set_value("tiny-ad3 (AR_CHECKPOINT)").run()
+    at.selectbox(key="dataset_kind").set_value("ImageFolder directory").run()
+    at.number_input(key="faith_n").set_value(0)
+    at.button(key="analyse_go").click().run()
+    assert not at.exception and not _errors(at)
+    (r, _), = at.session_state["analyses"].values()
+    assert r["n"] == 6 and r["per_class_accuracy"]["class0"] is None and r["per_class_accuracy"]["class2"] is None
+    assert [sum(row) for row in r["confusion_matrix"]] == [0, 3, 0, 3]

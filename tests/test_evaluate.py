@@ -78,6 +78,13 @@ def test_align_labels_renumbers_by_name_and_names_mismatches():
     assert moved.labels.tolist() == [1, 2, 0] and moved.classes == ["c", "a", "b"]
     with pytest.raises(E.ClassMismatchError, match=r"missing .*: d.*extra .*: c"):
         E.align_labels(ds, ["a", "b", "d"])
+    # a folder holding some of the checkpoint's classes, in its own order
+    part = E.align_labels(ds, ["d", "c", "b", "a", "e"], subset=True)
+    assert part.labels.tolist() == [3, 2, 1] and part.classes == ["d", "c", "b", "a", "e"]
+    with pytest.raises(E.ClassMismatchError, match=r"missing .*: d, e"):
+        E.align_labels(ds, ["d", "c", "b", "a", "e"])
+    with pytest.raises(E.ClassMismatchError, match=r"extra .*: c"):
+        E.align_labels(ds, ["a", "b", "d"], subset=True)
 
 
 # ---------------------------------------------------------------- evaluate() on a tiny checkpoint

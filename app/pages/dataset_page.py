@@ -57,7 +57,7 @@ def render():
     if chosen is None:
         return
     source, device, model, meta = chosen
-    ds, ds_key = sidebar.dataset_picker(int(meta.get("image_size", 32)))
+    ds, ds_key = sidebar.dataset_picker(int(meta.get("image_size", 32)), meta.get("classes"))
     if ds is None:
         st.info("Choose a data set in the sidebar: a CIFAR test set or an ImageFolder directory.")
         return

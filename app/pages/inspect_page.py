@@ -41,16 +41,13 @@ def _random_pos(n: int):
 
 
 def _dataset_browser(model, meta, size: int, ckpt_key: tuple):
-    ds, ds_key = sidebar.dataset_picker(size)
+    ds, ds_key = sidebar.dataset_picker(size, meta.get("classes"))  # labels in the checkpoint's class order
     if ds is None:
         return []
     st.session_state["lab_clutter_images"] = ds.images[:256]  # the lab's clutter: patches of real images
-    classes = meta.get("classes") or ds.classes
-    if len(ds.classes) != len(classes) or list(ds.classes) != list(classes):
-        st.warning("This dataset's classes differ from the model's; predictions are shown with the model's names.")
     labels = ds.labels.numpy()
     c1, c2, c3 = st.columns([2, 2, 1])
-    cls = c1.selectbox("Class", [None, *range(len(ds.classes))], key="browse_class",
+    cls = c1.selectbox("Class", [None, *np.unique(labels).tolist()], key="browse_class",
                        format_func=lambda c: "all classes" if c is None else ds.classes[c])
     outcome = c2.selectbox("Outcome", OUTCOMES, key="browse_outcome",
                            help="correct/wrong: the fused answer; rectified: the network alone was wrong and "
