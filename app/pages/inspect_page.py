@@ -337,7 +337,9 @@ def _attention_view(trace, classes, image):
 @st.fragment
 def _fusion_view(trace, classes):
     st.write("The global gates weigh every attended layer and the network's own output; the fused score of a "
-             "class is the sum of each source's gate times its log-probability.")
+             "class is the sum of each source's gate times its log-probability."
+             + (" With flip test-time augmentation each bar is the mean of that term over the image and its "
+                "mirror image (not the mean gate times the mean log-probability)." if trace.views else ""))
     st.latex(EQUATIONS[4][1])
     st.plotly_chart(figures.global_gates_figure(trace, 0), key="gg_fig")
     pred = int(trace.output[0].argmax())
