@@ -6,7 +6,9 @@ import numpy as np
 import streamlit as st
 
 from app import figures, sidebar, state
+from ar_core.analyze import dominant_source
 from ar_core.evaluate import ClassMismatchError
+from ar_core.inference import filter_indices
 
 
 def _run(model, meta, ds, n_faith: int, methods: list[str]):
@@ -25,7 +27,7 @@ def _run(model, meta, ds, n_faith: int, methods: list[str]):
         bar.empty()
     keep = {k: v.numpy() for k, v in arrays.items() if k in ("pred", "net_pred") or k.startswith("pred/")}
     if "global_gates" in arrays:
-        keep["dominant"] = arrays["global_gates"].argmax(1).numpy()
+        keep["dominant"] = dominant_source(arrays["global_gates"]).numpy()
     return result, keep
 
 
@@ -110,11 +112,10 @@ def render():
             rows = event.selection.rows if event is not None else []
             if rows:
                 c = classes.index(per[rows[0]]["class"])
-                fused_ok, net_ok = arrays["pred"] == labels, arrays["net_pred"] == labels
-                _image_list(ds, np.nonzero((labels == c) & fused_ok & ~net_ok)[0], classes, arrays,
-                            f"rectified {classes[c]}")
-                _image_list(ds, np.nonzero((labels == c) & ~fused_ok & net_ok)[0], classes, arrays,
-                            f"spoiled {classes[c]}")
+                preds = {"fused": arrays["pred"], "net": arrays["net_pred"]}
+                for outcome in ("rectified", "spoiled"):
+                    _image_list(ds, filter_indices(labels, preds, c, outcome), classes, arrays,
+                                f"{outcome} {classes[c]}")
     with tabs[1]:
         which = st.radio("Output", ["fused", "network alone"], horizontal=True, key="cm_which")
         cm = r["confusion_matrix"] if which == "fused" else r["net_confusion_matrix"]

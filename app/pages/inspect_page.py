@@ -249,12 +249,12 @@ def _attribution_view(res):
                          "top-20 % overlap": round(sc["top20_overlap"], 3), "time (ms)": round(a.seconds * 1000)})
     if rows:
         st.dataframe(rows, hide_index=True)
-    _faithfulness_view(res, target, att_maps, results)
+    _faithfulness_view(res, target, results)
 
 
-def _faithfulness_view(res, target, att_maps, results):
+def _faithfulness_view(res, target, results):
     """Deletion/insertion curves of this image for the attention and each computed attribution."""
-    from ar_core.attribution import METHODS
+    from ar_core.attribution import METHODS, gated_attention
     from ar_core.faithfulness import curves, random_saliency
     from ar_core.inference import preprocess
 
@@ -271,9 +271,8 @@ def _faithfulness_view(res, target, att_maps, results):
         x = preprocess(from_hwc(res["image"]), meta).to(next(model.parameters()).device)
         trace = res["ins"].trace
         maps = {}
-        if att_maps:
-            maps["attention (all layers, gated)"] = sum(float(trace.global_gates[0, j]) * m
-                                                        for j, m in enumerate(att_maps.values()))
+        if trace.layers:
+            maps["attention (all layers, gated)"] = gated_attention(trace, 0, res["image"].shape[0])
         maps.update({METHODS[m]: a.map for m, a in results.items()})
         maps["random"] = random_saliency(res["image"].shape[:2], seed=0)
         with st.spinner("Perturbing…"):
