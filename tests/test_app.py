@@ -500,3 +500,27 @@ def test_dataset_page_analyses_a_subset_folder(subset_folder):
     (r, _), = at.session_state["analyses"].values()
     assert r["n"] == 6 and r["per_class_accuracy"]["class0"] is None and r["per_class_accuracy"]["class2"] is None
     assert [sum(row) for row in r["confusion_matrix"]] == [0, 3, 0, 3]
+
+
+def test_perturbation_lab_on_a_48_pixel_checkpoint(app_env, monkeypatch):
+    """The lab sizes its controls and its own-tile clutter by the checkpoint's image size."""
+    torch.manual_seed(0)
+    cfg = ar_core.ModelConfig(num_classes=4, depth=10, width=1, attention_depth=3, attention_width=2)
+    path = ar_core.save_checkpoint(randomize_bn(ar_core.build_model(cfg)).eval(), app_env / "tiny48.safetensors",
+                                   {**META, "image_size": 48})
+    monkeypatch.setenv("AR_CHECKPOINT", str(path))
+    at = AppTest.from_string(
+        "import streamlit as st\n"
+        "from app.pages import inspect_page, lab_page\n"
+        "(inspect_page if st.session_state.get('page', 'inspect') == 'inspect' else lab_page).render()\n",
+        default_timeout=120).run()
+    at.selectbox(key="model_label").set_value("tiny48 (AR_CHECKPOINT)").run()
+    at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()
+    at.session_state["page"] = "lab"
+    at.run()
+    assert at.slider(key="lab_osize").value == 12 and at.slider(key="lab_ox").max == 47
+    at.slider(key="lab_scale").set_value(0.5).run()
+    at.checkbox(key="lab_occlude").check().run()
+    assert not at.exception and not _errors(at)
+    shown = [key for key in at.session_state["traces"] if str(key[0]).startswith("lab-")]
+    assert len(shown) == 3  # the unperturbed image, then each change
