@@ -1,6 +1,6 @@
 """The equations of "Attend and Rectify" (Rodríguez et al., ECCV 2018), one place each.
 
-Numbers in brackets refer to ``method.md`` (shipped in the README's method section):
+Numbers in brackets are the items of ``docs/method.md`` (the method in this project's words):
 
   [1] attention head      H^l   = spatial_softmax(W_H^l * Z^l)
   [2] output head         o^l_k = Σ_xy H^l_k ⊙ (W_O^l_k * Z^l)

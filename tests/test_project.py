@@ -93,3 +93,20 @@ def test_every_cli_the_readme_names_answers_help():
                          timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert [line.split()[1] for line in run.stdout.splitlines() if line.startswith("HELP-OK")] == modules
+
+
+def test_every_method_citation_names_an_item_of_docs_method_md():
+    """Docstrings cite docs/method.md by item number ([N] in attention.py): each cited item exists."""
+    doc = (ROOT / "docs" / "method.md").read_text()
+    items = {int(n) for n in re.findall(r"^(\d+)\. \*\*", doc, flags=re.M)}
+    assert items == set(range(1, 12))
+    cited = {}
+    for path in [*(ROOT / "ar_core").rglob("*.py"), *(ROOT / "app").rglob("*.py")]:
+        text = path.read_text()
+        for n in re.findall(r"method\.md, item (\d+)", text):
+            cited.setdefault(int(n), []).append(path.name)
+        if path.name == "attention.py":
+            assert "docs/method.md" in text
+            for n in re.findall(r"\[(\d+)\]", text):
+                cited.setdefault(int(n), []).append(path.name)
+    assert cited and set(cited) <= items, {n: f for n, f in cited.items() if n not in items}
