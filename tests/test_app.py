@@ -110,8 +110,20 @@ def test_several_uploads_and_fit_modes(app_env):
     at.file_uploader(key="images").set_value(files).run()
     assert at.selectbox(key="pick").options == ["a.png", "b.png"]
     at.selectbox(key="pick").set_value(1).run()
+    from ar_core.inference import fit_image, load_image
+
+    original = load_image(files[1][1])
+    cropped = at.session_state["result"]["image"]
+    np.testing.assert_array_equal(cropped, np.asarray(fit_image(original, 32, "center-crop")))
     at.radio(key="fit").set_value("pad").run()
     assert not at.exception and not _errors(at)
+    padded = at.session_state["result"]["image"]
+    np.testing.assert_array_equal(padded, np.asarray(fit_image(original, 32, "pad")))
+    assert not np.array_equal(padded, cropped)
+    # the model ran on the padded pixels: its output is that of the padded input
+    model, meta = ar_core.load_checkpoint(app_env / "tiny-ad3.safetensors")
+    want = ar_core.inference.inspect(model, ar_core.inference.from_hwc(padded), meta).trace.output
+    torch.testing.assert_close(at.session_state["result"]["ins"].trace.output, want)
 
 
 def test_display_controls_do_not_rerun_the_model(app_env, monkeypatch):
@@ -182,9 +194,23 @@ def test_dataset_browser_filters(app_env):
     assert any("true label" in c.value for c in at.caption)
     at.selectbox(key="browse_class").set_value(2).run()
     assert any("true label: **class2**" in c.value for c in at.caption)
-    for outcome in ("correct", "wrong", "rectified", "spoiled", "all"):
+    # every outcome lists exactly the images whose predictions say so (re-computed here)
+    model, meta = ar_core.load_checkpoint(app_env / "tiny-ad3.safetensors")
+    ds = ar_core.data.load_image_folder(app_env / "folder")
+    preds = ar_core.inference.predict_all(model, ds.images, meta)
+    y = ds.labels.numpy()
+    fused_ok, net_ok = preds["fused"] == y, preds["net"] == y
+    want = {"correct": fused_ok, "wrong": ~fused_ok, "rectified": fused_ok & ~net_ok, "spoiled": ~fused_ok & net_ok,
+            "all": np.ones(len(y), dtype=bool)}
+    at.selectbox(key="browse_class").set_value(None).run()
+    for outcome, mask in want.items():
         at.selectbox(key="browse_outcome").set_value(outcome).run()
         assert not at.exception
+        if mask.sum():
+            assert at.number_input(key="browse_pos").label == f"Image ({mask.sum()} match)", outcome
+        else:
+            assert any("No image matches" in i.value for i in at.info), outcome
+    assert fused_ok.any() and (~fused_ok).any()  # both verdicts occur, so the counts can be wrong
     at.button(key="random_pick").click().run()
     assert not at.exception and at.metric
 

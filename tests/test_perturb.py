@@ -64,6 +64,14 @@ def test_sweep_cli(tmp_path, monkeypatch):
                 "--n", "6", "--out", str(out)])
     assert r["n"] == 6 and len(r["clutter"]["attention"]) == len(r["clutter"]["scales"])
     assert set(r["occlusion"]) == {"sizes", "attention", "baseline"}
+    # scale 1 and a 0-pixel square leave the images as they are: the plain accuracy, re-computed here
+    ds = ar_core.data.load_image_folder(root)
+    for name, key in (("att", "attention"), ("base", "baseline")):
+        model, meta = ar_core.load_checkpoint(paths[name])
+        with torch.no_grad():
+            plain = float((model(ar_core.inference.preprocess(ds.images, meta)).argmax(1) == ds.labels).double().mean())
+        assert r["clutter"]["scales"][0] == 1.0 and r["occlusion"]["sizes"][0] == 0
+        assert r["clutter"][key][0] == r["occlusion"][key][0] == pytest.approx(plain), key
     assert json.loads((out / "perturbation.json").read_text()) == r
     assert (out / "perturbation.png").stat().st_size > 1000
 
