@@ -550,3 +550,15 @@ def test_perturbation_lab_on_a_48_pixel_checkpoint(app_env, monkeypatch):
     assert not at.exception and not _errors(at)
     shown = [key for key in at.session_state["traces"] if str(key[0]).startswith("lab-")]
     assert len(shown) == 3  # the unperturbed image, then each change
+
+
+def test_benchmark_counts_model_runs_on_a_control_change(app_env, monkeypatch):
+    """The benchmark's 'model runs on a control change' is counted, so a page that reruns the model
+    on every display change reports it (here: a trace cache that never keeps anything)."""
+    from app import state
+    from app.timing import time_app
+
+    assert time_app(repeats=1)["model_runs_on_control_change"] == 0
+    uncached = lambda model, meta, key, images: ar_core.inference.inspect(model, images, meta)  # noqa: E731
+    monkeypatch.setattr(state, "cached_inspection", uncached)
+    assert time_app(repeats=1)["model_runs_on_control_change"] >= 2  # at least one per control change
