@@ -109,3 +109,24 @@ def test_gated_attention_weighs_each_layer_by_its_global_gate(tiny_model, x):
     got = gated_attention(t, 0, 32)
     np.testing.assert_allclose(got, want, rtol=1e-6)
     assert got.shape == (32, 32) and not np.allclose(got, layer_attention(t, 0, 2, 32))
+
+
+def test_occlusion_is_the_mean_score_drop_of_the_windows_covering_a_pixel(tiny_model, x):
+    """Occlusion written out: every 4x4 window (stride 2) set to 0, the fused score's drop shared by
+    the pixels it covers and averaged over the windows covering each pixel; |·| summed over RGB."""
+    starts = range(0, 32 - 4 + 1, 2)
+    batch = []
+    for i in starts:
+        for j in starts:
+            occluded = x.clone()
+            occluded[..., i:i + 4, j:j + 4] = 0
+            batch.append(occluded)
+    with torch.no_grad():
+        drops = tiny_model(x)[0, 2] - tiny_model(torch.cat(batch))[:, 2]
+    total, count = torch.zeros(32, 32), torch.zeros(32, 32)
+    for n, (i, j) in enumerate((i, j) for i in starts for j in starts):
+        total[i:i + 4, j:j + 4] += drops[n]
+        count[i:i + 4, j:j + 4] += 1
+    want = 3 * (total / count).abs()
+    got = attribute(tiny_model, x, 2, "occlusion").map
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-5)
