@@ -403,3 +403,9 @@ def test_cli_validation_split_refuses_a_changed_training_folder(tiny_checkpoint,
     with pytest.raises(SystemExit) as e:
         E.main(["--checkpoint", str(recorded), "--data", str(root), "--validation-split", "--no-progress"])
     assert e.value.code == 2 and "content digest mismatch" in capsys.readouterr().err
+    # the analysis and the perturbation sweeps carve the split the same way, and refuse the same way
+    from ar_core import analyze, perturb
+
+    for cli in (analyze.main, perturb.main):
+        with pytest.raises(SystemExit, match="content digest mismatch"):
+            cli(["--checkpoint", str(recorded), "--data", str(root), "--validation-split", "--out", str(tmp_path / "o")])
