@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ar_core.inference import probabilities
 from ar_core.model import Trace
 
 SOURCE_COLORS = ["#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2"]
@@ -118,7 +119,7 @@ def prediction_figure(trace: Trace, i: int, classes: Sequence[str], k: int = 5):
     panels.insert(1, (_source_label("network"), trace.net_output[i]))
     fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p[0] for p in panels], horizontal_spacing=0.08)
     for c, (_, scores) in enumerate(panels, start=1):
-        p = torch.softmax(scores.float(), 0)
+        p = probabilities(scores)
         v, idx = p.topk(min(k, len(classes)))
         fig.add_trace(go.Bar(x=v.numpy()[::-1], y=[classes[j] for j in idx.tolist()][::-1], orientation="h",
                              marker_color=SOURCE_COLORS[(c - 1) % len(SOURCE_COLORS)],
@@ -138,7 +139,7 @@ def confidence_gates_figure(trace: Trace, i: int, classes: Sequence[str]):
     for c, layer in enumerate(trace.layers, start=1):
         g = layer.confidence_gates[i].numpy()
         tops = [classes[int(j)] for j in layer.head_hypotheses[i].argmax(1)]
-        probs = torch.softmax(layer.head_hypotheses[i], 1).max(1).values.numpy()
+        probs = probabilities(layer.head_hypotheses[i]).max(1).values.numpy()
         fig.add_trace(go.Bar(x=[f"head {k + 1}" for k in range(len(g))], y=g, text=tops, textposition="outside",
                              customdata=np.stack([probs], 1), marker_color=SOURCE_COLORS[(c - 1) % 6],
                              hovertemplate="%{x}: g=%{y:.3f}<br>says %{text} (p=%{customdata[0]:.2f})<extra></extra>",
@@ -162,13 +163,21 @@ def global_gates_figure(trace: Trace, i: int):
     return fig
 
 
+def contributions_label(trace: Trace) -> str:
+    """What a fusion bar is: one view's g_O · log p, or under flip TTA the mean of both views' terms."""
+    return "mean over image and mirror of g_O · log p" if trace.views else "g_O · log p"
+
+
 def contributions_figure(trace: Trace, i: int, classes: Sequence[str], class_indices: Sequence[int]):
     """Waterfall of the fusion terms g_O^s · log p_s(c) for each chosen class c.
 
-    The bars of one class add up to the fused log-score of that class.
+    The bars of one class add up to the fused log-score of that class. A flip-averaged trace holds
+    the mean of the two views' terms, which is not the mean gate times the mean log-probability;
+    the axis says so.
     """
     import plotly.graph_objects as go
 
+    label = contributions_label(trace)
     fig = go.Figure()
     for c in class_indices:
         terms = trace.contributions[i, :, c].numpy()
@@ -176,7 +185,7 @@ def contributions_figure(trace: Trace, i: int, classes: Sequence[str], class_ind
             name=classes[c], x=[[classes[c]] * (len(terms) + 1), [_source_label(s) for s in trace.sources] + ["fused"]],
             measure=["relative"] * len(terms) + ["total"], y=list(terms) + [float(terms.sum())],
             hovertemplate="%{x}: %{y:.3f}<extra></extra>"))
-    fig.update_layout(yaxis_title="g_O · log p", height=380, margin=dict(l=10, r=10, t=30, b=10), waterfallgap=0.3)
+    fig.update_layout(yaxis_title=label, height=380, margin=dict(l=10, r=10, t=30, b=10), waterfallgap=0.3)
     return fig
 
 

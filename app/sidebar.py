@@ -8,8 +8,10 @@ import streamlit as st
 
 from app import state
 from ar_core.checkpoint import CheckpointError
-from ar_core.data import cache_dir, data_roots, resolve_under
+from ar_core.data import cache_dir, data_roots, is_loopback, resolve_under
+from ar_core.evaluate import ClassMismatchError, align_labels
 from ar_core.inference import flip_tta
+from ar_core.precision import device_options
 
 DATASETS = ["CIFAR-10 test set", "CIFAR-100 test set", "ImageFolder directory"]
 
@@ -37,7 +39,7 @@ def model_picker():
             st.warning("No checkpoint found. Train one with `python -m ar_core.train` (see README) or upload one.")
             return None
         label = st.selectbox("Checkpoint", list(choices), key="model_label")
-        device = st.selectbox("Device", state.device_options(), key="device",
+        device = st.selectbox("Device", device_options(), key="device",
                               help="auto picks CUDA, then Apple MPS, then the CPU")
         trained = "flip" if flip_tta(state.checkpoint_meta(choices[label]) or {}) else "none"
         st.selectbox("Test-time augmentation", state.TTA_CHOICES, key="tta",
@@ -82,11 +84,13 @@ def model_card(meta: dict):
 def _open_dataset(kind: str, size: int):
     """The chosen dataset, or None with a message that says how to get one."""
     if kind == "ImageFolder directory":
-        roots = data_roots()
+        loopback = is_loopback(st.get_option("server.address"))
+        roots = data_roots(loopback)
         default = os.environ.get(state.DATASET_ENV, "")
         path = st.text_input("Folder (root/<class>/<image>)", default, key="folder",
                              help=f"Also settable with the {state.DATASET_ENV} environment variable.")
-        st.caption("Readable folders: " + ", ".join(f"`{r}`" for r in roots))
+        if loopback:  # the server's own paths are shown to the operator only, never over the network
+            st.caption("Readable folders: " + ", ".join(f"`{r}`" for r in roots))
         if not path:
             st.info("Enter the path of an ImageFolder directory: one sub-folder per class, images inside.")
             return None, None
@@ -94,7 +98,8 @@ def _open_dataset(kind: str, size: int):
             real = resolve_under(path, roots)
             return state.load_folder(str(real), size), f"folder:{real}"
         except PermissionError as e:
-            st.error(f"Refused: {e}")
+            st.error(f"Refused: {e}" if loopback else "Refused: this folder is not among those the operator "
+                     "allowed this server to read (AR_DATA_ROOTS).")
         except (FileNotFoundError, OSError, ValueError) as e:
             st.error(f"Cannot read {path}: {e}")
         return None, None
@@ -114,12 +119,24 @@ def _open_dataset(kind: str, size: int):
         return None, None
 
 
-def dataset_picker(size: int):
-    """The dataset chosen in the sidebar → (TensorDataset, key) or (None, None) with a message."""
+def dataset_picker(size: int, classes=None):
+    """The dataset chosen in the sidebar → (TensorDataset, key) or (None, None) with a message.
+
+    With the checkpoint's ``classes``, labels are renumbered to them by name, here and only here, so
+    every verdict on every page compares predictions and labels in the same class order. The data may
+    hold a subset of the classes.
+    """
     with st.sidebar:
         st.header("Dataset")
         kind = st.selectbox("Images from", DATASETS, key="dataset_kind")
-        return _open_dataset(kind, size)
+        ds, key = _open_dataset(kind, size)
+        if ds is None or not classes:
+            return ds, key
+        try:
+            return align_labels(ds, classes, subset=True), key
+        except ClassMismatchError as e:
+            st.error(f"{e}. Pick a data set whose class folders are named as the model's classes.")
+            return None, None
 
 
 def chosen_model():

@@ -12,15 +12,8 @@ import torch
 import ar_core
 from ar_core.checkpoint import CheckpointError
 from ar_core import inference
-from ar_core.inference import Inspection, pick_device
-
-def device_options() -> list[str]:
-    opts = ["auto", "cpu"]
-    if torch.cuda.is_available():
-        opts.append("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        opts.append("mps")
-    return opts
+from ar_core.inference import Inspection
+from ar_core.precision import pick_device
 
 
 @st.cache_resource(show_spinner="Loading model…", max_entries=8)

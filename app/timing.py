@@ -51,7 +51,7 @@ def time_app(repeats: int = 10) -> dict:
         try:
             at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120).run()
             at.selectbox(key="model_label").set_value(label).run()
-            upload, control = [], []
+            upload, control, control_runs = [], [], 0
             for i in range(repeats + 1):
                 at.file_uploader(key="images").set_value([(f"bench{i}.png", _png(i), "image/png")])
                 t0 = time.perf_counter()
@@ -62,8 +62,7 @@ def time_app(repeats: int = 10) -> dict:
                 t0 = time.perf_counter()
                 at.run()
                 control.append(time.perf_counter() - t0)
-                if len(calls) != n:
-                    raise AssertionError("changing a display control re-ran the model")
+                control_runs += len(calls) - n
                 if at.exception:
                     raise AssertionError(f"the page raised: {at.exception}")
         finally:
@@ -72,4 +71,4 @@ def time_app(repeats: int = 10) -> dict:
                 os.environ.pop("AR_CHECKPOINT", None)
     return {"checkpoint": label, "upload_to_views_ms": round(1000 * statistics.median(upload[1:]), 1),
             "display_control_rerun_ms": round(1000 * statistics.median(control[1:]), 1),
-            "model_runs_on_control_change": 0}
+            "model_runs_on_control_change": control_runs}

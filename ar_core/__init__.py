@@ -2,8 +2,10 @@
 
     >>> import ar_core
     >>> model, meta = ar_core.load_checkpoint("checkpoints/cifar10-wrn16x4-ad3aw4.safetensors")
-    >>> trace = model.trace(images)  # attention maps, gates, hypotheses, fusion
+    >>> trace = model.trace(ar_core.inference.preprocess(uint8_images, meta))  # maps, gates, fusion
 """
+
+from . import data, inference, precision
 
 from .attention import AttentionModule, GlobalGate, fuse, fusion_contributions, inter_head_regularizer
 from .checkpoint import CheckpointError, available_checkpoints, load_checkpoint, save_checkpoint

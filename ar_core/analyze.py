@@ -58,6 +58,11 @@ def per_class_mean(values: torch.Tensor, labels: torch.Tensor, num_classes: int)
     return out
 
 
+def dominant_source(global_gates: torch.Tensor) -> torch.Tensor:
+    """(N,) index of the source carrying the most global-gate weight in each image."""
+    return global_gates.argmax(dim=1)
+
+
 def dataset_story(cat: dict[str, torch.Tensor], labels: torch.Tensor, classes: Sequence[str],
                   sources: Sequence[str]) -> dict[str, Any]:
     """Everything beyond the evaluator's numbers, from the per-image arrays of ``collect``."""
@@ -83,7 +88,7 @@ def dataset_story(cat: dict[str, torch.Tensor], labels: torch.Tensor, classes: S
     g = cat["global_gates"]
     story["global_gates_per_class"] = per_class_mean(g, labels, m)
     story["global_gate_entropy"] = float(entropy(g).mean())
-    dominant = torch.bincount(g.argmax(1), minlength=len(sources)).double() / len(g)
+    dominant = torch.bincount(dominant_source(g), minlength=len(sources)).double() / len(g)
     story["dominant_source_share"] = dict(zip(sources, dominant.tolist()))
     story["confidence_gates_per_class"] = {}
     story["confidence_gate_entropy"] = {}
@@ -111,7 +116,7 @@ def faithfulness(model: AttendAndRectify, images: torch.Tensor, meta: dict[str, 
     'attention' is the attention of all attended layers, each fused over its heads by the
     confidence gates and weighted by its global gate, upsampled to the input.
     """
-    from .attribution import attribute, layer_attention, private_copy
+    from .attribution import attribute, gated_attention, private_copy
     from .faithfulness import curves, random_saliency
     from .inference import preprocess
 
@@ -128,8 +133,7 @@ def faithfulness(model: AttendAndRectify, images: torch.Tensor, meta: dict[str, 
             if method == "attention":
                 if not t.layers:
                     continue
-                maps = [layer_attention(t.map(lambda v: v.cpu()), 0, l, size) for l in range(len(t.layers))]
-                sal = sum(float(t.global_gates[0, l]) * m for l, m in enumerate(maps))
+                sal = gated_attention(t.map(lambda v: v.cpu()), 0, size)
             elif method == "random":
                 sal = random_saliency((size, size), seed=int(i))
             else:

@@ -1,6 +1,6 @@
 """The equations of "Attend and Rectify" (Rodríguez et al., ECCV 2018), one place each.
 
-Numbers in brackets refer to ``method.md`` (shipped in the README's method section):
+Numbers in brackets are the items of ``docs/method.md`` (the method in this project's words):
 
   [1] attention head      H^l   = spatial_softmax(W_H^l * Z^l)
   [2] output head         o^l_k = Σ_xy H^l_k ⊙ (W_O^l_k * Z^l)
@@ -59,16 +59,20 @@ class AttentionModule(nn.Module):
         k, m = self.width, self.num_classes
         if self.attention_head.kernel_size == (1, 1):
             return self._forward_1x1(z)
-        # [1] attention head: a softmax over the h*w pixels of each of the K maps.
-        H = F.softmax(self.attention_head(z).flatten(2).float(), dim=2)  # (B, K, hw)
-        # [2] output head: each head's M class-score maps, pooled by its own attention map.
-        O = self.output_head(z).reshape(b, k, m, h * w).float()
-        head_hypotheses = torch.einsum("bkmp,bkp->bkm", O, H)
-        # [3] confidence gate: how much to trust each head, from its attention-pooled score.
-        s = torch.einsum("bkp,bkp->bk", self.confidence_gate(z).flatten(2).float(), H)
-        confidence_gates = F.softmax(torch.tanh(s), dim=1)
-        # [4] the module's hypothesis: heads mixed by their confidence gates.
-        hypothesis = torch.einsum("bk,bkm->bm", confidence_gates, head_hypotheses)
+        # The convolutions run in the caller's precision (bf16/fp16 under autocast); the pooling
+        # and gating after them in float32, which autocast would otherwise lower again.
+        attention_logits, output_maps, gate_maps = self.attention_head(z), self.output_head(z), self.confidence_gate(z)
+        with torch.autocast(z.device.type, enabled=False):
+            # [1] attention head: a softmax over the h*w pixels of each of the K maps.
+            H = F.softmax(attention_logits.flatten(2).float(), dim=2)  # (B, K, hw)
+            # [2] output head: each head's M class-score maps, pooled by its own attention map.
+            O = output_maps.reshape(b, k, m, h * w).float()
+            head_hypotheses = torch.einsum("bkmp,bkp->bkm", O, H)
+            # [3] confidence gate: how much to trust each head, from its attention-pooled score.
+            s = torch.einsum("bkp,bkp->bk", gate_maps.flatten(2).float(), H)
+            confidence_gates = F.softmax(torch.tanh(s), dim=1)
+            # [4] the module's hypothesis: heads mixed by their confidence gates.
+            hypothesis = torch.einsum("bk,bkm->bm", confidence_gates, head_hypotheses)
         return ModuleOutput(H.reshape(b, k, h, w), head_hypotheses, confidence_gates, hypothesis)
 
     def _forward_1x1(self, z: torch.Tensor) -> ModuleOutput:
@@ -76,19 +80,21 @@ class AttentionModule(nn.Module):
 
         A 1x1 convolution without bias is linear per pixel, so pooling commutes with it:
         Σ_xy H_k ⊙ (W_O,k * Z) = W_O,k · (Σ_xy H_k Z). Pooling Z once per head first costs h·w·K·C
-        instead of h·w·K·M·C, and avoids small convolutions that CPUs run slowly.
+        instead of h·w·K·M·C, and avoids small convolutions that CPUs run slowly. All of it runs in
+        float32, under autocast too.
         """
         b, c, h, w = z.shape
         k, m = self.width, self.num_classes
-        Z = z.flatten(2).float()  # (B, C, hw)
-        W_H = self.attention_head.weight.view(k, c).float()
-        W_O = self.output_head.weight.view(k, m, c).float()
-        W_g = self.confidence_gate.weight.view(k, c).float()
-        H = F.softmax(torch.einsum("kc,bcp->bkp", W_H, Z), dim=2)  # [1]
-        pooled = torch.einsum("bkp,bcp->bkc", H, Z)  # Σ_xy H_k Z, one C-vector per head
-        head_hypotheses = torch.einsum("bkc,kmc->bkm", pooled, W_O)  # [2]
-        confidence_gates = F.softmax(torch.tanh(torch.einsum("bkc,kc->bk", pooled, W_g)), dim=1)  # [3]
-        hypothesis = torch.einsum("bk,bkm->bm", confidence_gates, head_hypotheses)  # [4]
+        with torch.autocast(z.device.type, enabled=False):
+            Z = z.flatten(2).float()  # (B, C, hw)
+            W_H = self.attention_head.weight.view(k, c).float()
+            W_O = self.output_head.weight.view(k, m, c).float()
+            W_g = self.confidence_gate.weight.view(k, c).float()
+            H = F.softmax(torch.einsum("kc,bcp->bkp", W_H, Z), dim=2)  # [1]
+            pooled = torch.einsum("bkp,bcp->bkc", H, Z)  # Σ_xy H_k Z, one C-vector per head
+            head_hypotheses = torch.einsum("bkc,kmc->bkm", pooled, W_O)  # [2]
+            confidence_gates = F.softmax(torch.tanh(torch.einsum("bkc,kc->bk", pooled, W_g)), dim=1)  # [3]
+            hypothesis = torch.einsum("bk,bkm->bm", confidence_gates, head_hypotheses)  # [4]
         return ModuleOutput(H.reshape(b, k, h, w), head_hypotheses, confidence_gates, hypothesis)
 
 

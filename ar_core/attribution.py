@@ -92,6 +92,16 @@ def layer_attention(trace: Trace, i: int, layer: int, size: int | None = None) -
     return m.detach().numpy()
 
 
+def gated_attention(trace: Trace, i: int, size: int) -> np.ndarray:
+    """Σ_l g_O^l Σ_k g^l_k H^l_k: every attended layer's attention, weighted by its global gate.
+
+    The attention that the fusion itself uses, as one ``size`` x ``size`` map (each layer upsampled).
+    """
+    if not trace.layers:
+        raise ValueError("this model has no attention modules (AD = 0): there is no attention map")
+    return sum(float(trace.global_gates[i, l]) * layer_attention(trace, i, l, size) for l in range(len(trace.layers)))
+
+
 def _ranks(v: np.ndarray) -> np.ndarray:
     order = np.argsort(v, kind="stable")
     ranks = np.empty(len(v), dtype=np.float64)

@@ -21,13 +21,13 @@ import platform
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from .model import ModelConfig, build_model
+from .precision import autocast_for, native_bf16
 
 
 def _interleaved_medians(fns: dict, rounds: int, warmup: int = 5, sync=lambda: None) -> dict:
@@ -81,16 +81,6 @@ def attention_cost() -> list[dict]:
     return rows
 
 
-def _autocast(device: torch.device, amp: bool):
-    if not amp:
-        return nullcontext
-    if device.type == "cuda":
-        return lambda: torch.autocast("cuda", dtype=torch.float16)
-    if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
-        return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
-    return nullcontext
-
-
 def inference(device: torch.device, repeats: int, batch: int) -> dict:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     torch.manual_seed(0)
@@ -104,7 +94,7 @@ def inference(device: torch.device, repeats: int, batch: int) -> dict:
         t_trace, t_plain, t_flip, t_plain_backbone = t["trace"], t["plain"], t["flip"], t["backbone"]
         xb = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
         att_cl = att.to(memory_format=torch.channels_last)
-        ac = _autocast(device, True)
+        ac = autocast_for(device, "auto")[0]
 
         def batch_eval():
             with ac():
@@ -131,7 +121,7 @@ def training(device: torch.device, steps: int, batch: int, compiled: bool = True
             x = x.contiguous(memory_format=torch.channels_last)
         net = torch.compile(model) if compile_it else model
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
-        ac = _autocast(device, fast)
+        ac = autocast_for(device, "auto" if fast else "off")[0]
         scaler = torch.amp.GradScaler("cuda") if fast and device.type == "cuda" else None
 
         def step():
@@ -172,7 +162,7 @@ def machine() -> dict:
 
     info = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cpu": hardware(torch.device("cpu")),
-            "native_bf16": bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())}
+            "native_bf16": native_bf16()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-# Per-channel statistics of the training splits (method.md, item 11).
+# Per-channel statistics of the training splits (docs/method.md, item 11).
 STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
@@ -176,30 +176,40 @@ def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
     return (images.float() / 255.0 - mean) / std
 
 
-def data_roots() -> list[Path]:
-    """Folders a visitor may read datasets from: $AR_DATA_ROOTS (os.pathsep-separated), else the
-    folder named by $AR_IMAGE_FOLDER and the user's home. Set AR_DATA_ROOTS on a shared server."""
+def is_loopback(address: str | None) -> bool:
+    """Whether a server bound to ``address`` is reachable from this machine only."""
+    return bool(address) and (address in ("localhost", "::1") or address.startswith("127."))
+
+
+def data_roots(loopback: bool = False) -> list[Path]:
+    """Folders a visitor may read datasets from: $AR_DATA_ROOTS (os.pathsep-separated) when set;
+    otherwise the folder named by $AR_IMAGE_FOLDER, and the user's home only while the server
+    listens on loopback (the operator is then the only visitor). Empty: no folder is readable."""
     named = os.environ.get("AR_DATA_ROOTS")
     if named:
         return [Path(p).expanduser() for p in named.split(os.pathsep) if p]
     roots = [Path(os.environ["AR_IMAGE_FOLDER"]).expanduser()] if os.environ.get("AR_IMAGE_FOLDER") else []
-    return roots + [Path.home()]
+    return roots + ([Path.home()] if loopback else [])
 
 
 def resolve_under(path: str | Path, roots: list[Path]) -> Path:
     """The real path of ``path`` if it lies inside one of ``roots`` (symlinks followed), else an error."""
+    if not roots:
+        raise PermissionError("this server reads no folders: the operator names them with AR_DATA_ROOTS")
     p = Path(path).expanduser()
     if ".." in p.parts:
         raise PermissionError(f"{path}: '..' is not allowed in a folder path")
     if not p.is_absolute():
         raise PermissionError(f"{path}: give an absolute path inside {', '.join(map(str, roots))}")
     try:
-        real = p.resolve(strict=True)
-    except (FileNotFoundError, RuntimeError):
+        real = p.resolve()
+    except RuntimeError:  # a symlink loop
         raise FileNotFoundError(f"no folder at {path}") from None
-    for root in roots:
+    for root in roots:  # checked before existence, so outside paths cannot be probed
         r = root.resolve()
         if real == r or r in real.parents:
+            if not real.exists():
+                raise FileNotFoundError(f"no folder at {path}")
             return real
     raise PermissionError(f"{path} is outside the folders this server may read ({', '.join(map(str, roots))}); "
                           f"the operator can add folders with AR_DATA_ROOTS")

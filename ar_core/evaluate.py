@@ -14,10 +14,10 @@ gates. ``evaluate()`` is the computation alone, for the app and for analysis scr
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import time
+import warnings
 from typing import Any, Sequence
 
 import torch
@@ -27,6 +27,7 @@ from . import data as D
 from .checkpoint import CheckpointError, load_checkpoint
 from .inference import flip_tta, preprocess
 from .model import AttendAndRectify
+from .precision import autocast_for, pick_device
 
 FUSED = "fused"  # key of the fused output among the per-source accuracies
 
@@ -81,24 +82,27 @@ def mean_std(x: torch.Tensor) -> tuple[list[float], list[float]]:
     return x.mean(dim=0).tolist(), x.std(dim=0, correction=0).tolist()
 
 
-# ---------------------------------------------------------------- classes and precision
+# ---------------------------------------------------------------- classes
 
-def align_labels(dataset: D.TensorDataset, classes: Sequence[str]) -> D.TensorDataset:
-    """The dataset with labels renumbered to ``classes`` (the checkpoint's order).
+def align_labels(dataset: D.TensorDataset, classes: Sequence[str], subset: bool = False) -> D.TensorDataset:
+    """The dataset with labels renumbered to ``classes`` (the checkpoint's order), matched by name.
 
-    Class names must match as sets; a different order (e.g. a checkpoint that lists CIFAR classes
-    in another order) is renumbered rather than misread.
+    A different order (e.g. a checkpoint that lists CIFAR classes in another order) is renumbered
+    rather than misread. ``subset``: the data may hold only some of the classes (a folder with just
+    ``cat/`` and ``dog/``); the result still lists all of ``classes``. A class the checkpoint does
+    not know is always an error.
     """
     classes = list(classes)
     have, want = set(dataset.classes), set(classes)
-    if have != want or len(classes) != len(dataset.classes):
-        missing, extra = sorted(want - have), sorted(have - want)
+    missing, extra = sorted(want - have), sorted(have - want)
+    duplicates = len(have) != len(dataset.classes) or len(want) != len(classes)
+    if extra or duplicates or (missing and not subset):
         parts = []
-        if missing:
+        if missing and not subset:
             parts.append(f"missing (in the checkpoint, not in the data): {', '.join(missing)}")
         if extra:
             parts.append(f"extra (in the data, unknown to the checkpoint): {', '.join(extra)}")
-        if not parts:
+        if duplicates:
             parts.append("duplicate class names")
         raise ClassMismatchError(f"the data's classes do not match the checkpoint's {len(classes)} classes; "
                                  + "; ".join(parts))
@@ -107,21 +111,6 @@ def align_labels(dataset: D.TensorDataset, classes: Sequence[str]) -> D.TensorDa
     index = {name: i for i, name in enumerate(classes)}
     remap = torch.tensor([index[name] for name in dataset.classes], dtype=torch.int64)
     return D.TensorDataset(dataset.images, remap[dataset.labels], classes)
-
-
-def autocast_for(device: torch.device, amp: str):
-    """(context factory, precision name): bf16 only on CPUs with native bf16, fp16 on CUDA.
-
-    The numbers ``evaluate`` reports come from this same path, so they state its precision.
-    """
-    if amp not in ("auto", "off"):
-        raise ValueError(f"amp must be 'auto' or 'off', got {amp!r}")
-    if amp == "auto":
-        if device.type == "cuda":
-            return (lambda: torch.autocast("cuda", dtype=torch.float16)), "float16"
-        if device.type == "cpu" and torch.cpu._is_avx512_bf16_supported():
-            return (lambda: torch.autocast("cpu", dtype=torch.bfloat16)), "bfloat16"
-    return contextlib.nullcontext, "float32"
 
 
 # ---------------------------------------------------------------- evaluation
@@ -256,14 +245,35 @@ def evaluate(model: AttendAndRectify, dataset: D.TensorDataset, meta: dict[str, 
 
 
 def validation_split(dataset: D.TensorDataset, meta: dict[str, Any]) -> D.TensorDataset:
-    """The held-out images of a training set, as the trainer carved them (size and seed from ``meta``)."""
+    """The held-out images of a training set, as the trainer carved them (size and seed from ``meta``).
+
+    ``dataset`` is the whole training folder as loaded (sorted paths, folder class order). When the
+    checkpoint records digests of the training images' content and of its split, a folder whose
+    images, labels, classes or order differ is refused: carving it would give another split, one
+    that may overlap the images the model was trained on. Older checkpoints record only size and
+    seed; their split is checked by size alone (with a warning).
+    """
     split = meta.get("validation_split") or {}
     if not split.get("size"):
         raise ValueError("the checkpoint records no validation split; evaluate on a held-out folder instead")
     if split.get("train_size") is not None and split["train_size"] + split["size"] != len(dataset):
         raise ValueError(f"the checkpoint was trained on {split['train_size'] + split['size']} images, this "
                          f"folder holds {len(dataset)}: it is not the same training set")
+    if split.get("train_digest"):
+        if D.content_digest(dataset) != split["train_digest"]:
+            raise ValueError("this folder's images, labels or class folders differ from the training set the "
+                             "checkpoint recorded (content digest mismatch), so the recorded validation split "
+                             "cannot be carved from it. Use the training folder exactly as it was: the same "
+                             "files, in class sub-folders of the same names (see README, 'Reproducing the "
+                             "validation split')")
+    else:
+        warnings.warn("the checkpoint records no digest of its training images: the split is carved by size and "
+                      "seed only, and is the recorded one only if this folder holds the same images under the "
+                      "same sorted paths", stacklevel=2)
     _, val_index = D.stratified_split(dataset.labels, split["size"], split["seed"])
+    if split.get("index_digest") and D.index_digest(val_index) != split["index_digest"]:
+        raise ValueError("the split carved from this folder is not the one the checkpoint recorded (index digest "
+                         "mismatch): the split code or its seed changed since training")
     return dataset.subset(val_index)
 
 
@@ -328,9 +338,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="DIR is the training set: evaluate on the validation split the checkpoint recorded "
                         "(carved exactly as the trainer carved it)")
     p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--amp", choices=["auto", "off"], default="auto",
-                   help="auto: bf16 on CPUs with native bf16, fp16 on CUDA; off: float32")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
+                   help="auto: CUDA, then MPS, then the CPU")
+    p.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
+                   help="auto: bf16 on CPUs with native bf16, fp16 on CUDA; on: bf16 on any CPU; off: float32")
     p.add_argument("--tta", choices=["auto", "flip", "none"], default="auto",
                    help="flip test-time augmentation (average with the mirror image); auto: the checkpoint's "
                         "own setting, which the app uses too")
@@ -351,13 +362,10 @@ def main(argv=None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        if args.device == "cuda" and not torch.cuda.is_available():
-            print("error: --device cuda, but no CUDA device is available", file=sys.stderr)
-            sys.exit(2)
-        device = torch.device(args.device)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda, but no CUDA device is available", file=sys.stderr)
+        sys.exit(2)
+    device = pick_device(args.device)
     try:
         model, meta = load_checkpoint(args.checkpoint, device=device)
     except CheckpointError as e:

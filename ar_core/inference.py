@@ -5,6 +5,7 @@ No Streamlit here: the app lays these results out, tests and scripts call them d
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import time
@@ -94,23 +95,25 @@ def to_uint8(img) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
+def from_hwc(image: np.ndarray) -> torch.Tensor:
+    """An (H, W, 3) uint8 array, as the app keeps and shows images → a (1, 3, H, W) uint8 batch."""
+    return torch.from_numpy(np.ascontiguousarray(image, dtype=np.uint8)).permute(2, 0, 1).unsqueeze(0)
+
+
+def image_digest(images: torch.Tensor) -> str:
+    """A short SHA-256 of uint8 pixels and their shape: results are cached under what the model saw,
+    never under a file name (every camera shot is 'camera.jpg')."""
+    h = hashlib.sha256(str(tuple(images.shape)).encode())
+    h.update(images.to(torch.uint8).contiguous().numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
 def preprocess(images: torch.Tensor, meta: dict[str, Any]) -> torch.Tensor:
     """uint8 (B, 3, H, W) → the normalised float input the checkpoint was trained on."""
     norm = meta.get("normalization") or {"mean": [0.5] * 3, "std": [0.25] * 3}
     mean = torch.tensor(norm["mean"], device=images.device).view(1, 3, 1, 1)
     std = torch.tensor(norm["std"], device=images.device).view(1, 3, 1, 1)
     return (images.float() / 255.0 - mean) / std
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """auto: CUDA, then MPS, then CPU."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 @dataclass

@@ -19,7 +19,7 @@ from .attention import AttentionModule, GlobalGate, fusion_contributions, inter_
 from .wrn import WideResNet
 
 BACKBONES = ("wrn", "resnet18")
-# Attended layers, shallow to deep, for each attention depth AD (method.md, item 9).
+# Attended layers, shallow to deep, for each attention depth AD (docs/method.md, item 9).
 _ATTENDABLE = {"wrn": ("group1", "group2", "group3"), "resnet18": ("layer2", "layer3", "layer4")}
 
 

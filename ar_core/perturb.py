@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -78,6 +79,60 @@ def clutter(img: torch.Tensor, others: torch.Tensor, scale: float, seed: int = 0
     x = int(torch.randint(0, w - sw + 1, (1,), generator=g))
     canvas[:, y:y + sh, x:x + sw] = small.round().clamp(0, 255).to(torch.uint8)
     return canvas
+
+
+def own_tiles(img: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Clutter made of the image itself: its 4x4 grid of tiles (sized by the image), shuffled.
+
+    Returns (1, 3, H, W), a stand-in for ``others`` in :func:`clutter` when no other images are at
+    hand; a border that the grid does not cover keeps the image's own pixels.
+    """
+    h, w = img.shape[-2:]
+    th, tw = max(1, h // 4), max(1, w // 4)
+    rows, cols = h // th, w // tw
+    tiles = img[:, :rows * th, :cols * tw].unfold(1, th, th).unfold(2, tw, tw)  # (3, rows, cols, th, tw)
+    tiles = tiles.reshape(3, rows * cols, th, tw)
+    tiles = tiles[:, torch.randperm(rows * cols, generator=torch.Generator().manual_seed(seed))]
+    out = img.clone()
+    out[:, :rows * th, :cols * tw] = tiles.reshape(3, rows, cols, th, tw).permute(0, 1, 3, 2, 4).reshape(
+        3, rows * th, cols * tw)
+    return out[None]
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    """One setting of the lab's controls, applied in this order: occlusion, shift, clutter, noise,
+    brightness and contrast. Positions and sizes are in pixels of the model's input."""
+
+    occlusion: tuple[int, int, int] | None = None  # (x, y, size) of a grey square
+    shift: tuple[int, int] = (0, 0)
+    clutter_scale: float = 1.0  # 1: no clutter
+    noise: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 1.0
+    seed: int = 0  # clutter placement, own-tile shuffle and noise
+
+
+def apply(img: torch.Tensor, p: Perturbation, others: torch.Tensor | None = None) -> torch.Tensor:
+    """``img`` (3, H, W) uint8 perturbed as ``p`` says; ``others`` (N, 3, h, w) supply the clutter
+    (resized to the image when their size differs), else the image's own shuffled tiles."""
+    x = img
+    if p.occlusion is not None:
+        x = occlude(x, *p.occlusion)
+    if p.shift != (0, 0):
+        x = shift(x, *p.shift)
+    if p.clutter_scale < 1.0:
+        if others is None:
+            others = own_tiles(x, p.seed)
+        elif others.shape[-2:] != x.shape[-2:]:
+            others = F.interpolate(others.float(), size=tuple(x.shape[-2:]), mode="bilinear", antialias=True,
+                                   align_corners=False).round().clamp(0, 255).to(torch.uint8)
+        x = clutter(x, others, p.clutter_scale, seed=p.seed)
+    if p.noise:
+        x = add_noise(x, p.noise, seed=p.seed)
+    if p.brightness or p.contrast != 1.0:
+        x = adjust(x, p.brightness, p.contrast)
+    return x
 
 
 @torch.inference_mode()

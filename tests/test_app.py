@@ -110,8 +110,20 @@ def test_several_uploads_and_fit_modes(app_env):
     at.file_uploader(key="images").set_value(files).run()
     assert at.selectbox(key="pick").options == ["a.png", "b.png"]
     at.selectbox(key="pick").set_value(1).run()
+    from ar_core.inference import fit_image, load_image
+
+    original = load_image(files[1][1])
+    cropped = at.session_state["result"]["image"]
+    np.testing.assert_array_equal(cropped, np.asarray(fit_image(original, 32, "center-crop")))
     at.radio(key="fit").set_value("pad").run()
     assert not at.exception and not _errors(at)
+    padded = at.session_state["result"]["image"]
+    np.testing.assert_array_equal(padded, np.asarray(fit_image(original, 32, "pad")))
+    assert not np.array_equal(padded, cropped)
+    # the model ran on the padded pixels: its output is that of the padded input
+    model, meta = ar_core.load_checkpoint(app_env / "tiny-ad3.safetensors")
+    want = ar_core.inference.inspect(model, ar_core.inference.from_hwc(padded), meta).trace.output
+    torch.testing.assert_close(at.session_state["result"]["ins"].trace.output, want)
 
 
 def test_display_controls_do_not_rerun_the_model(app_env, monkeypatch):
@@ -182,9 +194,23 @@ def test_dataset_browser_filters(app_env):
     assert any("true label" in c.value for c in at.caption)
     at.selectbox(key="browse_class").set_value(2).run()
     assert any("true label: **class2**" in c.value for c in at.caption)
-    for outcome in ("correct", "wrong", "rectified", "spoiled", "all"):
+    # every outcome lists exactly the images whose predictions say so (re-computed here)
+    model, meta = ar_core.load_checkpoint(app_env / "tiny-ad3.safetensors")
+    ds = ar_core.data.load_image_folder(app_env / "folder")
+    preds = ar_core.inference.predict_all(model, ds.images, meta)
+    y = ds.labels.numpy()
+    fused_ok, net_ok = preds["fused"] == y, preds["net"] == y
+    want = {"correct": fused_ok, "wrong": ~fused_ok, "rectified": fused_ok & ~net_ok, "spoiled": ~fused_ok & net_ok,
+            "all": np.ones(len(y), dtype=bool)}
+    at.selectbox(key="browse_class").set_value(None).run()
+    for outcome, mask in want.items():
         at.selectbox(key="browse_outcome").set_value(outcome).run()
         assert not at.exception
+        if mask.sum():
+            assert at.number_input(key="browse_pos").label == f"Image ({mask.sum()} match)", outcome
+        else:
+            assert any("No image matches" in i.value for i in at.info), outcome
+    assert fused_ok.any() and (~fused_ok).any()  # both verdicts occur, so the counts can be wrong
     at.button(key="random_pick").click().run()
     assert not at.exception and at.metric
 
@@ -196,8 +222,11 @@ def test_dataset_browser_without_data(app_env, monkeypatch):
     assert any("not downloaded yet" in i.value and "upload" in i.value for i in at.info)
     at.selectbox(key="dataset_kind").set_value("ImageFolder directory").run()
     assert any("ImageFolder" in i.value for i in at.info)
-    at.text_input(key="folder").input("/no/such/folder").run()
+    monkeypatch.setenv("HOME", str(app_env))
+    at.text_input(key="folder").input(str(app_env / "no-such-folder")).run()
     assert not at.exception and any("Cannot read" in e for e in _errors(at))
+    at.text_input(key="folder").input("/no/such/folder").run()  # outside the roots: refused, not probed
+    assert not at.exception and any(e.startswith("Refused") for e in _errors(at))
 
 
 def test_uploaded_checkpoints_and_baseline_comparison(app_env, monkeypatch):
@@ -392,3 +421,144 @@ def test_python_memory_levels_off_over_many_sessions(app_env):
         tracemalloc.stop()
     assert samples[40][0] - samples[15][0] < 1.0, samples
     assert samples[40][1] <= samples[15][1], samples
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "0.0.0.0"])
+def test_home_folder_and_root_paths_only_on_loopback(app_env, monkeypatch, address):
+    """Without AR_DATA_ROOTS, a server others can reach reads only AR_IMAGE_FOLDER and shows no paths."""
+    from streamlit import config
+
+    monkeypatch.delenv("AR_DATA_ROOTS", raising=False)
+    monkeypatch.setenv("HOME", str(app_env))
+    private = app_env / "private" / "cls"
+    private.mkdir(parents=True)
+    (private / "a.png").write_bytes(_png())
+    before = config.get_option("server.address")
+    config.set_option("server.address", address)
+    try:
+        at = _start()
+        at.radio(key="source").set_value("Dataset").run()
+        at.selectbox(key="dataset_kind").set_value("ImageFolder directory").run()
+        assert not at.exception and not _errors(at)  # AR_IMAGE_FOLDER is readable either way
+        shown = " ".join(c.value for c in at.sidebar.caption)
+        at.text_input(key="folder").input(str(app_env / "private")).run()
+        refused = [e for e in _errors(at) if e.startswith("Refused")]
+    finally:
+        config.set_option("server.address", before)
+    if address == "127.0.0.1":
+        assert str(app_env) in shown and not refused
+    else:
+        assert str(app_env) not in shown and refused and str(app_env) not in refused[0]
+
+
+def test_results_follow_the_image_content_not_its_file_name(app_env):
+    """Two different photos uploaded under one name: attributions, faithfulness curves and the
+    baseline comparison of the first are never shown for the second."""
+    at = _start()
+    base = _checkpoint(app_env / "tiny-base.safetensors", ad=0, seed=1)
+    at.sidebar.file_uploader(key="ckpt_upload").set_value(("tiny-base.safetensors", base.read_bytes(),
+                                                           "application/octet-stream")).run()
+    at.selectbox(key="model_label").set_value("tiny-ad3 (AR_CHECKPOINT)").run()
+    shown = []
+    for seed in (1, 2):
+        at.file_uploader(key="images").set_value([("same-name.png", _png(seed), "image/png")]).run()
+        assert any("Compute attributions" in i.value for i in at.info), f"upload {seed}: stale attributions"
+        at.multiselect(key="attr_methods").set_value(["saliency"])
+        at.button(key="attr_go").click().run()
+        assert any("Compute deletion and insertion curves" in b.label for b in at.button), f"upload {seed}: stale curves"
+        at.button(key="faith_go").click().run()
+        assert not at.exception and not _errors(at)
+        areas = [d.value for d in at.dataframe if "deletion area (lower is better)" in d.value]
+        shown.append(areas[0]["deletion area (lower is better)"].tolist())
+    assert shown[0] != shown[1]
+    compared = [key for key in at.session_state["traces"] if key[1] == "cmp"]
+    assert len(compared) == 4  # baseline and attention model, for each of the two images
+    # switching the fit of the same file is another model input: its own trace
+    at.radio(key="fit").set_value("pad").run()
+    assert any("Compute attributions" in i.value for i in at.info)
+
+
+@pytest.fixture
+def subset_folder(app_env, monkeypatch):
+    """A folder with two of the model's four classes, class3 and class1: folder order gives them
+    labels 0 and 1, the checkpoint's order 3 and 1."""
+    folder = app_env / "subset"
+    for name in ("class3", "class1"):
+        (folder / name).mkdir(parents=True)
+        for j in range(3):
+            (folder / name / f"{j}.png").write_bytes(_png(100 + j + 7 * len(name), (32, 32)))
+    monkeypatch.setenv("AR_IMAGE_FOLDER", str(folder))
+    return folder
+
+
+def test_browser_labels_a_subset_folder_by_class_name(app_env, subset_folder):
+    at = _start()
+    at.radio(key="source").set_value("Dataset").run()
+    at.selectbox(key="dataset_kind").set_value("ImageFolder directory").run()
+    assert not at.exception and not any("do not match" in e for e in _errors(at))
+    assert at.selectbox(key="browse_class").options == ["all classes", "class1", "class3"]
+    at.selectbox(key="browse_class").set_value(3).run()
+    assert any("true label: **class3**" in c.value for c in at.caption)
+    assert at.session_state["result"]["label"] == 3  # the checkpoint's index of class3, as predictions use
+    # outcome filters judge predictions against labels in the same order
+    from ar_core.inference import predict_all
+
+    model, meta = ar_core.load_checkpoint(app_env / "tiny-ad3.safetensors")
+    ds = ar_core.data.load_image_folder(subset_folder)
+    preds = predict_all(model, ds.images, meta, flip=False)["fused"]
+    truth = np.array([CLASSES.index(ds.classes[y]) for y in ds.labels.tolist()])
+    at.selectbox(key="browse_class").set_value(None).run()
+    at.selectbox(key="browse_outcome").set_value("correct").run()
+    right = int((preds == truth).sum())
+    if right:
+        assert at.number_input(key="browse_pos").label == f"Image ({right} match)"
+    else:
+        assert any("No image matches" in i.value for i in at.info)
+
+
+def test_dataset_page_analyses_a_subset_folder(subset_folder):
+    at = AppTest.from_string("from app.pages import dataset_page\ndataset_page.render()\n", default_timeout=120).run()
+    at.selectbox(key="model_label").set_value("tiny-ad3 (AR_CHECKPOINT)").run()
+    at.selectbox(key="dataset_kind").set_value("ImageFolder directory").run()
+    at.number_input(key="faith_n").set_value(0)
+    at.button(key="analyse_go").click().run()
+    assert not at.exception and not _errors(at)
+    (r, _), = at.session_state["analyses"].values()
+    assert r["n"] == 6 and r["per_class_accuracy"]["class0"] is None and r["per_class_accuracy"]["class2"] is None
+    assert [sum(row) for row in r["confusion_matrix"]] == [0, 3, 0, 3]
+
+
+def test_perturbation_lab_on_a_48_pixel_checkpoint(app_env, monkeypatch):
+    """The lab sizes its controls and its own-tile clutter by the checkpoint's image size."""
+    torch.manual_seed(0)
+    cfg = ar_core.ModelConfig(num_classes=4, depth=10, width=1, attention_depth=3, attention_width=2)
+    path = ar_core.save_checkpoint(randomize_bn(ar_core.build_model(cfg)).eval(), app_env / "tiny48.safetensors",
+                                   {**META, "image_size": 48})
+    monkeypatch.setenv("AR_CHECKPOINT", str(path))
+    at = AppTest.from_string(
+        "import streamlit as st\n"
+        "from app.pages import inspect_page, lab_page\n"
+        "(inspect_page if st.session_state.get('page', 'inspect') == 'inspect' else lab_page).render()\n",
+        default_timeout=120).run()
+    at.selectbox(key="model_label").set_value("tiny48 (AR_CHECKPOINT)").run()
+    at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()
+    at.session_state["page"] = "lab"
+    at.run()
+    assert at.slider(key="lab_osize").value == 12 and at.slider(key="lab_ox").max == 47
+    at.slider(key="lab_scale").set_value(0.5).run()
+    at.checkbox(key="lab_occlude").check().run()
+    assert not at.exception and not _errors(at)
+    shown = [key for key in at.session_state["traces"] if str(key[0]).startswith("lab-")]
+    assert len(shown) == 3  # the unperturbed image, then each change
+
+
+def test_benchmark_counts_model_runs_on_a_control_change(app_env, monkeypatch):
+    """The benchmark's 'model runs on a control change' is counted, so a page that reruns the model
+    on every display change reports it (here: a trace cache that never keeps anything)."""
+    from app import state
+    from app.timing import time_app
+
+    assert time_app(repeats=1)["model_runs_on_control_change"] == 0
+    uncached = lambda model, meta, key, images: ar_core.inference.inspect(model, images, meta)  # noqa: E731
+    monkeypatch.setattr(state, "cached_inspection", uncached)
+    assert time_app(repeats=1)["model_runs_on_control_change"] >= 2  # at least one per control change

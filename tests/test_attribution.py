@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from ar_core import ModelConfig, build_model
-from ar_core.attribution import METHODS, agreement, attribute, layer_attention, spearman, top_overlap
+from ar_core.attribution import (METHODS, agreement, attribute, gated_attention, layer_attention, spearman,
+                                 top_overlap)
 
 
 @pytest.fixture
@@ -29,7 +30,22 @@ def test_saliency_is_the_gradient_of_the_fused_score(tiny_model, x):
 
 @pytest.mark.parametrize("layer", ["group1", "group2", "group3", None])
 def test_gradcam_on_each_attended_layer(tiny_model, x, layer):
-    assert attribute(tiny_model, x, 1, "gradcam", layer=layer).map.shape == (32, 32)
+    """Grad-CAM written out: ReLU(Σ_c mean_xy(∂score/∂A_c) · A_c) on the layer, upsampled bilinearly."""
+    import copy
+
+    import torch.nn.functional as F
+
+    net = copy.deepcopy(tiny_model)
+    module = net.feature_module(layer or "last")
+    kept = {}
+    module.register_forward_hook(lambda m, i, out: kept.update(A=out) or out.retain_grad())
+    net(x)[0, 1].backward()
+    A, grad = kept["A"], kept["A"].grad
+    cam = (grad.mean(dim=(2, 3), keepdim=True) * A).sum(1, keepdim=True).clamp(min=0)
+    want = F.interpolate(cam, size=(32, 32), mode="bilinear", align_corners=False)[0, 0].detach().numpy()
+    got = attribute(tiny_model, x, 1, "gradcam", layer=layer).map
+    assert got.shape == (32, 32) and want.max() > 0
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
 def test_gradcam_on_a_torchvision_stage():
@@ -84,3 +100,33 @@ def test_agreement_scores():
     assert scores == {"spearman": pytest.approx(1.0), "top20_overlap": 1.0}
     with pytest.raises(ValueError, match="shape"):
         agreement(a, a[:5])
+
+
+def test_gated_attention_weighs_each_layer_by_its_global_gate(tiny_model, x):
+    with torch.no_grad():
+        t = tiny_model.trace(x)
+    want = sum(float(t.global_gates[0, l]) * layer_attention(t, 0, l, 32) for l in range(3))
+    got = gated_attention(t, 0, 32)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert got.shape == (32, 32) and not np.allclose(got, layer_attention(t, 0, 2, 32))
+
+
+def test_occlusion_is_the_mean_score_drop_of_the_windows_covering_a_pixel(tiny_model, x):
+    """Occlusion written out: every 4x4 window (stride 2) set to 0, the fused score's drop shared by
+    the pixels it covers and averaged over the windows covering each pixel; |·| summed over RGB."""
+    starts = range(0, 32 - 4 + 1, 2)
+    batch = []
+    for i in starts:
+        for j in starts:
+            occluded = x.clone()
+            occluded[..., i:i + 4, j:j + 4] = 0
+            batch.append(occluded)
+    with torch.no_grad():
+        drops = tiny_model(x)[0, 2] - tiny_model(torch.cat(batch))[:, 2]
+    total, count = torch.zeros(32, 32), torch.zeros(32, 32)
+    for n, (i, j) in enumerate((i, j) for i in starts for j in starts):
+        total[i:i + 4, j:j + 4] += drops[n]
+        count[i:i + 4, j:j + 4] += 1
+    want = 3 * (total / count).abs()
+    got = attribute(tiny_model, x, 2, "occlusion").map
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-5)

@@ -241,6 +241,11 @@ def test_resolve_under_allows_only_named_roots(tmp_path):
         resolve_under("set", [root])
     with pytest.raises(FileNotFoundError):
         resolve_under(root / "missing", [root])
+    # outside the roots, a missing and an existing folder get the same answer: nothing to probe
+    with pytest.raises(PermissionError, match="outside the folders"):
+        resolve_under(tmp_path / "no-such-folder", [root])
+    with pytest.raises(PermissionError, match="reads no folders"):
+        resolve_under(root / "set", [])
 
 
 def test_data_roots_from_environment(monkeypatch, tmp_path):
@@ -252,4 +257,18 @@ def test_data_roots_from_environment(monkeypatch, tmp_path):
     assert data_roots() == [tmp_path / "a", tmp_path / "b"]
     monkeypatch.delenv("AR_DATA_ROOTS")
     monkeypatch.setenv("AR_IMAGE_FOLDER", str(tmp_path / "imgs"))
-    assert data_roots()[0] == tmp_path / "imgs"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    # the home folder is readable only while the server listens on loopback
+    assert data_roots(loopback=True) == [tmp_path / "imgs", tmp_path / "home"]
+    assert data_roots() == data_roots(loopback=False) == [tmp_path / "imgs"]
+    monkeypatch.delenv("AR_IMAGE_FOLDER")
+    assert data_roots() == [] and data_roots(loopback=True) == [tmp_path / "home"]
+
+
+@pytest.mark.parametrize("address, loopback", [("127.0.0.1", True), ("127.1.2.3", True), ("localhost", True),
+                                               ("::1", True), ("", False), (None, False), ("0.0.0.0", False),
+                                               ("192.168.1.5", False), ("::", False)])
+def test_is_loopback(address, loopback):
+    from ar_core.data import is_loopback
+
+    assert is_loopback(address) is loopback

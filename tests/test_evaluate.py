@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -77,17 +78,13 @@ def test_align_labels_renumbers_by_name_and_names_mismatches():
     assert moved.labels.tolist() == [1, 2, 0] and moved.classes == ["c", "a", "b"]
     with pytest.raises(E.ClassMismatchError, match=r"missing .*: d.*extra .*: c"):
         E.align_labels(ds, ["a", "b", "d"])
-
-
-def test_autocast_choice(monkeypatch):
-    cpu = torch.device("cpu")
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
-    assert E.autocast_for(cpu, "auto")[1] == "float32"
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
-    assert E.autocast_for(cpu, "auto")[1] == "bfloat16"
-    assert E.autocast_for(cpu, "off")[1] == "float32"
-    with pytest.raises(ValueError):
-        E.autocast_for(cpu, "on")
+    # a folder holding some of the checkpoint's classes, in its own order
+    part = E.align_labels(ds, ["d", "c", "b", "a", "e"], subset=True)
+    assert part.labels.tolist() == [3, 2, 1] and part.classes == ["d", "c", "b", "a", "e"]
+    with pytest.raises(E.ClassMismatchError, match=r"missing .*: d, e"):
+        E.align_labels(ds, ["d", "c", "b", "a", "e"])
+    with pytest.raises(E.ClassMismatchError, match=r"extra .*: c"):
+        E.align_labels(ds, ["a", "b", "d"], subset=True)
 
 
 # ---------------------------------------------------------------- evaluate() on a tiny checkpoint
@@ -350,13 +347,65 @@ def test_cli_torchvision_uses_the_test_split(tiny_checkpoint, tmp_path, monkeypa
     assert e.value.code == 2 and "cannot load cifar10" in capsys.readouterr().err
 
 
-def test_validation_split_is_the_trainers_and_refuses_another_set():
-    labels = torch.arange(40) % 4
-    ds = D.TensorDataset(torch.zeros(40, 3, 32, 32, dtype=torch.uint8), labels, list("abcd"))
+def _training_set(n=40):
+    labels = torch.arange(n) % 4
+    images = (torch.arange(n * 3 * 4 * 4) % 251).to(torch.uint8).view(n, 3, 4, 4)
+    return D.TensorDataset(images, labels, list("abcd"))
+
+
+def test_validation_split_is_the_recorded_one():
+    """Stratified by class (2 of the 10 images of each), fixed by the seed: these exact images, so a
+    change to the carving, which would move every recorded split, fails here."""
+    ds = _training_set()
     meta = {"validation_split": {"size": 8, "seed": 3, "method": "stratified", "train_size": 32}}
-    _, want = D.stratified_split(labels, 8, 3)
-    assert torch.equal(E.validation_split(ds, meta).labels, labels[want])
+    with pytest.warns(UserWarning, match="no digest"):
+        val = E.validation_split(ds, meta)
+    assert torch.equal(val.images, ds.images[[0, 2, 19, 23, 24, 33, 37, 38]])
+    assert val.labels.tolist() == [0, 2, 3, 3, 0, 1, 1, 2]
     with pytest.raises(ValueError, match="not the same training set"):
         E.validation_split(ds, {"validation_split": {"size": 8, "seed": 3, "train_size": 50}})
     with pytest.raises(ValueError, match="records no validation split"):
         E.validation_split(ds, {})
+
+
+def test_validation_split_refuses_a_folder_whose_content_differs():
+    ds = _training_set()
+    split = {"size": 8, "seed": 3, "method": "stratified", "train_size": 32,
+             "train_digest": D.content_digest(ds), "index_digest": D.index_digest(torch.tensor([0, 2, 19, 23, 24, 33, 37, 38]))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a checkpoint with digests carves without a warning
+        assert E.validation_split(ds, {"validation_split": split}).labels.tolist() == [0, 2, 3, 3, 0, 1, 1, 2]
+    one_pixel = D.TensorDataset(ds.images.clone(), ds.labels, ds.classes)
+    one_pixel.images[5, 0, 0, 0] += 1
+    relabelled = D.TensorDataset(ds.images, ds.labels.roll(1), ds.classes)  # same images, another order of files
+    renamed = D.TensorDataset(ds.images, ds.labels, list("abce"))
+    for other in (one_pixel, relabelled, renamed):
+        with pytest.raises(ValueError, match="content digest mismatch"):
+            E.validation_split(other, {"validation_split": split})
+    with pytest.raises(ValueError, match="index digest mismatch"):
+        E.validation_split(ds, {"validation_split": {**split, "seed": 4}})
+
+
+def test_cli_validation_split_refuses_a_changed_training_folder(tiny_checkpoint, tmp_path, capsys):
+    path, root = tiny_checkpoint
+    model, meta = load_checkpoint(path)
+    full = D.load_image_folder(root)
+    _, val_index = D.stratified_split(full.labels, 14, 0)
+    meta["validation_split"] = {"size": 14, "seed": 0, "method": "stratified", "train_size": 46,
+                                "train_digest": D.content_digest(full), "index_digest": D.index_digest(val_index)}
+    recorded = save_checkpoint(model, tmp_path / "recorded.safetensors", meta)
+    r = E.main(["--checkpoint", str(recorded), "--data", str(root), "--validation-split", "--json", "--no-progress"])
+    assert r["n"] == len(val_index) and r["data"].endswith("(validation split)")
+    victim = sorted(root.rglob("*.png"))[7]
+    from PIL import Image
+
+    write_png(victim, 255 - np.asarray(Image.open(victim)))  # same name, other pixels
+    with pytest.raises(SystemExit) as e:
+        E.main(["--checkpoint", str(recorded), "--data", str(root), "--validation-split", "--no-progress"])
+    assert e.value.code == 2 and "content digest mismatch" in capsys.readouterr().err
+    # the analysis and the perturbation sweeps carve the split the same way, and refuse the same way
+    from ar_core import analyze, perturb
+
+    for cli in (analyze.main, perturb.main):
+        with pytest.raises(SystemExit, match="content digest mismatch"):
+            cli(["--checkpoint", str(recorded), "--data", str(root), "--validation-split", "--out", str(tmp_path / "o")])

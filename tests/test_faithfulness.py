@@ -54,6 +54,20 @@ def test_shape_mismatch(tiny_model):
 
 
 def test_curves_on_the_attention_model(tiny_model):
-    c = curves(tiny_model, torch.randn(1, 3, 32, 32), 2, random_saliency((32, 32), 1), steps=8)
+    """Each point is the class probability of the image with the first pixels of the order removed."""
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    sal = random_saliency((32, 32), 1)
+    c = curves(tiny_model, x, 2, sal, steps=8)
     assert len(c.deletion) == len(c.insertion) == 9
-    assert ((0 <= c.deletion) & (c.deletion <= 1)).all()
+    prob = lambda img: float(torch.softmax(tiny_model(img), 1)[0, 2])  # noqa: E731
+    gone = removed_image(x, "blur")
+    order = np.argsort(-sal.ravel(), kind="stable")
+    mask = torch.zeros(32 * 32, dtype=torch.bool)
+    mask[torch.from_numpy(order[:3 * 32 * 32 // 8])] = True  # step 3 of 8: 384 pixels
+    mask = mask.view(1, 1, 32, 32)
+    with torch.no_grad():
+        want = [prob(x), prob(torch.where(mask, gone, x)), prob(torch.where(mask, x, gone)), prob(gone)]
+    got = [c.deletion[0], c.deletion[3], c.insertion[3], c.deletion[-1]]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    assert c.insertion[0] == pytest.approx(want[-1], rel=1e-4) and c.insertion[-1] == pytest.approx(want[0], rel=1e-4)
+    assert len(set(np.round(c.deletion, 6))) > 2  # the curve moves

@@ -75,6 +75,22 @@ def test_contributions_sum_to_the_fused_score(traced):
         assert total == pytest.approx(float(t.output[0, c]), abs=1e-5)
 
 
+def test_contributions_under_flip_are_labelled_as_the_mean_of_the_views(tiny_model):
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        single, flipped = tiny_model.trace(x), tiny_model.trace(x, flip=True)
+    assert figures.contributions_figure(single, 0, CLASSES, [2]).layout.yaxis.title.text == "g_O · log p"
+    fig = figures.contributions_figure(flipped, 0, CLASSES, [2])
+    assert fig.layout.yaxis.title.text == "mean over image and mirror of g_O · log p"
+    own, mirror = flipped.views
+    terms = np.asarray(fig.data[0].y[:-1])
+    np.testing.assert_allclose(terms, ((own.contributions + mirror.contributions) / 2)[0, :, 2].numpy(), atol=1e-6)
+    # the bars are not the mean gate times the mean log-probability (what "g · log p" would mean)
+    gate = (own.global_gates + mirror.global_gates)[0] / 2
+    logp = torch.stack([v.contributions[0, :, 2] / v.global_gates[0] for v in (own, mirror)]).mean(0)
+    assert not np.allclose(terms, (gate * logp).numpy(), atol=1e-6)
+
+
 def test_heatmap_and_attribution_figure(traced):
     t, image = traced
     hm = figures.attention_heatmap(t, 0, 1, 1, CLASSES)

@@ -187,3 +187,19 @@ def test_inspect_runs_on_cpu_and_times_itself(tiny_model):
     res = I.inspect(tiny_model, images, {"classes": list("abcde")})
     assert res.device == "cpu" and res.latency_ms > 0 and res.classes == list("abcde")
     assert res.trace.output.device.type == "cpu"
+
+
+def test_image_digest_is_the_pixels_and_shape_and_from_hwc_round_trips():
+    import numpy as np
+
+    from ar_core.inference import from_hwc, image_digest
+
+    hwc = np.random.default_rng(0).integers(0, 256, (4, 6, 3), dtype=np.uint8)
+    x = from_hwc(hwc)
+    assert x.shape == (1, 3, 4, 6) and x.dtype == torch.uint8
+    assert torch.equal(x[0, :, 2, 5], torch.from_numpy(hwc[2, 5]))
+    assert image_digest(x) == image_digest(x.clone())
+    other = x.clone()
+    other[0, 1, 3, 0] ^= 1
+    assert image_digest(other) != image_digest(x)
+    assert image_digest(x.reshape(1, 3, 6, 4)) != image_digest(x)  # same bytes, another image

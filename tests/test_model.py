@@ -1,4 +1,4 @@
-"""The model against a direct re-computation of method.md, and its contracts."""
+"""The model against a direct re-computation of docs/method.md, and its contracts."""
 
 import threading
 
@@ -30,7 +30,7 @@ def test_maps_and_gates_are_distributions(tiny_model):
 
 
 def test_equations_match_direct_recomputation(tiny_model):
-    """Every quantity of the trace equals method.md written out with explicit loops."""
+    """Every quantity of the trace equals docs/method.md written out with explicit loops."""
     x = _x()
     t = tiny_model.trace(x)
     feats = tiny_model.backbone(x)

@@ -64,5 +64,42 @@ def test_sweep_cli(tmp_path, monkeypatch):
                 "--n", "6", "--out", str(out)])
     assert r["n"] == 6 and len(r["clutter"]["attention"]) == len(r["clutter"]["scales"])
     assert set(r["occlusion"]) == {"sizes", "attention", "baseline"}
+    # scale 1 and a 0-pixel square leave the images as they are: the plain accuracy, re-computed here
+    ds = ar_core.data.load_image_folder(root)
+    for name, key in (("att", "attention"), ("base", "baseline")):
+        model, meta = ar_core.load_checkpoint(paths[name])
+        with torch.no_grad():
+            plain = float((model(ar_core.inference.preprocess(ds.images, meta)).argmax(1) == ds.labels).double().mean())
+        assert r["clutter"]["scales"][0] == 1.0 and r["occlusion"]["sizes"][0] == 0
+        assert r["clutter"][key][0] == r["occlusion"][key][0] == pytest.approx(plain), key
     assert json.loads((out / "perturbation.json").read_text()) == r
     assert (out / "perturbation.png").stat().st_size > 1000
+
+
+def test_own_tiles_are_the_image_shuffled_at_any_size():
+    for h, w in ((32, 32), (48, 64), (30, 30)):
+        img = torch.randint(0, 256, (3, h, w), generator=torch.Generator().manual_seed(h))
+        img = img.to(torch.uint8)
+        out = P.own_tiles(img, seed=0)[0]
+        th, tw = h // 4, w // 4
+        assert out.shape == img.shape and not torch.equal(out, img)
+        tiles = lambda t: sorted(t[:, r * th:(r + 1) * th, c * tw:(c + 1) * tw].flatten().tolist()  # noqa: E731
+                                 for r in range(4) for c in range(4))
+        assert tiles(out) == tiles(img)  # the same 16 tiles, moved
+        assert torch.equal(out[:, 4 * th:], img[:, 4 * th:]) and torch.equal(out[:, :, 4 * tw:], img[:, :, 4 * tw:])
+
+
+def test_apply_composes_the_perturbations_in_order():
+    img = torch.randint(0, 256, (3, 64, 64), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
+    p = P.Perturbation(occlusion=(10, 20, 16), shift=(3, -2), clutter_scale=0.5, noise=0.05, brightness=0.1,
+                       contrast=1.2, seed=4)
+    want = P.occlude(img, 10, 20, 16)
+    want = P.shift(want, 3, -2)
+    want = P.clutter(want, P.own_tiles(want, 4), 0.5, seed=4)
+    want = P.adjust(P.add_noise(want, 0.05, seed=4), 0.1, 1.2)
+    assert torch.equal(P.apply(img, p), want)
+    assert torch.equal(P.apply(img, P.Perturbation()), img)
+    # other images of another size are resized to the image's before their patches are cut
+    others = torch.randint(0, 256, (5, 3, 32, 32), generator=torch.Generator().manual_seed(1)).to(torch.uint8)
+    out = P.apply(img, P.Perturbation(clutter_scale=0.5), others)
+    assert out.shape == img.shape and not torch.equal(out, P.apply(img, P.Perturbation(clutter_scale=0.5)))

@@ -9,15 +9,16 @@ import torch
 from ar_core.checkpoint import CHECKPOINT_DIR, SHIPPED, available_checkpoints, load_checkpoint
 from conftest import ROOT
 
-PRESENT = sorted(available_checkpoints())
+PRESENT = list(SHIPPED)  # every shipped name: a missing file fails its tests instead of dropping out
 CARD_KEYS = ("classes", "normalization", "image_size", "dataset", "validation_split", "recipe", "epochs_trained",
              "test_time_augmentation", "val_accuracy", "val_net_accuracy", "val_accuracy_single_view",
              "training_time_s", "hardware", "torch", "command")
 
 
-def test_the_default_checkpoint_is_shipped():
-    assert "cifar10-wrn16x4-ad3aw4" in PRESENT
-    assert set(PRESENT) <= set(SHIPPED)
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_checkpoint_is_in_the_repository(name):
+    assert name in available_checkpoints(), f"checkpoints/{name}.safetensors is missing (git lfs pull?)"
+    assert SHIPPED[0] == "cifar10-wrn16x4-ad3aw4"  # the app's default
 
 
 @pytest.mark.parametrize("name", PRESENT)
@@ -45,12 +46,43 @@ def test_shipped_checkpoint_loads_and_its_card_is_complete(name):
     assert out.shape == (2, cfg["num_classes"]) and torch.isfinite(out).all()
 
 
+def _paragraph(starting: str) -> str:
+    """The README paragraph that starts with ``starting``, on one line (prose wraps anywhere)."""
+    paragraphs = [" ".join(p.split()) for p in (ROOT / "README.md").read_text().split("\n\n")]
+    found = [p for p in paragraphs if p.startswith(starting)]
+    assert len(found) == 1, f"README has {len(found)} paragraphs starting {starting!r}"
+    return found[0].replace("−", "-")
+
+
 @pytest.mark.parametrize("name", PRESENT)
 def test_readme_model_card_states_the_recorded_accuracy(name):
-    """The README's card and the file agree, so neither can drift from the other."""
+    """The README's card row and paragraph state what the file records, so neither can drift."""
     meta = load_checkpoint(name)[1]
     row = next((line for line in (ROOT / "README.md").read_text().splitlines()
                 if line.startswith("|") and f"`{name}`" in line), None)
     assert row is not None, f"README has no model-card row for {name}"
-    assert f"{100 * meta['val_accuracy']:.2f} %" in row, row
-    assert re.search(rf"\b{meta['epochs_trained']}\b", row)
+    cells = [c.strip().strip("*") for c in row.strip("|").split("|")]
+    assert cells[2:7] == [str(meta["epochs_trained"]), f"{100 * meta['val_accuracy']:.2f} %",
+                          f"{100 * meta['val_accuracy_single_view']:.2f} %", f"{100 * meta['val_net_accuracy']:.2f} %",
+                          f"{round(meta['training_time_s'] / 60)} min"], row
+    card = _paragraph(f"**{name}** —")
+    assert f"{round(meta['training_time_s']):,} s of training" in card, card
+    single = re.findall(r"(\d+\.\d+) % single view|single view (\d+\.\d+) %|Without flip TTA: fused (\d+\.\d+) %", card)
+    assert single, card
+    assert {float("".join(m)) for m in single} == {round(100 * meta["val_accuracy_single_view"], 2)}, card
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
+def test_readme_comparison_states_the_recorded_accuracies(dataset):
+    """'Attention against its baseline': both pairs of recorded accuracies and their differences."""
+    names = [f"{dataset}-wrn16x4-{kind}" for kind in ("ad3aw4", "baseline")]
+    att, base = (load_checkpoint(n)[1] for n in names)
+    para = _paragraph(f"**Attention against its baseline, {'CIFAR-10**' if dataset == 'cifar10' else 'CIFAR-100:'}")
+    for key in ("val_accuracy", "val_accuracy_single_view"):
+        a, b = 100 * att[key], 100 * base[key]
+        assert f"{a:.2f} %" in para and f"{b:.2f} %" in para, (key, para)
+        assert f"({a - b:+.2f} points" in para or f"({a - b:.2f} points" in para, (key, para)
+    # what flip TTA added, single view → flip, for the attention model and then the baseline
+    steps = [tuple(map(float, m)) for m in re.findall(r"(\d+\.\d+) → (\d+\.\d+) %", para)]
+    recorded = [(round(100 * m["val_accuracy_single_view"], 2), round(100 * m["val_accuracy"], 2)) for m in (att, base)]
+    assert steps in ([], recorded), para

@@ -6,7 +6,9 @@ import numpy as np
 import streamlit as st
 
 from app import figures, sidebar, state, training_view
+from ar_core.analyze import dominant_source
 from ar_core.evaluate import ClassMismatchError
+from ar_core.inference import filter_indices
 
 
 def _run(model, meta, ds, n_faith: int, methods: list[str]):
@@ -25,7 +27,7 @@ def _run(model, meta, ds, n_faith: int, methods: list[str]):
         bar.empty()
     keep = {k: v.numpy() for k, v in arrays.items() if k in ("pred", "net_pred") or k.startswith("pred/")}
     if "global_gates" in arrays:
-        keep["dominant"] = arrays["global_gates"].argmax(1).numpy()
+        keep["dominant"] = dominant_source(arrays["global_gates"]).numpy()
     return result, keep
 
 
@@ -57,7 +59,7 @@ def render():
     if chosen is None:
         return
     source, device, model, meta = chosen
-    ds, ds_key = sidebar.dataset_picker(int(meta.get("image_size", 32)))
+    ds, ds_key = sidebar.dataset_picker(int(meta.get("image_size", 32)), meta.get("classes"))
     if st.toggle("Over training: how this model's attention, gates and accuracy formed, epoch by epoch",
                  key="dataset_history"):
         training_view.render(source, "dataset_history", ds, ds_key)
@@ -113,11 +115,10 @@ def render():
             rows = event.selection.rows if event is not None else []
             if rows:
                 c = classes.index(per[rows[0]]["class"])
-                fused_ok, net_ok = arrays["pred"] == labels, arrays["net_pred"] == labels
-                _image_list(ds, np.nonzero((labels == c) & fused_ok & ~net_ok)[0], classes, arrays,
-                            f"rectified {classes[c]}")
-                _image_list(ds, np.nonzero((labels == c) & ~fused_ok & net_ok)[0], classes, arrays,
-                            f"spoiled {classes[c]}")
+                preds = {"fused": arrays["pred"], "net": arrays["net_pred"]}
+                for outcome in ("rectified", "spoiled"):
+                    _image_list(ds, filter_indices(labels, preds, c, outcome), classes, arrays,
+                                f"{outcome} {classes[c]}")
     with tabs[1]:
         which = st.radio("Output", ["fused", "network alone"], horizontal=True, key="cm_which")
         cm = r["confusion_matrix"] if which == "fused" else r["net_confusion_matrix"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 
@@ -11,8 +10,8 @@ import streamlit as st
 
 from app import figures, sidebar, state, training_view, widgets
 from app.pages.about import EQUATIONS
-from ar_core.inference import (OUTCOMES, ImageError, ablate, filter_indices, fit_image, load_image, rectification,
-                               to_uint8, topk, trace_to_json, trace_to_npz)
+from ar_core.inference import (OUTCOMES, ImageError, ablate, filter_indices, fit_image, from_hwc, image_digest,
+                               load_image, rectification, to_uint8, topk, trace_to_json, trace_to_npz)
 
 CMAPS = ["jet", "viridis", "inferno", "magma", "gray"]
 
@@ -21,7 +20,7 @@ def _decode(raw):
     good = []
     for name, data in raw:
         try:
-            good.append((name, hashlib.sha256(data).hexdigest()[:16], load_image(data, name), None))
+            good.append((name, load_image(data, name), None))
         except ImageError as e:
             st.error(str(e))
     return good
@@ -42,17 +41,14 @@ def _random_pos(n: int):
 
 
 def _dataset_browser(model, meta, size: int, ckpt_key: tuple):
-    ds, ds_key = sidebar.dataset_picker(size)
+    ds, ds_key = sidebar.dataset_picker(size, meta.get("classes"))  # labels in the checkpoint's class order
     if ds is None:
         return []
-    st.session_state["lab_clutter_images"] = ds.images[:256]
-    st.session_state["browse_dataset"] = (ds, ds_key)  # the over-training view finds its probe images here  # the lab's clutter: patches of real images
-    classes = meta.get("classes") or ds.classes
-    if len(ds.classes) != len(classes) or list(ds.classes) != list(classes):
-        st.warning("This dataset's classes differ from the model's; predictions are shown with the model's names.")
+    st.session_state["lab_clutter_images"] = ds.images[:256]  # the lab's clutter: patches of real images
+    st.session_state["browse_dataset"] = (ds, ds_key)  # the over-training view finds its probe images here
     labels = ds.labels.numpy()
     c1, c2, c3 = st.columns([2, 2, 1])
-    cls = c1.selectbox("Class", [None, *range(len(ds.classes))], key="browse_class",
+    cls = c1.selectbox("Class", [None, *np.unique(labels).tolist()], key="browse_class",
                        format_func=lambda c: "all classes" if c is None else ds.classes[c])
     outcome = c2.selectbox("Outcome", OUTCOMES, key="browse_outcome",
                            help="correct/wrong: the fused answer; rectified: the network alone was wrong and "
@@ -72,7 +68,7 @@ def _dataset_browser(model, meta, size: int, ckpt_key: tuple):
     img = Image.fromarray(ds.images[i].permute(1, 2, 0).numpy())
     label = int(labels[i])
     st.caption(f"Image #{i} · true label: **{ds.classes[label]}**")
-    return [(f"{ds_key}#{i}", f"{ds_key}#{i}", img, label)]
+    return [(f"{ds_key}#{i}", img, label)]
 
 
 def render():
@@ -96,14 +92,16 @@ def render():
         fit = st.radio("Fit to the model's input", ["center-crop", "pad"], horizontal=True, key="fit",
                        help=f"The model sees {size}x{size} pixels: crop the centre square, or pad to a square.")
     if images:
-        names = [n for n, _, _, _ in images]
+        names = [n for n, _, _ in images]
         pick = st.selectbox("Image", range(len(images)), format_func=lambda j: names[j], key="pick") \
             if len(images) > 1 else 0
-        name, digest, original, true_label = images[pick]
+        name, original, true_label = images[pick]
         t0 = time.perf_counter()
         x = to_uint8(fit_image(original, size, fit)).unsqueeze(0)
+        digest = image_digest(x)  # what the model sees: the file's content after the fit
         result = state.cached_inspection(model, meta, (digest, fit, path, device), x)
         st.session_state["result"] = {"name": name, "image": x[0].permute(1, 2, 0).numpy(), "ins": result,
+                                      "digest": digest, "fit": fit, "flip": bool(result.trace.views),
                                       "label": true_label, "path": path, "device": device,
                                       "wall_ms": (time.perf_counter() - t0) * 1000}
     res = st.session_state.get("result")
@@ -175,6 +173,12 @@ def _views(res, model, meta):
                f"{(time.perf_counter() - t_start) * 1000 + res.get('wall_ms', 0):.0f} ms (model run included).")
 
 
+def result_key(res) -> tuple:
+    """What a cached result depends on: the model input's pixels (the image's content after the fit),
+    the checkpoint, the device and the test-time augmentation."""
+    return res["digest"], res["fit"], res["path"], res["device"], res["flip"]
+
+
 def _export_view(res):
     ins, base = res["ins"], res["name"].rsplit(".", 1)[0].replace("#", "-").replace(":", "-")
     trace, classes = ins.trace, ins.classes
@@ -215,7 +219,7 @@ def _attribution_view(res):
         cam_layer = c3.selectbox("Grad-CAM layer", layer_names, index=len(layer_names) - 1, key="attr_layer")
         tunnel = c4.checkbox("NoiseTunnel (SmoothGrad) on IG and Saliency", key="attr_nt")
         go = st.form_submit_button("Compute attributions", key="attr_go")
-    key = (res["name"], res["path"], target, cam_layer, tunnel)
+    key = (*result_key(res), target, cam_layer, tunnel)
     store = st.session_state.setdefault("attributions", {})
     if go and methods:
         from ar_core.attribution import attribute
@@ -223,7 +227,7 @@ def _attribution_view(res):
 
         model, meta = state.get_model(res["path"], res["device"])
         device = next(model.parameters()).device
-        x = preprocess(to_uint8_from_hwc(res["image"]), meta).to(device)
+        x = preprocess(from_hwc(res["image"]), meta).to(device)
         done = store.setdefault(key, {})
         with st.status("Computing attributions…", expanded=True) as status:
             for m in methods:
@@ -252,12 +256,12 @@ def _attribution_view(res):
                          "top-20 % overlap": round(sc["top20_overlap"], 3), "time (ms)": round(a.seconds * 1000)})
     if rows:
         st.dataframe(rows, hide_index=True)
-    _faithfulness_view(res, target, att_maps, results)
+    _faithfulness_view(res, target, results)
 
 
-def _faithfulness_view(res, target, att_maps, results):
+def _faithfulness_view(res, target, results):
     """Deletion/insertion curves of this image for the attention and each computed attribution."""
-    from ar_core.attribution import METHODS
+    from ar_core.attribution import METHODS, gated_attention
     from ar_core.faithfulness import curves, random_saliency
     from ar_core.inference import preprocess
 
@@ -265,18 +269,17 @@ def _faithfulness_view(res, target, att_maps, results):
     st.write("Delete the pixels a map ranks highest first (blurred away) and watch the class probability: a "
              "faithful map makes it fall fast (low deletion area); reveal them first and it should rise fast (high "
              "insertion area). The random order is the bar to beat.")
-    key = ("faith", res["name"], res["path"], target, tuple(results))
+    key = ("faith", *result_key(res), target, tuple(results))
     store = st.session_state.setdefault("faith_curves", {})
     if key not in store:
         if not st.button("Compute deletion and insertion curves", key="faith_go"):
             return
         model, meta = state.get_model(res["path"], res["device"])
-        x = preprocess(to_uint8_from_hwc(res["image"]), meta).to(next(model.parameters()).device)
+        x = preprocess(from_hwc(res["image"]), meta).to(next(model.parameters()).device)
         trace = res["ins"].trace
         maps = {}
-        if att_maps:
-            maps["attention (all layers, gated)"] = sum(float(trace.global_gates[0, j]) * m
-                                                        for j, m in enumerate(att_maps.values()))
+        if trace.layers:
+            maps["attention (all layers, gated)"] = gated_attention(trace, 0, res["image"].shape[0])
         maps.update({METHODS[m]: a.map for m, a in results.items()})
         maps["random"] = random_saliency(res["image"].shape[:2], seed=0)
         with st.spinner("Perturbing…"):
@@ -286,12 +289,6 @@ def _faithfulness_view(res, target, att_maps, results):
     st.dataframe([{"map": n, "deletion area (lower is better)": round(c.deletion_area, 4),
                    "insertion area (higher is better)": round(c.insertion_area, 4)} for n, c in got.items()],
                  hide_index=True)
-
-
-def to_uint8_from_hwc(image):
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).unsqueeze(0)
 
 
 def _compare_view(res):
@@ -312,11 +309,11 @@ def _compare_view(res):
     c1, c2 = st.columns(2)
     b = c1.selectbox("Baseline", baselines, key="cmp_base")
     a = c2.selectbox("Attention model", attentive, key="cmp_att")
-    x = to_uint8_from_hwc(res["image"])
+    x = from_hwc(res["image"])
     for col, label in ((c1, b), (c2, a)):
         path = pairs[label][0]
         model, meta = state.get_model(path, res["device"])
-        other = state.cached_inspection(model, meta, (res["name"], "cmp", path, res["device"]), x)
+        other = state.cached_inspection(model, meta, (res["digest"], "cmp", path, res["device"]), x)
         with col:
             top = topk(other.trace.output[0], classes, 5)
             st.markdown(f"**{label}** → **{top[0][0]}** ({top[0][1]:.1%})")
@@ -346,7 +343,9 @@ def _attention_view(trace, classes, image):
 @st.fragment
 def _fusion_view(trace, classes):
     st.write("The global gates weigh every attended layer and the network's own output; the fused score of a "
-             "class is the sum of each source's gate times its log-probability.")
+             "class is the sum of each source's gate times its log-probability."
+             + (" With flip test-time augmentation each bar is the mean of that term over the image and its "
+                "mirror image (not the mean gate times the mean log-probability)." if trace.views else ""))
     st.latex(EQUATIONS[4][1])
     st.plotly_chart(figures.global_gates_figure(trace, 0), key="gg_fig")
     pred = int(trace.output[0].argmax())

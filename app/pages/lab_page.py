@@ -2,41 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
-
-import numpy as np
 import streamlit as st
-import torch
 
 from app import figures, state, widgets
 from ar_core import perturb as P
-from ar_core.inference import rectification, topk
+from ar_core.inference import from_hwc, image_digest, rectification, topk
 
 
-def _clutter_source(image: torch.Tensor) -> torch.Tensor:
-    """Patches for the clutter canvas: images of the dataset chosen in the sidebar when one is
-    loaded, else shuffled tiles of the image itself."""
-    ds = st.session_state.get("lab_clutter_images")
-    if ds is not None:
-        return ds
-    tiles = image.unfold(1, 8, 8).unfold(2, 8, 8).reshape(3, 16, 8, 8).permute(1, 0, 2, 3)
-    perm = torch.randperm(16, generator=torch.Generator().manual_seed(0))
-    return torch.stack([torch.cat([torch.cat(list(tiles[perm][r * 4:(r + 1) * 4]), 2) for r in range(4)], 1)])
-
-
-def _perturbed(x: torch.Tensor) -> torch.Tensor:
+def _perturbation() -> P.Perturbation:
+    """The sidebar's controls as one perturbation."""
     ss = st.session_state
-    if ss.get("lab_occlude"):
-        x = P.occlude(x, ss["lab_ox"], ss["lab_oy"], ss["lab_osize"])
-    if ss.get("lab_dx") or ss.get("lab_dy"):
-        x = P.shift(x, ss["lab_dx"], ss["lab_dy"])
-    if ss.get("lab_scale", 1.0) < 1.0:
-        x = P.clutter(x, _clutter_source(x), ss["lab_scale"], seed=ss.get("lab_seed", 0))
-    if ss.get("lab_noise"):
-        x = P.add_noise(x, ss["lab_noise"], seed=ss.get("lab_seed", 0))
-    if ss.get("lab_brightness") or ss.get("lab_contrast", 1.0) != 1.0:
-        x = P.adjust(x, ss.get("lab_brightness", 0.0), ss.get("lab_contrast", 1.0))
-    return x
+    return P.Perturbation(
+        occlusion=(ss["lab_ox"], ss["lab_oy"], ss["lab_osize"]) if ss.get("lab_occlude") else None,
+        shift=(ss.get("lab_dx", 0), ss.get("lab_dy", 0)), clutter_scale=ss.get("lab_scale", 1.0),
+        noise=ss.get("lab_noise", 0.0), brightness=ss.get("lab_brightness", 0.0),
+        contrast=ss.get("lab_contrast", 1.0), seed=ss.get("lab_seed", 0))
 
 
 def render():
@@ -52,9 +32,10 @@ def render():
     with st.sidebar:
         st.header("Perturbation")
         st.checkbox("Occlude a patch", key="lab_occlude")
-        st.slider("Patch x", 0, size - 1, size // 2 - 4, key="lab_ox")
-        st.slider("Patch y", 0, size - 1, size // 2 - 4, key="lab_oy")
-        st.slider("Patch size", 1, size, 8, key="lab_osize")
+        patch = max(1, size // 4)
+        st.slider("Patch x", 0, size - 1, size // 2 - patch // 2, key="lab_ox")
+        st.slider("Patch y", 0, size - 1, size // 2 - patch // 2, key="lab_oy")
+        st.slider("Patch size", 1, size, patch, key="lab_osize")
         st.slider("Shift x", -size // 2, size // 2, 0, key="lab_dx")
         st.slider("Shift y", -size // 2, size // 2, 0, key="lab_dy")
         st.slider("Object scale on clutter (1 = no clutter)", 0.3, 1.0, 1.0, 0.05, key="lab_scale")
@@ -62,9 +43,9 @@ def render():
         st.slider("Brightness", -0.5, 0.5, 0.0, 0.05, key="lab_brightness")
         st.slider("Contrast", 0.2, 2.0, 1.0, 0.05, key="lab_contrast")
         st.number_input("Random seed (clutter, noise)", 0, 10_000, 0, key="lab_seed")
-    original = torch.from_numpy(np.ascontiguousarray(res["image"])).permute(2, 0, 1)
-    x = _perturbed(original)
-    digest = hashlib.sha256(x.numpy().tobytes()).hexdigest()[:16]
+    # clutter: patches of the data set chosen in the sidebar when one is loaded, else the image's own tiles
+    x = P.apply(from_hwc(res["image"])[0], _perturbation(), st.session_state.get("lab_clutter_images"))
+    digest = image_digest(x)
     ins = res["ins"]
     classes = ins.classes
     model, meta = state.get_model(res["path"], res["device"])

@@ -1,0 +1,70 @@
+"""One precision policy for every entry point, and float32 attention arithmetic under autocast."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ar_core import evaluate as E
+from ar_core import precision as P
+from ar_core.attention import AttentionModule
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, want", [(False, False, "float32"), (True, False, "bfloat16"),
+                                                    (False, True, "bfloat16")])
+def test_auto_uses_bf16_on_any_native_bf16_cpu(monkeypatch, avx512_bf16, amx, want):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    cpu = torch.device("cpu")
+    assert P.autocast_for(cpu, "auto")[1] == want
+    assert E.autocast_for is P.autocast_for  # the evaluator reports the precision this policy picks
+    assert P.autocast_for(cpu, "on")[1] == "bfloat16" and P.autocast_for(cpu, "off")[1] == "float32"
+    with P.autocast_for(cpu, "on")[0]():
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
+
+
+def test_cuda_is_float16_and_bad_modes_are_refused():
+    assert P.autocast_for(torch.device("cuda"), "auto")[1] == "float16"
+    assert P.autocast_for(torch.device("cuda"), "off")[1] == "float32"
+    assert P.autocast_for(torch.device("mps"), "auto")[1] == "float32"
+    with pytest.raises(ValueError, match="auto, on, off"):
+        P.autocast_for(torch.device("cpu"), "fast")
+
+
+def test_pick_device_and_options(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(P, "mps_available", lambda: False)
+    assert P.pick_device("auto") == torch.device("cpu") and P.device_options() == ["auto", "cpu"]
+    monkeypatch.setattr(P, "mps_available", lambda: True)
+    assert P.pick_device("auto") == torch.device("mps") and P.device_options() == ["auto", "cpu", "mps"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert P.pick_device("auto") == torch.device("cuda") and P.device_options() == ["auto", "cpu", "cuda", "mps"]
+    assert P.pick_device("cuda:1") == torch.device("cuda", 1)
+
+
+def _reference(module, z, convs_in_bf16):
+    """[1]-[4] in float64 from the module's convolution outputs (computed as autocast would)."""
+    b, c, h, w = z.shape
+    k, m = module.width, module.num_classes
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=convs_in_bf16):
+        a, o, g = module.attention_head(z), module.output_head(z), module.confidence_gate(z)
+    H = F.softmax(a.double().flatten(2), dim=2)
+    heads = torch.einsum("bkmp,bkp->bkm", o.double().reshape(b, k, m, h * w), H)
+    gates = F.softmax(torch.tanh(torch.einsum("bkp,bkp->bk", g.double().flatten(2), H)), dim=1)
+    return heads, gates, torch.einsum("bk,bkm->bm", gates, heads)
+
+
+@pytest.mark.parametrize("kernel_size", [1, 3])
+def test_attention_arithmetic_stays_float32_under_bf16_autocast(kernel_size):
+    torch.manual_seed(0)
+    module = AttentionModule(16, 10, 4, kernel_size).eval()
+    z = torch.randn(3, 16, 8, 8)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = module(z)
+    with torch.no_grad():
+        # 1x1 heads pool the float32 features before any projection: no bf16 anywhere. 3x3 heads
+        # convolve in bf16 (autocast's choice), then pool and gate in float32.
+        heads, gates, hyp = _reference(module, z, convs_in_bf16=kernel_size == 3)
+    assert out.hypothesis.dtype == out.confidence_gates.dtype == out.attention_maps.dtype == torch.float32
+    torch.testing.assert_close(out.head_hypotheses.double(), heads, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.confidence_gates.double(), gates, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.hypothesis.double(), hyp, rtol=1e-5, atol=1e-5)
