@@ -11,7 +11,6 @@ Multi-GPU / multi-node: ``torchrun --nproc_per_node=N -m ar_core.train ...`` (Di
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from . import data as D
 from .checkpoint import save_checkpoint
 from .model import ModelConfig, build_model
+from .precision import autocast_for, pick_device
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -131,29 +131,6 @@ def command_line(argv: list[str]) -> str:
         else:
             words.append(w)
     return "python -m ar_core.train " + " ".join(words)
-
-
-def pick_device(name: str) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def autocast_for(device: torch.device, mode: str):
-    """bf16 on CPUs with native bf16 (AVX512-BF16 / AMX), fp16 on CUDA; a no-op otherwise."""
-    if mode == "off":
-        return contextlib.nullcontext, False
-    if device.type == "cuda":
-        return (lambda: torch.autocast("cuda", dtype=torch.float16)), True
-    if device.type == "cpu":
-        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-        if mode == "on" or native:
-            return (lambda: torch.autocast("cpu", dtype=torch.bfloat16)), False
-    return contextlib.nullcontext, False
 
 
 def git_commit() -> str | None:
@@ -328,8 +305,8 @@ def main(argv=None) -> dict:
     warmup = round(args.warmup * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total_steps, warmup, args.schedule, args.milestones, steps_per_epoch))
-    autocast, use_scaler = autocast_for(device, args.amp)
-    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    autocast, precision = autocast_for(device, args.amp)
+    scaler = torch.amp.GradScaler("cuda") if precision == "float16" else None  # fp16 gradients need scaling
     ema = None
     if args.ema:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from ar_core import evaluate as E
 from ar_core import precision as P
+from ar_core import train as T
 from ar_core.attention import AttentionModule
 
 
@@ -17,6 +18,7 @@ def test_auto_uses_bf16_on_any_native_bf16_cpu(monkeypatch, avx512_bf16, amx, wa
     cpu = torch.device("cpu")
     assert P.autocast_for(cpu, "auto")[1] == want
     assert E.autocast_for is P.autocast_for  # the evaluator reports the precision this policy picks
+    assert T.autocast_for is P.autocast_for and T.pick_device is P.pick_device  # and the trainer trains in it
     assert P.autocast_for(cpu, "on")[1] == "bfloat16" and P.autocast_for(cpu, "off")[1] == "float32"
     with P.autocast_for(cpu, "on")[0]():
         assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
