@@ -25,6 +25,7 @@ import torch
 
 from . import data as D
 from .checkpoint import CheckpointError, load_checkpoint
+from .gates import gate_statistics
 from .evaluate import (ClassMismatchError, align_labels, calibration_bins, collect, confusion_matrix, summarize,
                        validation_split)
 from .inference import flip_tta
@@ -265,6 +266,10 @@ def save_figures(result: dict[str, Any], out: Path) -> list[str]:
         ax.set(title="head specialisation: I(head's top class; true class), bits")
         fig.colorbar(im, ax=ax)
         save(fig, "head_class_mi.png")
+    if result.get("gate_pre_tanh"):
+        from .gates import figure as gate_figure
+
+        save(gate_figure(result["gate_pre_tanh"]), "gate_pre_tanh.png")
     if result.get("faithfulness"):
         fig = Figure(figsize=(7, 3.5), layout="constrained")
         axes = fig.subplots(1, 2)
@@ -298,7 +303,8 @@ def analyze(model: AttendAndRectify, dataset: D.TensorDataset, meta: dict[str, A
     model.eval()
     flip = flip_tta(meta) if flip is None else flip
     key = cache_key(meta, dataset)
-    cache = D.cache_dir() / "analysis" / f"{key}{'-flip' if flip else ''}.safetensors" if use_cache else None
+    # "-v2": the per-image arrays gained the gates' pre-tanh values; older caches lack them.
+    cache = D.cache_dir() / "analysis" / f"{key}{'-flip' if flip else ''}-v2.safetensors" if use_cache else None
     t0 = time.perf_counter()
     n = len(dataset)
     cat = collect_cached(model, dataset, meta, cache, batch_size=batch_size,
@@ -308,6 +314,8 @@ def analyze(model: AttendAndRectify, dataset: D.TensorDataset, meta: dict[str, A
     result["sources"] = list(model.sources)
     result["test_time_augmentation"] = "flip" if flip else "none"
     result.update(dataset_story(cat, dataset.labels, classes, model.sources))
+    if model.attend:
+        result["gate_pre_tanh"] = gate_statistics(cat, model.sources)
     result["seconds_predictions"] = round(seconds, 2)
     if faithfulness_n > 0:
         k = min(faithfulness_n, n)

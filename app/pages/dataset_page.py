@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app import figures, sidebar, state
+from app import figures, gate_views, sidebar, state
 from ar_core.evaluate import ClassMismatchError
 
 
@@ -90,7 +90,8 @@ def render():
               delta_color="normal")
     m3.metric("Top-5", f"{r['top5_accuracy']:.2%}")
     m4.metric("ECE", f"{r['ece']:.2%}")
-    tabs = st.tabs(["Sources & rectification", "Confusion", "Calibration", "Gates & heads", "Faithfulness"])
+    tabs = st.tabs(["Sources & rectification", "Confusion", "Calibration", "Gates & heads", "Faithfulness",
+                    "Gate behaviour"])
     with tabs[0]:
         if "source_accuracy" not in r:
             st.info("A baseline (AD = 0) has one source only.")
@@ -159,3 +160,5 @@ def render():
                      "better). A map that does not beat *random* does not explain the model.")
             st.dataframe([{"map": m, **{k: round(v, 4) for k, v in vals.items() if k != 'n'}, "images": vals["n"]}
                           for m, vals in f.items()], hide_index=True)
+    with tabs[5]:
+        gate_views.dataset_gates(r)

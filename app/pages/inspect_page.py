@@ -9,7 +9,7 @@ import time
 import numpy as np
 import streamlit as st
 
-from app import figures, sidebar, state, widgets
+from app import figures, gate_views, sidebar, state, widgets
 from app.pages.about import EQUATIONS
 from ar_core.inference import (OUTCOMES, ImageError, ablate, filter_indices, fit_image, load_image, rectification,
                                to_uint8, topk, trace_to_json, trace_to_npz)
@@ -156,8 +156,10 @@ def _views(res, model, meta):
                      "A head with a high gate dominates its layer's hypothesis.")
             st.latex(EQUATIONS[2][1])
             st.plotly_chart(figures.confidence_gates_figure(trace, 0, classes), key="conf_fig")
+            gate_views.image_gates(trace, [l.name for l in trace.layers], "gv_conf")
         with tabs[3]:
             _fusion_view(trace, classes)
+            gate_views.image_gates(trace, ["global"], "gv_glob")
     with tabs[4]:
         _attribution_view(res)
     with tabs[5]:

@@ -1,0 +1,68 @@
+"""The explorer's gate-behaviour, sanity-check and atlas views, driven headlessly with AppTest."""
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from test_app import _errors, _png, _start, app_env  # noqa: F401  (app_env is a fixture)
+
+DATASET_APP = (
+    "import streamlit as st\n"
+    "from app.pages import dataset_page, inspect_page\n"
+    "st.session_state['_pages'] = {'inspect': st.Page(inspect_page.render, url_path='inspect'),\n"
+    "                              'dataset': st.Page(dataset_page.render, url_path='dataset', default=True)}\n"
+    "st.navigation(list(st.session_state['_pages'].values()), position='hidden').run()\n")
+
+
+def _frame(at, column, first=None):
+    """The one table with ``column`` (and ``first`` as its first value, when given)."""
+    (frame,) = [d.value for d in at.dataframe if column in d.value.columns
+                and (first is None or d.value.iloc[0, 0] == first)]
+    return frame
+
+
+def test_inspector_shows_each_gates_pre_tanh_value(app_env):
+    at = _start()
+    at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()
+    assert not at.exception and not _errors(at)
+    trace = at.session_state["result"]["ins"].trace
+    glob = _frame(at, "pre-tanh", "global")
+    assert list(glob["unit"]) == ["group1", "group2", "group3", "network"]
+    assert list(glob["pre-tanh"]) == pytest.approx(trace.global_pre_tanh[0].tolist(), abs=1e-3)
+    assert list(glob["weight"]) == pytest.approx(trace.global_gates[0].tolist(), abs=1e-3)
+    conf = _frame(at, "pre-tanh", "group1")
+    assert list(conf["gate"]) == ["group1"] * 2 + ["group2"] * 2 + ["group3"] * 2
+    assert list(conf["pre-tanh"]) == pytest.approx(
+        torch.cat([l.gate_pre_tanh[0] for l in trace.layers]).tolist(), abs=1e-3)
+    saturated = [f"{g} → {u}" for g, u, x in zip(conf["gate"], conf["unit"], conf["pre-tanh"]) if abs(x) > 2]
+    notes = [c.value for c in at.caption if "Saturated here" in c.value or "No unit is saturated" in c.value]
+    assert len(notes) == 2
+    assert all(s in notes[0] for s in saturated) and (bool(saturated) == notes[0].startswith("Saturated here"))
+    charts = lambda: [c for c in at.get("plotly_chart") if "gv_glob_tanh" in c.proto.id]  # noqa: E731
+    assert not charts()  # drawn on request only
+    at.toggle(key="gv_glob_curve").set_value(True).run()
+    assert not at.exception and len(charts()) == 1
+
+
+def test_dataset_page_measures_gate_behaviour(app_env):
+    at = AppTest.from_string(DATASET_APP, default_timeout=120).run()
+    at.selectbox(key="model_label").set_value("tiny-ad3 (AR_CHECKPOINT)").run()
+    at.selectbox(key="dataset_kind").set_value("ImageFolder directory").run()
+    at.number_input(key="faith_n").set_value(0)
+    at.button(key="analyse_go").click().run()
+    assert not at.exception and not _errors(at)
+    (r, _), = at.session_state["analyses"].values()
+    stats = r["gate_pre_tanh"]
+    table = _frame(at, "pre-tanh mean")
+    assert len(table) == 4 + 3 * 2  # the global gate's 4 sources, then 2 heads in each of 3 layers
+    assert list(table["pre-tanh mean"][:4]) == pytest.approx(stats["gates"]["global"]["mean"], abs=1e-3)
+    assert list(table["gate weight mean"][:4]) == pytest.approx([r["global_gates"][s]["mean"] for s in r["sources"]],
+                                                                abs=1e-3)
+    assert list(table["saturated"][4:6]) == [f"{v:.1%}" for v in stats["gates"]["group1"]["saturated_fraction"]]
+    verdicts = [w.value for w in at.warning if "in effect constants" in w.value] + \
+               [s.value for s in at.success if "every gate responds" in s.value]
+    assert len(verdicts) == 1
+    at.selectbox(key="gv_gate").set_value("group2").run()
+    assert not at.exception
+    (fig,) = [c for c in at.get("plotly_chart") if "gv_hist" in str(c.proto.id)] or [None]
+    assert fig is not None
