@@ -59,3 +59,50 @@ def tanh_figure(rows: Sequence[dict[str, Any]], threshold: float, title: str = "
                                                                                         range=[-1.25, 1.25]),
                                  shapes=[{**band, "x0": -lim, "x1": -threshold}, {**band, "x0": threshold, "x1": lim}],
                                  height=300, showlegend=False, margin=dict(l=10, r=10, t=40, b=10)))
+
+
+def sanity_strip_figure(image: np.ndarray, stages: Sequence[str], maps: dict[str, list[np.ndarray]],
+                        cmap: str = "jet"):
+    """Rows: maps (attention, each attribution); columns: the trained model, then each randomisation
+    step. Every map is rescaled to [0, 1] on its own, over the input image."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    cols = len(stages)
+    fig = Figure(figsize=(1.7 * cols + 1.6, 1.8 * len(maps) + 0.4), layout="constrained")
+    axes = fig.subplots(len(maps), cols + 1, squeeze=False)
+    for r, (method, per_stage) in enumerate(maps.items()):
+        axes[r][0].imshow(image)
+        axes[r][0].set_ylabel(method.replace("_", " "), fontsize=8)
+        for c, m in enumerate(per_stage, start=1):
+            m = np.asarray(m, dtype=float)
+            span = m.max() - m.min()
+            axes[r][c].imshow(image)
+            axes[r][c].imshow((m - m.min()) / span if span > 0 else np.zeros_like(m), cmap=cmap, alpha=0.6,
+                              vmin=0, vmax=1, extent=(-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5))
+    for c, title in enumerate(["input", *stages]):
+        axes[0][c].set_title(title if c < 2 else f"+ {title}", fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return fig
+
+
+def sanity_curve_figure(stages: Sequence[str], scores: dict[str, dict[str, list[float]]]):
+    """Similarity of each map to the trained model's, after each cumulative randomisation step."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["Spearman rank correlation", "SSIM"])
+    for j, (method, s) in enumerate(scores.items()):
+        color = SOURCE_COLORS[j % len(SOURCE_COLORS)]
+        for col, metric in ((1, "spearman"), (2, "ssim")):
+            ys = [None if v != v else v for v in s[metric]]  # NaN (a constant map) leaves a gap
+            fig.add_trace(go.Scatter(x=list(stages), y=ys, mode="lines+markers", name=method, legendgroup=method,
+                                     line=dict(color=color), showlegend=col == 1,
+                                     hovertemplate=f"{method}, %{{x}}: %{{y:.3f}}<extra></extra>"), row=1, col=col)
+    fig.update_yaxes(range=[-0.4, 1.05])
+    fig.update_layout(height=340, margin=dict(l=10, r=10, t=40, b=10))
+    return fig

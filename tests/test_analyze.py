@@ -112,6 +112,18 @@ def test_cli_writes_json_and_figures(tiny_setup, tmp_path):
     assert set(result["gate_pre_tanh"]["gates"]) == {"global", "group1", "group2", "group3"}
 
 
+def test_cli_sanity_check(tiny_setup, tmp_path):
+    root, ckpt = tiny_setup
+    out = tmp_path / "report"
+    A.main(["--checkpoint", str(ckpt), "--data", str(root), "--out", str(out), "--faithfulness", "0",
+            "--sanity", "2"])
+    s = json.loads((out / "analysis.json").read_text())["sanity"]
+    assert s["images"] == 2 and s["stages"] == ["original", "gates & heads", "group3", "group2", "group1 & stem"]
+    assert set(s["methods"]) == {"attention", "saliency", "integrated_gradients", "gradcam"}
+    assert s["methods"]["saliency"]["spearman_mean"][0] == 1.0
+    assert (out / "sanity.png").stat().st_size > 1000
+
+
 def test_cli_errors(tiny_setup, tmp_path):
     root, ckpt = tiny_setup
     with pytest.raises(SystemExit, match="error: no checkpoint"):

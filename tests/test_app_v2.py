@@ -66,3 +66,20 @@ def test_dataset_page_measures_gate_behaviour(app_env):
     assert not at.exception
     (fig,) = [c for c in at.get("plotly_chart") if "gv_hist" in str(c.proto.id)] or [None]
     assert fig is not None
+
+
+def test_inspector_sanity_check_runs_on_request(app_env):
+    at = _start()
+    at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()
+    assert "Sanity check" in [t.label for t in at.tabs]
+    assert any("Run the sanity check" in i.value for i in at.info)  # nothing computed until asked
+    at.multiselect(key="sanity_methods").set_value(["attention", "saliency"])
+    at.button(key="sanity_go").click().run()
+    assert not at.exception and not _errors(at)
+    (r,) = at.session_state["sanity"].values()
+    assert r.stages == ["original", "gates & heads", "group3", "group2", "group1 & stem"]
+    assert set(r.scores) == {"attention", "saliency"} and r.scores["attention"]["spearman"][0] == pytest.approx(1.0)
+    assert any(c.proto.id.endswith("sanity_curve") for c in at.get("plotly_chart"))
+    verdicts = [m.value for m in at.markdown if "resembles the original" in m.value or "constant" in m.value]
+    assert len(verdicts) == 2 and verdicts[0].startswith("- **Attention (gated)**")
+    assert len(at.get("download_button")) == 4  # the three exports and the strip

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import streamlit as st
 
-from app import figures, gate_views, sidebar, state, widgets
+from app import figures, gate_views, sanity_views, sidebar, state, widgets
 from app.pages.about import EQUATIONS
 from ar_core.inference import (OUTCOMES, ImageError, ablate, filter_indices, fit_image, load_image, rectification,
                                to_uint8, topk, trace_to_json, trace_to_npz)
@@ -138,7 +138,7 @@ def _views(res, model, meta):
         st.caption(f"Device {ins.device} · model run {ins.latency_ms:.0f} ms{tta}")
 
     tabs = st.tabs(["1 · Prediction", "2 · Attention maps", "3 · Confidence gates", "4 · Global fusion",
-                    "5 · Attributions", "6 · Baseline vs attention", "Export"])
+                    "5 · Attributions", "6 · Baseline vs attention", "Export", "Sanity check"])
     with tabs[0]:
         st.write("Top-5 classes of the fused output, of the network's own output, and of each attended layer's "
                  "hypothesis. Probabilities are the softmax of each source's scores.")
@@ -166,6 +166,8 @@ def _views(res, model, meta):
         _compare_view(res)
     with tabs[6]:
         _export_view(res)
+    with tabs[7]:
+        sanity_views.image_sanity(res)
     st.caption(f"Image chosen → views laid out in "
                f"{(time.perf_counter() - t_start) * 1000 + res.get('wall_ms', 0):.0f} ms (model run included).")
 
