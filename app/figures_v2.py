@@ -106,3 +106,37 @@ def sanity_curve_figure(stages: Sequence[str], scores: dict[str, dict[str, list[
     fig.update_yaxes(range=[-0.4, 1.05])
     fig.update_layout(height=340, margin=dict(l=10, r=10, t=40, b=10))
     return fig
+
+
+def map_overlays(images: np.ndarray, maps, alpha: float = 0.55, cmap: str = "jet", size: int = 96) -> list[np.ndarray]:
+    """RGB uint8 panels: each (h, w) map, bilinear-upsampled and rescaled, blended over its (H, W, 3) image."""
+    import matplotlib
+    from PIL import Image
+
+    from app.figures import upsample
+
+    lut = matplotlib.colormaps[cmap]
+    up = upsample(maps, size)
+    lo, hi = up.min(axis=(1, 2), keepdims=True), up.max(axis=(1, 2), keepdims=True)
+    heat = lut((up - lo) / (hi - lo + 1e-12))[..., :3] * 255.0
+    base = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC), dtype=np.float32)
+                     for im in images])
+    return list(((1 - alpha) * base + alpha * heat).clip(0, 255).astype(np.uint8))
+
+
+def mean_maps_figure(means: dict, layer: str):
+    """One attended layer's mean attention map per head (plotly heatmaps on a shared scale)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    m = np.asarray(means[layer], dtype=float)
+    fig = make_subplots(rows=1, cols=len(m), subplot_titles=[f"head {k + 1}" for k in range(len(m))],
+                        horizontal_spacing=0.03)
+    for k, mk in enumerate(m, start=1):
+        fig.add_trace(go.Heatmap(z=mk, coloraxis="coloraxis", hovertemplate="x=%{x}, y=%{y}: %{z:.4f}<extra></extra>"),
+                      row=1, col=k)
+        fig.update_yaxes(autorange="reversed", scaleanchor=f"x{k if k > 1 else ''}", showticklabels=False, row=1, col=k)
+        fig.update_xaxes(showticklabels=False, row=1, col=k)
+    fig.update_layout(coloraxis=dict(colorscale="Jet", colorbar=dict(title="mean H")), height=260,
+                      title=f"{layer}: mean attention map of each head", margin=dict(l=10, r=10, t=60, b=10))
+    return fig

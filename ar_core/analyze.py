@@ -27,6 +27,7 @@ import torch
 
 from . import data as D
 from .checkpoint import CheckpointError, load_checkpoint
+from .atlas import head_atlas
 from .gates import gate_statistics
 from .evaluate import (ClassMismatchError, align_labels, calibration_bins, collect, confusion_matrix, summarize,
                        validation_split)
@@ -323,6 +324,7 @@ def analyze(model: AttendAndRectify, dataset: D.TensorDataset, meta: dict[str, A
     result.update(dataset_story(cat, dataset.labels, classes, model.sources))
     if model.attend:
         result["gate_pre_tanh"] = gate_statistics(cat, model.sources)
+        result["head_atlas"] = head_atlas(cat, dataset.labels, classes, model.sources)
     result["seconds_predictions"] = round(seconds, 2)
     if faithfulness_n > 0:
         k = min(faithfulness_n, n)

@@ -110,6 +110,10 @@ def test_cli_writes_json_and_figures(tiny_setup, tmp_path):
         assert (out / name).stat().st_size > 1000, name
     assert set(result["figures"]) >= {"reliability.png", "faithfulness.png"}
     assert set(result["gate_pre_tanh"]["gates"]) == {"global", "group1", "group2", "group3"}
+    atlas = result["head_atlas"]["layers"]
+    assert set(atlas) == {"group1", "group2", "group3"} and len(atlas["group3"]) == 2
+    assert sorted(atlas["group1"][0]["top_indices"]) == list(range(12))  # only 12 images: all of them
+    assert sum(h["most_trusted_share"] for h in atlas["group2"]) == pytest.approx(1.0)
 
 
 def test_cli_sanity_check(tiny_setup, tmp_path):

@@ -83,3 +83,33 @@ def test_inspector_sanity_check_runs_on_request(app_env):
     verdicts = [m.value for m in at.markdown if "resembles the original" in m.value or "constant" in m.value]
     assert len(verdicts) == 2 and verdicts[0].startswith("- **Attention (gated)**")
     assert len(at.get("download_button")) == 4  # the three exports and the strip
+
+
+def test_dataset_page_head_atlas(app_env):
+    at = AppTest.from_string(DATASET_APP, default_timeout=120).run()
+    at.selectbox(key="model_label").set_value("tiny-ad3 (AR_CHECKPOINT)").run()
+    at.selectbox(key="dataset_kind").set_value("ImageFolder directory").run()
+    at.number_input(key="faith_n").set_value(0)
+    at.button(key="analyse_go").click().run()
+    assert "Head atlas" in [t.label for t in at.tabs]
+    (r, _), = at.session_state["analyses"].values()
+    overview = _frame(at, "own accuracy")
+    assert len(overview) == 6 and list(overview["layer"]) == ["group1"] * 2 + ["group2"] * 2 + ["group3"] * 2
+    assert list(overview["own accuracy"]) == [f"{h['accuracy']:.1%}" for l in r["head_atlas"]["layers"].values()
+                                              for h in l]
+    at.selectbox(key="atlas_layer").set_value("group2").run()
+    at.selectbox(key="atlas_head").set_value(1).run()
+    assert not at.exception and not _errors(at)
+    head = r["head_atlas"]["layers"]["group2"][1]
+    top = [b for b in at.button if b.key and b.key.startswith("atlas_open_top_")]
+    shown = [int(b.key.rsplit("_", 1)[1]) for b in top]  # column by column, so only the first is in rank order
+    assert sorted(shown) == sorted(head["top_indices"]) and shown[0] == head["top_indices"][0]
+    (maps,) = [v for k, v in at.session_state["atlas_maps"].items() if k[-3:-1] == ("group2", 1)]
+    assert maps.shape == (24, 16, 16)  # 12 top and 12 bottom images, group2's 16x16 maps
+    assert not [c for c in at.get("plotly_chart") if c.proto.id.endswith("atlas_mean_fig")]
+    at.button(key="atlas_means_go").click().run()
+    assert not at.exception
+    assert [c for c in at.get("plotly_chart") if c.proto.id.endswith("atlas_mean_fig")]
+    [b for b in at.button if b.key == f"atlas_open_bottom_{head['bottom_indices'][0]}"][0].click().run()
+    assert not at.exception
+    assert at.session_state["source"] == "Dataset" and at.session_state["browse_pos"] == head["bottom_indices"][0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app import figures, gate_views, sidebar, state
+from app import atlas_views, figures, gate_views, sidebar, state
 from ar_core.evaluate import ClassMismatchError
 
 
@@ -91,7 +91,7 @@ def render():
     m3.metric("Top-5", f"{r['top5_accuracy']:.2%}")
     m4.metric("ECE", f"{r['ece']:.2%}")
     tabs = st.tabs(["Sources & rectification", "Confusion", "Calibration", "Gates & heads", "Faithfulness",
-                    "Gate behaviour"])
+                    "Gate behaviour", "Head atlas"])
     with tabs[0]:
         if "source_accuracy" not in r:
             st.info("A baseline (AD = 0) has one source only.")
@@ -162,3 +162,5 @@ def render():
                           for m, vals in f.items()], hide_index=True)
     with tabs[5]:
         gate_views.dataset_gates(r)
+    with tabs[6]:
+        atlas_views.head_atlas(model, meta, ds, r, key, _open_in_inspector)
