@@ -240,8 +240,8 @@ def figure(summary: dict[str, Any]):
             ax.errorbar(range(len(stages)), mean, yerr=std, marker="o", capsize=3, label=method)
         ax.axhline(0, color="0.6", lw=0.8)
         ax.set_xticks(range(len(stages)), stages, rotation=20, fontsize=8)
-        ax.set(ylabel=label, ylim=(-0.3, 1.05),
-               title=f"{label} to the trained model's map ({summary['images']} images)")
+        ax.set(ylabel=label, ylim=(-0.3, 1.05), title=label)
         ax.legend(fontsize=7)
-    fig.supxlabel("weights randomised, cumulatively from the output side")
+    fig.suptitle(f"similarity to the trained model's map, mean ± std over {summary['images']} images", fontsize=10)
+    fig.supxlabel("weights randomised, cumulatively from the output side", fontsize=9)
     return fig
