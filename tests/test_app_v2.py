@@ -1,9 +1,12 @@
 """The explorer's gate-behaviour, sanity-check and atlas views, driven headlessly with AppTest."""
 
+from urllib.parse import parse_qs, urlsplit
+
 import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
+from conftest import ROOT
 from test_app import _errors, _png, _start, app_env  # noqa: F401  (app_env is a fixture)
 
 DATASET_APP = (
@@ -113,3 +116,72 @@ def test_dataset_page_head_atlas(app_env):
     [b for b in at.button if b.key == f"atlas_open_bottom_{head['bottom_indices'][0]}"][0].click().run()
     assert not at.exception
     assert at.session_state["source"] == "Dataset" and at.session_state["browse_pos"] == head["bottom_indices"][0]
+
+
+def _problems(at):
+    """Error boxes other than the verdict of a spoiled prediction (a result, not a problem)."""
+    return [e for e in _errors(at) if not e.startswith("**Spoiled.**")]
+
+
+def _open(params):
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60)
+    for k, v in params.items():
+        at.query_params[k] = v
+    return at.run()
+
+
+def _link(at):
+    (code,) = [c.value for c in at.code if "checkpoint=" in c.value or "source=" in c.value]
+    return parse_qs(urlsplit(code).query)
+
+
+def test_a_link_opens_the_same_view(app_env):
+    view = {"checkpoint": "tiny-ad3", "source": "dataset", "dataset": "folder", "index": "5", "layer": "group2",
+            "head": "2", "class": "class3", "tta": "none", "tab": "2 · Attention maps"}
+    at = _open(view)
+    assert not at.exception and not _problems(at)
+    assert not [c.value for c in at.caption if c.value.startswith("Link:")]
+    ss = at.session_state
+    assert ss["model_label"] == "tiny-ad3 (AR_CHECKPOINT)" and ss["tta"] == "none"
+    assert ss["result"]["index"] == 5 and ss["result"]["name"].endswith("#5")
+    assert (ss["hm_layer"], ss["hm_head"], ss["attr_target"]) == (1, 1, 3)
+    assert ss["tab"] == "2 · Attention maps"
+    link = _link(at)
+    assert {k: v[0] for k, v in link.items()} == view  # the link reproduces the view it was opened with
+    for k, v in view.items():
+        if k != "tab":
+            assert at.query_params[k] == [v] or at.query_params[k] == v, k
+    # the URL follows the view: another head, another link
+    at.selectbox(key="hm_head").set_value(0).run()
+    assert _link(at)["head"] == ["1"]
+
+
+def test_bad_link_values_fall_back_with_a_note(app_env):
+    at = _open({"checkpoint": "no-such-model", "source": "ftp", "index": "abc", "layer": "group9", "head": "7",
+                "class": "zebra", "tta": "maybe", "tab": "9 · Nonsense", "dataset": "imagenet"})
+    assert not at.exception and not _problems(at)
+    (note,) = [c.value for c in at.caption if c.value.startswith("Link:")]
+    for word in ("no-such-model", "ftp", "abc", "group9", "'7'", "zebra", "maybe", "9 · Nonsense", "imagenet"):
+        assert word in note, word
+    ss = at.session_state
+    assert ss["source"] == "Upload" and ss["tta"] == "as trained" and "hm_layer" not in ss
+    assert any("Upload an image" in i.value for i in at.info)
+
+
+def test_uploaded_images_are_not_in_links(app_env):
+    at = _start()
+    at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()
+    link = _link(at)
+    assert link["source"] == ["upload"] and "index" not in link and link["checkpoint"] == ["tiny-ad3"]
+    assert any("Not in links: uploaded images" in c.value for c in at.caption)
+    at = _open({"index": "99", "source": "dataset", "dataset": "folder"})  # 12 images: 99 is not one
+    assert not at.exception
+    assert at.session_state["result"]["index"] == 0
+    assert any("image 99 is not in this data set; showing image 0" in c.value for c in at.caption)
+
+
+def test_a_link_names_a_shipped_checkpoint(app_env):
+    at = _open({"checkpoint": "cifar100-wrn16x4-ad3aw4", "class": "apple", "layer": "group3"})
+    assert not at.exception and not [c.value for c in at.caption if c.value.startswith("Link:")]
+    assert at.session_state["model_label"] == "cifar100-wrn16x4-ad3aw4 (shipped)"
+    assert at.session_state["attr_target"] == 0 and at.session_state["hm_layer"] == 2  # checked on its own config

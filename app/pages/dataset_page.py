@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app import atlas_views, figures, gate_views, sidebar, state
+from app import atlas_views, figures, gate_views, share, sidebar, state
 from ar_core.evaluate import ClassMismatchError
 
 
@@ -53,6 +53,8 @@ def render():
     st.write("One image tells one story; this page runs the model over a whole data set: how accurate each "
              "source is alone, how often fusion rectified the network, how the gates behave per class, which "
              "heads specialise, and whether the attention maps are faithful to what the model uses.")
+    share.apply_link()
+    share.show_notes()
     chosen = sidebar.chosen_model()
     if chosen is None:
         return

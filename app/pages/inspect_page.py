@@ -9,12 +9,14 @@ import time
 import numpy as np
 import streamlit as st
 
-from app import figures, gate_views, sanity_views, sidebar, state, widgets
+from app import figures, gate_views, sanity_views, share, sidebar, state, widgets
 from app.pages.about import EQUATIONS
 from ar_core.inference import (OUTCOMES, ImageError, ablate, filter_indices, fit_image, load_image, rectification,
                                to_uint8, topk, trace_to_json, trace_to_npz)
 
 CMAPS = ["jet", "viridis", "inferno", "magma", "gray"]
+TABS = ["1 · Prediction", "2 · Attention maps", "3 · Confidence gates", "4 · Global fusion", "5 · Attributions",
+        "6 · Baseline vs attention", "Export", "Sanity check"]
 
 
 def _decode(raw):
@@ -78,6 +80,7 @@ def render():
     st.title("Attend & Rectify Explorer")
     st.write("Pick an image and see where each attention head looked, how much each gate trusted it, and how "
              "the final answer was fused — and possibly rectified.")
+    share.apply_link(TABS)
     chosen = sidebar.chosen_model()
     if chosen is None:
         return
@@ -104,8 +107,10 @@ def render():
         result = state.cached_inspection(model, meta, (digest, fit, path, device), x)
         st.session_state["result"] = {"name": name, "image": x[0].permute(1, 2, 0).numpy(), "ins": result,
                                       "label": true_label, "path": path, "device": device,
-                                      "wall_ms": (time.perf_counter() - t0) * 1000}
+                                      "wall_ms": (time.perf_counter() - t0) * 1000, "source": source,
+                                      "index": int(name.rsplit("#", 1)[1]) if source == "Dataset" else None}
     res = st.session_state.get("result")
+    share.show_notes(res)
     if res is None:
         st.info("Upload an image, take a picture, or browse a dataset to begin.")
         return
@@ -119,6 +124,7 @@ def _views(res, model, meta):
     c1, c2 = st.columns([1, 4])
     with c1:
         st.image(res["image"], caption=f"{res['name']}: model input", width=160)
+        share.link_control(res, trace, classes)
     with c2:
         pred = topk(trace.output[0], classes, 1)[0]
         net = topk(trace.net_output[0], classes, 1)[0]
@@ -137,8 +143,7 @@ def _views(res, model, meta):
         tta = " · averaged with the mirror image (flip test-time augmentation)" if trace.views else ""
         st.caption(f"Device {ins.device} · model run {ins.latency_ms:.0f} ms{tta}")
 
-    tabs = st.tabs(["1 · Prediction", "2 · Attention maps", "3 · Confidence gates", "4 · Global fusion",
-                    "5 · Attributions", "6 · Baseline vs attention", "Export", "Sanity check"])
+    tabs = st.tabs(TABS, key=share.TAB_KEY, bind="query-params")
     with tabs[0]:
         st.write("Top-5 classes of the fused output, of the network's own output, and of each attended layer's "
                  "hypothesis. Probabilities are the softmax of each source's scores.")
