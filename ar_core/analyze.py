@@ -4,7 +4,9 @@ Per-source accuracy, calibration and its reliability diagram, the rectification 
 per class), global- and confidence-gate distributions (per-class means, entropy, which source
 carries the most weight), head specialisation (mutual information between each head's top class and
 the true class), confusion matrices of the fused and the network-only output, and the faithfulness
-of attention maps and attributions (deletion/insertion areas against a random order).
+of attention maps and attributions (deletion/insertion areas against a random order), the gates'
+pre-tanh values and how often they saturate, and with ``--sanity N`` the maps' sanity check by
+cascading weight randomisation (ar_core.sanity).
 OUTDIR gets ``analysis.json`` and PNG figures. Per-image results are cached on disk, keyed by the
 checkpoint's weights and the data's content, and saved as they are computed, so an interrupted
 run resumes where it stopped.
@@ -25,6 +27,8 @@ import torch
 
 from . import data as D
 from .checkpoint import CheckpointError, load_checkpoint
+from .atlas import head_atlas
+from .gates import gate_statistics
 from .evaluate import (ClassMismatchError, align_labels, calibration_bins, collect, confusion_matrix, summarize,
                        validation_split)
 from .inference import flip_tta
@@ -269,6 +273,14 @@ def save_figures(result: dict[str, Any], out: Path) -> list[str]:
         ax.set(title="head specialisation: I(head's top class; true class), bits")
         fig.colorbar(im, ax=ax)
         save(fig, "head_class_mi.png")
+    if result.get("gate_pre_tanh"):
+        from .gates import figure as gate_figure
+
+        save(gate_figure(result["gate_pre_tanh"]), "gate_pre_tanh.png")
+    if result.get("sanity"):
+        from .sanity import figure as sanity_figure
+
+        save(sanity_figure(result["sanity"]), "sanity.png")
     if result.get("faithfulness"):
         fig = Figure(figsize=(7, 3.5), layout="constrained")
         axes = fig.subplots(1, 2)
@@ -288,21 +300,23 @@ def save_figures(result: dict[str, Any], out: Path) -> list[str]:
 def analyze(model: AttendAndRectify, dataset: D.TensorDataset, meta: dict[str, Any], faithfulness_n: int = 500,
             methods: Sequence[str] = FAITHFULNESS_METHODS, batch_size: int = 500, use_cache: bool = True,
             progress: Callable[[str, int, int], None] | None = None, return_arrays: bool = False,
-            flip: bool | None = None):
+            flip: bool | None = None, sanity_n: int = 0):
     """Every number of the analysis as a JSON-ready dict (``progress(stage, done, total)``).
 
     ``flip``: flip test-time augmentation for the predictions and gates (None: the checkpoint's
     setting, as in the evaluator and the app). Faithfulness explains the single, un-mirrored pass.
 
     With ``return_arrays`` also the per-image arrays (predictions, gates), to list the images
-    behind any number.
+    behind any number. ``sanity_n`` > 0 adds the cascading-randomisation sanity check of the maps
+    over that many images (the first of the same fixed random order as faithfulness).
     """
     classes = list(meta.get("classes") or dataset.classes)
     dataset = align_labels(dataset, classes)
     model.eval()
     flip = flip_tta(meta) if flip is None else flip
     key = cache_key(meta, dataset)
-    cache = D.cache_dir() / "analysis" / f"{key}{'-flip' if flip else ''}.safetensors" if use_cache else None
+    # "-v2": the per-image arrays gained the gates' pre-tanh values; older caches lack them.
+    cache = D.cache_dir() / "analysis" / f"{key}{'-flip' if flip else ''}-v2.safetensors" if use_cache else None
     t0 = time.perf_counter()
     n = len(dataset)
     cat = collect_cached(model, dataset, meta, cache, batch_size=batch_size,
@@ -312,6 +326,9 @@ def analyze(model: AttendAndRectify, dataset: D.TensorDataset, meta: dict[str, A
     result["sources"] = list(model.sources)
     result["test_time_augmentation"] = "flip" if flip else "none"
     result.update(dataset_story(cat, dataset.labels, classes, model.sources))
+    if model.attend:
+        result["gate_pre_tanh"] = gate_statistics(cat, model.sources)
+        result["head_atlas"] = head_atlas(cat, dataset.labels, classes, model.sources)
     result["seconds_predictions"] = round(seconds, 2)
     if faithfulness_n > 0:
         k = min(faithfulness_n, n)
@@ -340,6 +357,17 @@ def analyze(model: AttendAndRectify, dataset: D.TensorDataset, meta: dict[str, A
         result["faithfulness"] = summarize_faithfulness(areas)
         result["faithfulness_images"] = k
         result["seconds_faithfulness"] = round(time.perf_counter() - t1, 2)
+    if sanity_n > 0:
+        from . import sanity
+
+        k = min(sanity_n, n)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:k].tolist()
+        t2 = time.perf_counter()
+        methods = [m for m in sanity.METHODS if m != "attention" or model.attend]
+        stages, arrays = sanity.sanity_over(model, dataset.images, meta, order, methods,
+                                            progress=(lambda j: progress("sanity", j, k)) if progress else None)
+        result["sanity"] = {**sanity.summarize(stages, arrays), "seconds": round(time.perf_counter() - t2, 2),
+                            "target": "the trained model's fused prediction (single view)"}
     return (result, cat) if return_arrays else result
 
 
@@ -355,6 +383,8 @@ def main(argv=None) -> dict[str, Any]:
     p.add_argument("--out", required=True, help="output folder (analysis.json and PNG figures)")
     p.add_argument("--faithfulness", type=int, default=500, help="images for the deletion/insertion curves (0: skip)")
     p.add_argument("--methods", nargs="*", default=list(FAITHFULNESS_METHODS), choices=FAITHFULNESS_METHODS)
+    p.add_argument("--sanity", type=int, default=0, metavar="N",
+                   help="sanity check of the maps (cascading weight randomisation) over N images (0: skip)")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--no-cache", action="store_true")
     p.add_argument("--threads", type=int, default=0)
@@ -383,7 +413,8 @@ def main(argv=None) -> dict[str, Any]:
         bar.update(done - bar.n)
 
     try:
-        result = analyze(model, dataset, meta, a.faithfulness, a.methods, a.batch_size, not a.no_cache, progress)
+        result = analyze(model, dataset, meta, a.faithfulness, a.methods, a.batch_size, not a.no_cache, progress,
+                         sanity_n=a.sanity)
     except ClassMismatchError as e:
         sys.exit(f"error: {e}")
     for bar in bars.values():

@@ -30,6 +30,12 @@ class ModuleOutput(NamedTuple):
     head_hypotheses: torch.Tensor  # o^l_k, (B, K, M) class scores
     confidence_gates: torch.Tensor  # g^l, (B, K), sums to 1 over k
     hypothesis: torch.Tensor  # o^l, (B, M)
+    gate_pre_tanh: torch.Tensor  # the input of tanh in [3], (B, K): |x| > 2 pins the gate's tanh at ±1
+
+
+class GlobalGateOutput(NamedTuple):
+    gates: torch.Tensor  # g_O, (B, S), sums to 1
+    pre_tanh: torch.Tensor  # BN(W_G · GAP(Z^L)), the input of tanh in [5], (B, S)
 
 
 def _conv(in_ch: int, out_ch: int, kernel_size: int) -> nn.Conv2d:
@@ -73,7 +79,7 @@ class AttentionModule(nn.Module):
             confidence_gates = F.softmax(torch.tanh(s), dim=1)
             # [4] the module's hypothesis: heads mixed by their confidence gates.
             hypothesis = torch.einsum("bk,bkm->bm", confidence_gates, head_hypotheses)
-        return ModuleOutput(H.reshape(b, k, h, w), head_hypotheses, confidence_gates, hypothesis)
+        return ModuleOutput(H.reshape(b, k, h, w), head_hypotheses, confidence_gates, hypothesis, s)
 
     def _forward_1x1(self, z: torch.Tensor) -> ModuleOutput:
         """The same equations for 1x1 heads, computed in the cheaper order.
@@ -93,9 +99,10 @@ class AttentionModule(nn.Module):
             H = F.softmax(torch.einsum("kc,bcp->bkp", W_H, Z), dim=2)  # [1]
             pooled = torch.einsum("bkp,bcp->bkc", H, Z)  # Σ_xy H_k Z, one C-vector per head
             head_hypotheses = torch.einsum("bkc,kmc->bkm", pooled, W_O)  # [2]
-            confidence_gates = F.softmax(torch.tanh(torch.einsum("bkc,kc->bk", pooled, W_g)), dim=1)  # [3]
+            s = torch.einsum("bkc,kc->bk", pooled, W_g)
+            confidence_gates = F.softmax(torch.tanh(s), dim=1)  # [3]
             hypothesis = torch.einsum("bk,bkm->bm", confidence_gates, head_hypotheses)  # [4]
-        return ModuleOutput(H.reshape(b, k, h, w), head_hypotheses, confidence_gates, hypothesis)
+        return ModuleOutput(H.reshape(b, k, h, w), head_hypotheses, confidence_gates, hypothesis, s)
 
 
 class GlobalGate(nn.Module):
@@ -107,9 +114,10 @@ class GlobalGate(nn.Module):
         nn.init.kaiming_normal_(self.linear.weight)
         self.bn = nn.BatchNorm1d(num_sources)
 
-    def forward(self, last_features: torch.Tensor) -> torch.Tensor:
+    def forward(self, last_features: torch.Tensor) -> GlobalGateOutput:
         pooled = last_features.mean(dim=(2, 3))  # GAP(Z^L)
-        return F.softmax(torch.tanh(self.bn(self.linear(pooled))).float(), dim=1)
+        pre_tanh = self.bn(self.linear(pooled))
+        return GlobalGateOutput(F.softmax(torch.tanh(pre_tanh).float(), dim=1), pre_tanh.float())
 
 
 def fusion_contributions(global_gates: torch.Tensor, source_scores: torch.Tensor) -> torch.Tensor:

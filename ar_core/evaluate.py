@@ -124,7 +124,8 @@ def collect(model: AttendAndRectify, images: torch.Tensor, labels: torch.Tensor,
     ``flip``: flip test-time augmentation, as the app applies it (None: the checkpoint's setting).
 
     Arrays: pred, confidence, top5, nll, net_pred, and for attention models pred/<layer>,
-    conf_gates/<layer>, head_pred/<layer> (each head's top class) and global_gates.
+    conf_gates/<layer>, head_pred/<layer> (each head's top class), global_gates, and what the
+    gates' tanh received: gate_pre_tanh/<layer> and global_pre_tanh.
     ``progress(n)`` is called with the number of images done after each batch.
     """
     device = device or next(model.parameters()).device
@@ -153,8 +154,10 @@ def collect(model: AttendAndRectify, images: torch.Tensor, labels: torch.Tensor,
             add(f"pred/{layer.name}", layer.hypothesis.argmax(dim=1))
             add(f"conf_gates/{layer.name}", layer.confidence_gates.float())
             add(f"head_pred/{layer.name}", layer.head_hypotheses.argmax(dim=2))
+            add(f"gate_pre_tanh/{layer.name}", layer.gate_pre_tanh.float())
         if trace.layers:
             add("global_gates", trace.global_gates.float())
+            add("global_pre_tanh", trace.global_pre_tanh.float())
         if progress is not None:
             progress(min(len(labels), i + batch_size))
     if device.type == "cuda":

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .model import AttendAndRectify, Trace
+from .model import LAYER_FIELDS, AttendAndRectify, Trace
 
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 MAX_PIXELS = 40_000_000  # larger images are refused before decoding (decompression bombs)
@@ -216,8 +216,10 @@ def trace_arrays(trace: Trace, i: int | None = None) -> dict[str, np.ndarray]:
     sel = (lambda t: t[i]) if i is not None else (lambda t: t)
     out = {"output": sel(trace.output), "net_output": sel(trace.net_output),
            "global_gates": sel(trace.global_gates), "contributions": sel(trace.contributions)}
+    if trace.layers:
+        out["global_pre_tanh"] = sel(trace.global_pre_tanh)
     for layer in trace.layers:
-        for f in ("attention_maps", "head_hypotheses", "confidence_gates", "hypothesis"):
+        for f in LAYER_FIELDS:
             out[f"{layer.name}/{f}"] = sel(getattr(layer, f))
     return {k: v.detach().float().cpu().numpy() for k, v in out.items()}
 

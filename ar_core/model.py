@@ -76,6 +76,11 @@ class LayerTrace:
     head_hypotheses: torch.Tensor  # o^l_k (B, K, M): each head's class scores
     confidence_gates: torch.Tensor  # g^l (B, K): trust in each head; sums to 1
     hypothesis: torch.Tensor  # o^l (B, M): the gated mix of the heads
+    gate_pre_tanh: torch.Tensor  # (B, K): what tanh receives in [3]; beyond ±2 the gate barely moves
+
+
+# The per-image tensors of a LayerTrace, in ModuleOutput's order.
+LAYER_FIELDS = ("attention_maps", "head_hypotheses", "confidence_gates", "hypothesis", "gate_pre_tanh")
 
 
 @dataclass
@@ -90,6 +95,7 @@ class Trace:
     global_gates: torch.Tensor  # g_O (B, N+1), sums to 1
     contributions: torch.Tensor  # g_O^s · log_softmax(o^s), (B, N+1, M); sums over sources to output
     output: torch.Tensor  # fused log-scores (B, M); prediction = argmax, probabilities = softmax
+    global_pre_tanh: torch.Tensor  # (B, N+1): what tanh receives in [5]; (B, 0) without attention
     sources: list[str] = field(default_factory=list)
     # With flip test-time augmentation: the image's own trace and its mirror's (maps flipped back);
     # every tensor above is then their mean. Empty for a single view.
@@ -97,28 +103,27 @@ class Trace:
 
     def map(self, fn) -> "Trace":
         """A copy with ``fn`` applied to every tensor (e.g. ``lambda t: t.cpu()``)."""
-        layers = [LayerTrace(l.name, *(fn(getattr(l, f)) for f in
-                                       ("attention_maps", "head_hypotheses", "confidence_gates", "hypothesis")))
-                  for l in self.layers]
+        layers = [LayerTrace(l.name, *(fn(getattr(l, f)) for f in LAYER_FIELDS)) for l in self.layers]
         return Trace(layers, fn(self.net_output), fn(self.global_gates), fn(self.contributions),
-                     fn(self.output), list(self.sources), [v.map(fn) for v in self.views])
+                     fn(self.output), fn(self.global_pre_tanh), list(self.sources), [v.map(fn) for v in self.views])
 
 
 def mean_of_views(views: Sequence[Trace]) -> Trace:
     """The element-wise mean of traces of the same images seen differently (test-time augmentation).
 
     Means keep every map and gate summing to 1 and the contributions summing to the output, so
-    every view of the app reads the averaged trace as it reads a single one.
+    every view of the app reads the averaged trace as it reads a single one. The pre-tanh values
+    are the mean of the views' too (the gates are not recomputed from them).
     """
     def mean(get):
         return torch.stack([get(v) for v in views]).mean(0)
 
     first = views[0]
-    layers = [LayerTrace(l.name, *(mean(lambda v, i=i, f=f: getattr(v.layers[i], f)) for f in
-                                   ("attention_maps", "head_hypotheses", "confidence_gates", "hypothesis")))
+    layers = [LayerTrace(l.name, *(mean(lambda v, i=i, f=f: getattr(v.layers[i], f)) for f in LAYER_FIELDS))
               for i, l in enumerate(first.layers)]
     return Trace(layers, mean(lambda v: v.net_output), mean(lambda v: v.global_gates),
-                 mean(lambda v: v.contributions), mean(lambda v: v.output), list(first.sources), list(views))
+                 mean(lambda v: v.contributions), mean(lambda v: v.output), mean(lambda v: v.global_pre_tanh),
+                 list(first.sources), list(views))
 
 
 class AttendAndRectify(nn.Module):
@@ -172,13 +177,14 @@ class AttendAndRectify(nn.Module):
         features = self.backbone(x)
         modules = [self.attention[name](features[name]) for name in self.attend]
         net_output = features["logits"]
-        if self.global_gate is None:  # AD = 0: the network alone, with gate 1
+        if self.global_gate is None:  # AD = 0: the network alone, with gate 1 (and no tanh)
             global_gates = net_output.new_ones(net_output.shape[0], 1, dtype=torch.float32)
+            pre_tanh = net_output.new_zeros(net_output.shape[0], 0, dtype=torch.float32)
         else:
-            global_gates = self.global_gate(features["last"])
+            global_gates, pre_tanh = self.global_gate(features["last"])
         source_scores = torch.stack([m.hypothesis for m in modules] + [net_output.float()], dim=1)
         contributions = fusion_contributions(global_gates, source_scores)
-        return modules, net_output, global_gates, contributions
+        return modules, net_output, global_gates, contributions, pre_tanh
 
     def regularizer(self, attention_maps: Sequence[torch.Tensor]) -> torch.Tensor:
         """λ · mean_l R^l (zero without attention)."""
@@ -187,7 +193,7 @@ class AttendAndRectify(nn.Module):
         return self.reg_weight * torch.stack([inter_head_regularizer(h) for h in attention_maps]).mean()
 
     def forward(self, x: torch.Tensor):
-        modules, _, _, contributions = self._run(x)
+        modules, _, _, contributions, _ = self._run(x)
         output = contributions.sum(dim=1)
         if self.training:
             return output, self.regularizer([m.attention_maps for m in modules]).to(output.device)
@@ -207,9 +213,9 @@ class AttendAndRectify(nn.Module):
             for layer in mirror.layers:
                 layer.attention_maps = layer.attention_maps.flip(3)
             return mean_of_views([own, mirror])
-        modules, net_output, global_gates, contributions = self._run(x)
+        modules, net_output, global_gates, contributions, pre_tanh = self._run(x)
         layers = [LayerTrace(name, *m) for name, m in zip(self.attend, modules)]
-        return Trace(layers, net_output.float(), global_gates, contributions, contributions.sum(dim=1),
+        return Trace(layers, net_output.float(), global_gates, contributions, contributions.sum(dim=1), pre_tanh,
                      self.sources)
 
 

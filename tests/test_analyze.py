@@ -78,6 +78,18 @@ def test_analysis_matches_an_independent_computation_and_resumes_from_cache(tiny
     assert sum(r["rectification"].values()) == 12
     assert set(r["faithfulness"]) == {"attention", "saliency", "random"}
     assert r["faithfulness"]["random"]["n"] == 2
+    # the gates' pre-tanh statistics come from the same pass: they match a direct trace
+    from ar_core.inference import preprocess
+
+    with torch.no_grad():
+        t = model.trace(preprocess(data.images, meta))
+    glob = r["gate_pre_tanh"]["gates"]["global"]
+    assert glob["units"] == model.sources
+    # (the pass runs in bfloat16 on CPUs that have it, hence the tolerance)
+    assert glob["mean"] == pytest.approx(t.global_pre_tanh.double().mean(0).tolist(), abs=2e-2)
+    assert glob["max"] == pytest.approx(t.global_pre_tanh.max(0).values.tolist(), abs=3e-2)
+    assert r["gate_pre_tanh"]["gates"]["group2"]["mean"] == pytest.approx(
+        t.layers[1].gate_pre_tanh.double().mean(0).tolist(), abs=2e-2)
     # a second run is served from the cache: collecting again would be an error here
     monkeypatch.setattr(A, "collect", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
     monkeypatch.setattr(A, "faithfulness", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
@@ -106,9 +118,26 @@ def test_cli_writes_json_and_figures(tiny_setup, tmp_path):
     result = json.loads((out / "analysis.json").read_text())
     assert 0 <= result["accuracy"] <= 1 and result["n"] == 12
     for name in ("reliability.png", "confusion_matrix.png", "net_confusion_matrix.png", "source_accuracy.png",
-                 "global_gates_per_class.png", "head_class_mi.png", "faithfulness.png"):
+                 "global_gates_per_class.png", "head_class_mi.png", "faithfulness.png", "gate_pre_tanh.png"):
         assert (out / name).stat().st_size > 1000, name
     assert set(result["figures"]) >= {"reliability.png", "faithfulness.png"}
+    assert set(result["gate_pre_tanh"]["gates"]) == {"global", "group1", "group2", "group3"}
+    atlas = result["head_atlas"]["layers"]
+    assert set(atlas) == {"group1", "group2", "group3"} and len(atlas["group3"]) == 2
+    assert sorted(atlas["group1"][0]["top_indices"]) == list(range(12))  # only 12 images: all of them
+    assert sum(h["most_trusted_share"] for h in atlas["group2"]) == pytest.approx(1.0)
+
+
+def test_cli_sanity_check(tiny_setup, tmp_path):
+    root, ckpt = tiny_setup
+    out = tmp_path / "report"
+    A.main(["--checkpoint", str(ckpt), "--data", str(root), "--out", str(out), "--faithfulness", "0",
+            "--sanity", "2"])
+    s = json.loads((out / "analysis.json").read_text())["sanity"]
+    assert s["images"] == 2 and s["stages"] == ["original", "gates & heads", "group3", "group2", "group1 & stem"]
+    assert set(s["methods"]) == {"attention", "saliency", "integrated_gradients", "gradcam"}
+    assert s["methods"]["saliency"]["spearman_mean"][0] == 1.0
+    assert (out / "sanity.png").stat().st_size > 1000
 
 
 def test_cli_errors(tiny_setup, tmp_path):

@@ -49,10 +49,10 @@ def test_quantised_maps_keep_their_mass_and_shape():
 def _fake_trace(p=32, k=4, m=100, sides=(32, 16, 8)):
     g = torch.Generator().manual_seed(0)
     layers = [LayerTrace(f"group{i + 1}", F.softmax(torch.randn(p, k, s * s, generator=g), -1).view(p, k, s, s),
-                         torch.randn(p, k, m), F.softmax(torch.randn(p, k), -1), torch.randn(p, m))
+                         torch.randn(p, k, m), F.softmax(torch.randn(p, k), -1), torch.randn(p, m), torch.randn(p, k))
               for i, s in enumerate(sides)]
     gates = F.softmax(torch.randn(p, 4, generator=g), -1)
-    return Trace(layers, torch.randn(p, m), gates, torch.randn(p, 4, m), torch.randn(p, m),
+    return Trace(layers, torch.randn(p, m), gates, torch.randn(p, 4, m), torch.randn(p, m), torch.randn(p, 4),
                  ["group1", "group2", "group3", "network"])
 
 

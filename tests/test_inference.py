@@ -179,6 +179,8 @@ def test_exports_hold_the_whole_trace(traced):
     npz = np.load(io.BytesIO(I.trace_to_npz(traced, 1)))
     np.testing.assert_allclose(npz["output"], traced.output[1].numpy())
     assert npz["group3__confidence_gates"].shape == (2,)
+    np.testing.assert_allclose(doc["global_pre_tanh"], traced.global_pre_tanh[1].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(npz["group2__gate_pre_tanh"], traced.layers[1].gate_pre_tanh[1].numpy())
     assert set(I.trace_arrays(traced)) >= {"contributions", "global_gates", "group1/head_hypotheses"}
 
 

@@ -49,7 +49,9 @@ def test_equations_match_direct_recomputation(tiny_model):
             o_k = torch.stack([torch.stack([(H[k] * O[b, k * M + m]).sum() for m in range(M)])
                                for k in range(K)])  # [2]
             torch.testing.assert_close(layer.head_hypotheses[b], o_k)
-            score = torch.tanh(torch.stack([(s[b, k] * H[k]).sum() for k in range(K)]))
+            pre = torch.stack([(s[b, k] * H[k]).sum() for k in range(K)])
+            torch.testing.assert_close(layer.gate_pre_tanh[b], pre)
+            score = torch.tanh(pre)
             g = torch.exp(score) / torch.exp(score).sum()  # [3]
             torch.testing.assert_close(layer.confidence_gates[b], g)
             torch.testing.assert_close(layer.hypothesis[b], (g[:, None] * o_k).sum(0))  # [4]
@@ -58,6 +60,7 @@ def test_equations_match_direct_recomputation(tiny_model):
     pooled = feats["last"].mean((2, 3))
     pre = pooled @ gg.linear.weight.T
     bn = (pre - gg.bn.running_mean) / torch.sqrt(gg.bn.running_var + gg.bn.eps) * gg.bn.weight + gg.bn.bias
+    torch.testing.assert_close(t.global_pre_tanh, bn)
     g_O = torch.softmax(torch.tanh(bn), 1)  # [5]
     torch.testing.assert_close(t.global_gates, g_O)
     sources = hyps + [feats["logits"]]
@@ -84,7 +87,10 @@ def test_flip_trace_is_the_mean_of_the_image_and_its_mirror(tiny_model):
         torch.testing.assert_close(t.layers[l].attention_maps, (a.attention_maps + b.attention_maps.flip(3)) / 2)
         torch.testing.assert_close(t.views[1].layers[l].attention_maps, b.attention_maps.flip(3))
         torch.testing.assert_close(t.layers[l].confidence_gates, (a.confidence_gates + b.confidence_gates) / 2)
+        torch.testing.assert_close(t.layers[l].gate_pre_tanh, (a.gate_pre_tanh + b.gate_pre_tanh) / 2)
         torch.testing.assert_close(t.layers[l].attention_maps.sum((2, 3)), torch.ones(3, 2))
+    torch.testing.assert_close(t.global_pre_tanh, (own.global_pre_tanh + mirror.global_pre_tanh) / 2)
+    assert t.map(lambda u: u[1:]).global_pre_tanh.shape == (2, 4)
     # what makes the averaged trace readable as a single one
     torch.testing.assert_close(t.contributions.sum(1), t.output)
     torch.testing.assert_close(t.global_gates.sum(1), torch.ones(3))
@@ -133,6 +139,7 @@ def test_ad0_equals_plain_wrn():
     assert model.global_gate is None and len(model.attention) == 0
     torch.testing.assert_close(model(x), torch.log_softmax(plain(x)["logits"], 1), rtol=0, atol=1e-6)
     assert model.trace(x).sources == ["network"]
+    assert model.trace(x).global_pre_tanh.shape == (3, 0)  # no global gate, so no tanh to feed
 
 
 @pytest.mark.parametrize("ad", [1, 2])
@@ -151,6 +158,8 @@ def test_kernel_size_3_and_channels_last(tiny_config):
     ref = model(x)
     cl = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
     torch.testing.assert_close(cl, ref, rtol=1e-5, atol=1e-5)
+    for layer in model.trace(x).layers:  # the 3x3 path exposes what its gates' tanh receives too
+        torch.testing.assert_close(layer.confidence_gates, torch.softmax(torch.tanh(layer.gate_pre_tanh), 1))
 
 
 def test_forward_stores_nothing_on_modules(tiny_model):

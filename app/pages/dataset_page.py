@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app import figures, sidebar, state, training_view
+from app import atlas_views, figures, gate_views, share, sidebar, state, training_view
 from ar_core.analyze import dominant_source
 from ar_core.evaluate import ClassMismatchError
 from ar_core.inference import filter_indices
@@ -55,6 +55,8 @@ def render():
     st.write("One image tells one story; this page runs the model over a whole data set: how accurate each "
              "source is alone, how often fusion rectified the network, how the gates behave per class, which "
              "heads specialise, and whether the attention maps are faithful to what the model uses.")
+    share.apply_link()
+    share.show_notes()
     chosen = sidebar.chosen_model()
     if chosen is None:
         return
@@ -95,7 +97,8 @@ def render():
               delta_color="normal")
     m3.metric("Top-5", f"{r['top5_accuracy']:.2%}")
     m4.metric("ECE", f"{r['ece']:.2%}")
-    tabs = st.tabs(["Sources & rectification", "Confusion", "Calibration", "Gates & heads", "Faithfulness"])
+    tabs = st.tabs(["Sources & rectification", "Confusion", "Calibration", "Gates & heads", "Faithfulness",
+                    "Gate behaviour", "Head atlas"])
     with tabs[0]:
         if "source_accuracy" not in r:
             st.info("A baseline (AD = 0) has one source only.")
@@ -163,3 +166,7 @@ def render():
                      "better). A map that does not beat *random* does not explain the model.")
             st.dataframe([{"map": m, **{k: round(v, 4) for k, v in vals.items() if k != 'n'}, "images": vals["n"]}
                           for m, vals in f.items()], hide_index=True)
+    with tabs[5]:
+        gate_views.dataset_gates(r)
+    with tabs[6]:
+        atlas_views.head_atlas(model, meta, ds, r, key, _open_in_inspector)

@@ -8,12 +8,14 @@ import time
 import numpy as np
 import streamlit as st
 
-from app import figures, sidebar, state, training_view, widgets
+from app import figures, gate_views, sanity_views, share, sidebar, state, training_view, widgets
 from app.pages.about import EQUATIONS
 from ar_core.inference import (OUTCOMES, ImageError, ablate, filter_indices, fit_image, from_hwc, image_digest,
                                load_image, rectification, to_uint8, topk, trace_to_json, trace_to_npz)
 
 CMAPS = ["jet", "viridis", "inferno", "magma", "gray"]
+TABS = ["1 · Prediction", "2 · Attention maps", "3 · Confidence gates", "4 · Global fusion", "5 · Attributions",
+        "6 · Baseline vs attention", "7 · Over training", "Export", "Sanity check"]
 
 
 def _decode(raw):
@@ -75,6 +77,7 @@ def render():
     st.title("Attend & Rectify Explorer")
     st.write("Pick an image and see where each attention head looked, how much each gate trusted it, and how "
              "the final answer was fused — and possibly rectified.")
+    share.apply_link(TABS)
     chosen = sidebar.chosen_model()
     if chosen is None:
         return
@@ -103,8 +106,10 @@ def render():
         st.session_state["result"] = {"name": name, "image": x[0].permute(1, 2, 0).numpy(), "ins": result,
                                       "digest": digest, "fit": fit, "flip": bool(result.trace.views),
                                       "label": true_label, "path": path, "device": device,
-                                      "wall_ms": (time.perf_counter() - t0) * 1000}
+                                      "wall_ms": (time.perf_counter() - t0) * 1000, "source": source,
+                                      "index": int(name.rsplit("#", 1)[1]) if source == "Dataset" else None}
     res = st.session_state.get("result")
+    share.show_notes(res)
     if res is None:
         st.info("Upload an image, take a picture, or browse a dataset to begin.")
         return
@@ -118,6 +123,7 @@ def _views(res, model, meta):
     c1, c2 = st.columns([1, 4])
     with c1:
         st.image(res["image"], caption=f"{res['name']}: model input", width=160)
+        share.link_control(res, trace, classes)
     with c2:
         pred = topk(trace.output[0], classes, 1)[0]
         net = topk(trace.net_output[0], classes, 1)[0]
@@ -136,8 +142,7 @@ def _views(res, model, meta):
         tta = " · averaged with the mirror image (flip test-time augmentation)" if trace.views else ""
         st.caption(f"Device {ins.device} · model run {ins.latency_ms:.0f} ms{tta}")
 
-    tabs = st.tabs(["1 · Prediction", "2 · Attention maps", "3 · Confidence gates", "4 · Global fusion",
-                    "5 · Attributions", "6 · Baseline vs attention", "7 · Over training", "Export"])
+    tabs = st.tabs(TABS, key=share.TAB_KEY, bind="query-params")
     with tabs[0]:
         st.write("Top-5 classes of the fused output, of the network's own output, and of each attended layer's "
                  "hypothesis. Probabilities are the softmax of each source's scores.")
@@ -155,8 +160,10 @@ def _views(res, model, meta):
                      "A head with a high gate dominates its layer's hypothesis.")
             st.latex(EQUATIONS[2][1])
             st.plotly_chart(figures.confidence_gates_figure(trace, 0, classes), key="conf_fig")
+            gate_views.image_gates(trace, [l.name for l in trace.layers], "gv_conf")
         with tabs[3]:
             _fusion_view(trace, classes)
+            gate_views.image_gates(trace, ["global"], "gv_glob")
     with tabs[4]:
         _attribution_view(res)
     with tabs[5]:
@@ -169,6 +176,8 @@ def _views(res, model, meta):
             training_view.render(res["path"], "inspect_history", *(browsed or (None, None)))
     with tabs[7]:
         _export_view(res)
+    with tabs[8]:
+        sanity_views.image_sanity(res)
     st.caption(f"Image chosen → views laid out in "
                f"{(time.perf_counter() - t_start) * 1000 + res.get('wall_ms', 0):.0f} ms (model run included).")
 

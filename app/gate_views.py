@@ -1,0 +1,65 @@
+"""How the gates behave: a data-set tab and a per-image panel (layout only; numbers from ar_core.gates)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app import figures_v2
+from ar_core import gates as G
+
+EXPLAIN = ("Every gate is softmax(tanh(x)). Where |x| > {t:g}, tanh is within 4 % of ±1 and barely moves: a unit "
+           "that is saturated on (nearly) every image is a constant of the trained model, not a decision about "
+           "the image. Only the units whose x stays between −{t:g} and +{t:g} weigh one image differently from "
+           "another.")
+
+
+def dataset_gates(r: dict):
+    """The data-set page's tab: per gate unit, the spread and saturation of its pre-tanh input."""
+    stats = r.get("gate_pre_tanh")
+    if not stats:
+        st.info("A baseline (AD = 0) has no gates." if "global_gates" not in r else
+                "Run the analysis again to measure the gates' pre-tanh values.")
+        return
+    t = stats["saturation_threshold"]
+    st.write(EXPLAIN.format(t=t))
+    pinned = G.pinned_units(stats)
+    if pinned:
+        st.warning("Saturated on at least {:.0%} of the images, so in effect constants: ".format(stats["pinned_share"])
+                   + "; ".join(f"{gate} gate → {unit} (tanh ≈ {sign:+.0f})" for gate, unit, sign in pinned) + ".")
+    else:
+        st.success("No gate unit is saturated on most images: every gate responds to the image.")
+    rows = []
+    for gate, s in stats["gates"].items():
+        for u, unit in enumerate(s["units"]):
+            if gate == "global":  # the resulting weights, as the evaluator reports them
+                w = r["global_gates"][unit]
+                w_mean, w_std = w["mean"], w["std"]
+            else:
+                w = r["confidence_gates"][gate]
+                w_mean, w_std = w["mean"][u], w["std"][u]
+            rows.append({"gate": gate, "unit": unit, "pre-tanh mean": round(s["mean"][u], 3),
+                         "std": round(s["std"][u], 3), "5 %": round(s["p05"][u], 3), "95 %": round(s["p95"][u], 3),
+                         "saturated": f"{s['saturated_fraction'][u]:.1%}", "gate weight mean": round(w_mean, 3),
+                         "gate weight std": round(w_std, 3)})
+    st.dataframe(rows, hide_index=True, key="gv_table")
+    gate = st.selectbox("Distribution of", list(stats["gates"]), format_func=lambda g: f"{g} gate", key="gv_gate")
+    st.plotly_chart(figures_v2.gate_distribution_figure(stats, gate), key="gv_hist")
+
+
+def image_gates(trace, gates: list[str], key: str):
+    """One image: each unit's pre-tanh value next to its tanh and weight, and which are saturated."""
+    rows = [r for r in G.image_gate_rows(trace, 0) if r["gate"] in gates]
+    if not rows:
+        return
+    st.markdown("**What the gates' tanh received**" + (" (mean over the image and its mirror)" if trace.views else ""))
+    if st.toggle("Show them on the tanh curve", key=f"{key}_curve"):  # off by default: the views stay fast
+        st.plotly_chart(figures_v2.tanh_figure(rows, G.SATURATION), key=f"{key}_tanh")
+    st.dataframe([{**{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k != "saturated"},
+                   "saturated": "yes" if r["saturated"] else ""} for r in rows], hide_index=True, key=f"{key}_table")
+    sat = [f"{r['gate']} → {r['unit']}" for r in rows if r["saturated"]]
+    if sat:
+        st.caption(f"Saturated here (|x| > {G.SATURATION:g}): {', '.join(sat)}. For these units tanh is ±1 whatever "
+                   "the exact value, so their weight is set by the model, not by this image. The data-set page shows "
+                   "whether they are saturated on every image.")
+    else:
+        st.caption(f"No unit is saturated here: every weight above responds to this image (|x| ≤ {G.SATURATION:g}).")

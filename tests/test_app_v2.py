@@ -1,0 +1,187 @@
+"""The explorer's gate-behaviour, sanity-check and atlas views, driven headlessly with AppTest."""
+
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from conftest import ROOT
+from test_app import _errors, _png, _start, app_env  # noqa: F401  (app_env is a fixture)
+
+DATASET_APP = (
+    "import streamlit as st\n"
+    "from app.pages import dataset_page, inspect_page\n"
+    "st.session_state['_pages'] = {'inspect': st.Page(inspect_page.render, url_path='inspect'),\n"
+    "                              'dataset': st.Page(dataset_page.render, url_path='dataset', default=True)}\n"
+    "st.navigation(list(st.session_state['_pages'].values()), position='hidden').run()\n")
+
+
+def _frame(at, column, first=None):
+    """The one table with ``column`` (and ``first`` as its first value, when given)."""
+    (frame,) = [d.value for d in at.dataframe if column in d.value.columns
+                and (first is None or d.value.iloc[0, 0] == first)]
+    return frame
+
+
+def test_inspector_shows_each_gates_pre_tanh_value(app_env):
+    at = _start()
+    at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()
+    assert not at.exception and not _errors(at)
+    trace = at.session_state["result"]["ins"].trace
+    glob = _frame(at, "pre-tanh", "global")
+    assert list(glob["unit"]) == ["group1", "group2", "group3", "network"]
+    assert list(glob["pre-tanh"]) == pytest.approx(trace.global_pre_tanh[0].tolist(), abs=1e-3)
+    assert list(glob["weight"]) == pytest.approx(trace.global_gates[0].tolist(), abs=1e-3)
+    conf = _frame(at, "pre-tanh", "group1")
+    assert list(conf["gate"]) == ["group1"] * 2 + ["group2"] * 2 + ["group3"] * 2
+    assert list(conf["pre-tanh"]) == pytest.approx(
+        torch.cat([l.gate_pre_tanh[0] for l in trace.layers]).tolist(), abs=1e-3)
+    saturated = [f"{g} → {u}" for g, u, x in zip(conf["gate"], conf["unit"], conf["pre-tanh"]) if abs(x) > 2]
+    notes = [c.value for c in at.caption if "Saturated here" in c.value or "No unit is saturated" in c.value]
+    assert len(notes) == 2
+    assert all(s in notes[0] for s in saturated) and (bool(saturated) == notes[0].startswith("Saturated here"))
+    charts = lambda: [c for c in at.get("plotly_chart") if "gv_glob_tanh" in c.proto.id]  # noqa: E731
+    assert not charts()  # drawn on request only
+    at.toggle(key="gv_glob_curve").set_value(True).run()
+    assert not at.exception and len(charts()) == 1
+
+
+def test_dataset_page_measures_gate_behaviour(app_env):
+    at = AppTest.from_string(DATASET_APP, default_timeout=120).run()
+    at.selectbox(key="model_label").set_value("tiny-ad3 (AR_CHECKPOINT)").run()
+    at.selectbox(key="dataset_kind").set_value("ImageFolder directory").run()
+    at.number_input(key="faith_n").set_value(0)
+    at.button(key="analyse_go").click().run()
+    assert not at.exception and not _errors(at)
+    (r, _), = at.session_state["analyses"].values()
+    stats = r["gate_pre_tanh"]
+    table = _frame(at, "pre-tanh mean")
+    assert len(table) == 4 + 3 * 2  # the global gate's 4 sources, then 2 heads in each of 3 layers
+    assert list(table["pre-tanh mean"][:4]) == pytest.approx(stats["gates"]["global"]["mean"], abs=1e-3)
+    assert list(table["gate weight mean"][:4]) == pytest.approx([r["global_gates"][s]["mean"] for s in r["sources"]],
+                                                                abs=1e-3)
+    assert list(table["saturated"][4:6]) == [f"{v:.1%}" for v in stats["gates"]["group1"]["saturated_fraction"]]
+    verdicts = [w.value for w in at.warning if "in effect constants" in w.value] + \
+               [s.value for s in at.success if "every gate responds" in s.value]
+    assert len(verdicts) == 1
+    at.selectbox(key="gv_gate").set_value("group2").run()
+    assert not at.exception
+    (fig,) = [c for c in at.get("plotly_chart") if "gv_hist" in str(c.proto.id)] or [None]
+    assert fig is not None
+
+
+def test_inspector_sanity_check_runs_on_request(app_env):
+    at = _start()
+    at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()
+    assert "Sanity check" in [t.label for t in at.tabs]
+    assert any("Run the sanity check" in i.value for i in at.info)  # nothing computed until asked
+    at.multiselect(key="sanity_methods").set_value(["attention", "saliency"])
+    at.button(key="sanity_go").click().run()
+    assert not at.exception and not _errors(at)
+    (r,) = at.session_state["sanity"].values()
+    assert r.stages == ["original", "gates & heads", "group3", "group2", "group1 & stem"]
+    assert set(r.scores) == {"attention", "saliency"} and r.scores["attention"]["spearman"][0] == pytest.approx(1.0)
+    assert any(c.proto.id.endswith("sanity_curve") for c in at.get("plotly_chart"))
+    verdicts = [m.value for m in at.markdown if "resembles the original" in m.value or "constant" in m.value]
+    assert len(verdicts) == 2 and verdicts[0].startswith("- **Attention (gated)**")
+    assert len(at.get("download_button")) == 4  # the three exports and the strip
+
+
+def test_dataset_page_head_atlas(app_env):
+    at = AppTest.from_string(DATASET_APP, default_timeout=120).run()
+    at.selectbox(key="model_label").set_value("tiny-ad3 (AR_CHECKPOINT)").run()
+    at.selectbox(key="dataset_kind").set_value("ImageFolder directory").run()
+    at.number_input(key="faith_n").set_value(0)
+    at.button(key="analyse_go").click().run()
+    assert "Head atlas" in [t.label for t in at.tabs]
+    (r, _), = at.session_state["analyses"].values()
+    overview = _frame(at, "own accuracy")
+    assert len(overview) == 6 and list(overview["layer"]) == ["group1"] * 2 + ["group2"] * 2 + ["group3"] * 2
+    assert list(overview["own accuracy"]) == [f"{h['accuracy']:.1%}" for l in r["head_atlas"]["layers"].values()
+                                              for h in l]
+    at.selectbox(key="atlas_layer").set_value("group2").run()
+    at.selectbox(key="atlas_head").set_value(1).run()
+    assert not at.exception and not _errors(at)
+    head = r["head_atlas"]["layers"]["group2"][1]
+    top = [b for b in at.button if b.key and b.key.startswith("atlas_open_top_")]
+    shown = [int(b.key.rsplit("_", 1)[1]) for b in top]  # column by column, so only the first is in rank order
+    assert sorted(shown) == sorted(head["top_indices"]) and shown[0] == head["top_indices"][0]
+    (maps,) = [v for k, v in at.session_state["atlas_maps"].items() if k[-3:-1] == ("group2", 1)]
+    assert maps.shape == (24, 16, 16)  # 12 top and 12 bottom images, group2's 16x16 maps
+    assert not [c for c in at.get("plotly_chart") if c.proto.id.endswith("atlas_mean_fig")]
+    at.button(key="atlas_means_go").click().run()
+    assert not at.exception
+    assert [c for c in at.get("plotly_chart") if c.proto.id.endswith("atlas_mean_fig")]
+    [b for b in at.button if b.key == f"atlas_open_bottom_{head['bottom_indices'][0]}"][0].click().run()
+    assert not at.exception
+    assert at.session_state["source"] == "Dataset" and at.session_state["browse_pos"] == head["bottom_indices"][0]
+
+
+def _problems(at):
+    """Error boxes other than the verdict of a spoiled prediction (a result, not a problem)."""
+    return [e for e in _errors(at) if not e.startswith("**Spoiled.**")]
+
+
+def _open(params):
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60)
+    for k, v in params.items():
+        at.query_params[k] = v
+    return at.run()
+
+
+def _link(at):
+    (code,) = [c.value for c in at.code if "checkpoint=" in c.value or "source=" in c.value]
+    return parse_qs(urlsplit(code).query)
+
+
+def test_a_link_opens_the_same_view(app_env):
+    view = {"checkpoint": "tiny-ad3", "source": "dataset", "dataset": "folder", "index": "5", "layer": "group2",
+            "head": "2", "class": "class3", "tta": "none", "tab": "2 · Attention maps"}
+    at = _open(view)
+    assert not at.exception and not _problems(at)
+    assert not [c.value for c in at.caption if c.value.startswith("Link:")]
+    ss = at.session_state
+    assert ss["model_label"] == "tiny-ad3 (AR_CHECKPOINT)" and ss["tta"] == "none"
+    assert ss["result"]["index"] == 5 and ss["result"]["name"].endswith("#5")
+    assert (ss["hm_layer"], ss["hm_head"], ss["attr_target"]) == (1, 1, 3)
+    assert ss["tab"] == "2 · Attention maps"
+    link = _link(at)
+    assert {k: v[0] for k, v in link.items()} == view  # the link reproduces the view it was opened with
+    for k, v in view.items():
+        if k != "tab":
+            assert at.query_params[k] == [v] or at.query_params[k] == v, k
+    # the URL follows the view: another head, another link
+    at.selectbox(key="hm_head").set_value(0).run()
+    assert _link(at)["head"] == ["1"]
+
+
+def test_bad_link_values_fall_back_with_a_note(app_env):
+    at = _open({"checkpoint": "no-such-model", "source": "ftp", "index": "abc", "layer": "group9", "head": "7",
+                "class": "zebra", "tta": "maybe", "tab": "9 · Nonsense", "dataset": "imagenet"})
+    assert not at.exception and not _problems(at)
+    (note,) = [c.value for c in at.caption if c.value.startswith("Link:")]
+    for word in ("no-such-model", "ftp", "abc", "group9", "'7'", "zebra", "maybe", "9 · Nonsense", "imagenet"):
+        assert word in note, word
+    ss = at.session_state
+    assert ss["source"] == "Upload" and ss["tta"] == "as trained" and "hm_layer" not in ss
+    assert any("Upload an image" in i.value for i in at.info)
+
+
+def test_uploaded_images_are_not_in_links(app_env):
+    at = _start()
+    at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()
+    link = _link(at)
+    assert link["source"] == ["upload"] and "index" not in link and link["checkpoint"] == ["tiny-ad3"]
+    assert any("Not in links: uploaded images" in c.value for c in at.caption)
+    at = _open({"index": "99", "source": "dataset", "dataset": "folder"})  # 12 images: 99 is not one
+    assert not at.exception
+    assert at.session_state["result"]["index"] == 0
+    assert any("image 99 is not in this data set; showing image 0" in c.value for c in at.caption)
+
+
+def test_a_link_names_a_shipped_checkpoint(app_env):
+    at = _open({"checkpoint": "cifar100-wrn16x4-ad3aw4", "class": "apple", "layer": "group3"})
+    assert not at.exception and not [c.value for c in at.caption if c.value.startswith("Link:")]
+    assert at.session_state["model_label"] == "cifar100-wrn16x4-ad3aw4 (shipped)"
+    assert at.session_state["attr_target"] == 0 and at.session_state["hm_layer"] == 2  # checked on its own config

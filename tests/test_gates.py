@@ -1,0 +1,56 @@
+"""Gate behaviour: pre-tanh statistics on hand-made values, and one image's rows from its trace."""
+
+import pytest
+import torch
+
+from ar_core import gates as G
+
+
+def _cat():
+    # global gate over (g, network): g always far below -2, network spread inside the linear range
+    glob = torch.tensor([[-3.0, 0.5], [-3.5, -0.5], [-4.0, 1.5], [-2.5, -1.5]])
+    heads = torch.tensor([[2.5, 0.0], [1.0, 0.0], [-9.0, 0.0], [3.0, 0.0]])
+    return {"global_pre_tanh": glob, "gate_pre_tanh/g": heads}
+
+
+def test_statistics_on_hand_made_values():
+    s = G.gate_statistics(_cat(), ["g", "network"])
+    glob, g = s["gates"]["global"], s["gates"]["g"]
+    assert glob["units"] == ["g", "network"] and g["units"] == ["head 1", "head 2"]
+    assert glob["mean"] == pytest.approx([-3.25, 0.0])
+    assert glob["std"] == pytest.approx([0.5590170, 1.1180340])
+    assert glob["saturated_fraction"] == [1.0, 0.0]
+    assert g["saturated_fraction"] == [0.75, 0.0]  # 2.5, -9 and 3 are beyond ±2; 1.0 is not
+    assert g["min"][0] == -9.0 and g["max"][0] == 3.0
+    assert s["n"] == 4 and len(s["bin_edges"]) == G.HIST_BINS + 1
+    for counts in g["counts"]:
+        assert sum(counts) == 4  # every image counted, -9 clamped into the first bin
+    assert g["counts"][0][0] == 1 and g["counts"][1][G.HIST_BINS // 2] == 4  # zero opens the middle bin
+    assert G.pinned_units(s) == [("global", "g", -1.0)]  # 75 % saturated is not pinned
+    lines = G.describe(s)
+    assert len(lines) == 4 and "pinned at -1" in lines[0] and "pinned" not in lines[1]
+
+
+def test_a_baseline_has_no_gate_statistics():
+    assert G.gate_statistics({"pred": torch.zeros(3)}, ["network"]) == {}
+    assert G.gate_units(["network"], 4) == {}
+
+
+def test_image_rows_follow_the_trace(tiny_model):
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        t = tiny_model.trace(x)
+    t.layers[0].gate_pre_tanh[1, 0] = 2.5  # a saturated head, so the flag is exercised both ways
+    rows = G.image_gate_rows(t, 1)
+    assert [r["gate"] for r in rows] == ["global"] * 4 + ["group1"] * 2 + ["group2"] * 2 + ["group3"] * 2
+    assert rows[0]["unit"] == "group1" and rows[3]["unit"] == "network" and rows[4]["unit"] == "head 1"
+    for r, pre in zip(rows[:4], t.global_pre_tanh[1]):
+        assert r["pre-tanh"] == pytest.approx(float(pre)) and r["tanh"] == pytest.approx(float(torch.tanh(pre)))
+        assert r["saturated"] == (abs(float(pre)) > 2)
+    assert rows[4]["saturated"] and rows[4]["pre-tanh"] == 2.5 and rows[4]["tanh"] == pytest.approx(0.98661429)
+    assert rows[6]["weight"] == pytest.approx(float(t.layers[1].confidence_gates[1, 0]))
+
+
+def test_report_figure_draws_every_gate():
+    fig = G.figure(G.gate_statistics(_cat(), ["g", "network"]))
+    assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 2
