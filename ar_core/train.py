@@ -419,8 +419,9 @@ def main(argv=None) -> dict:
                     kept.eval()
                     with torch.no_grad(), autocast():
                         probe_x = D.normalize(val.images[probes].to(device), mean, std)
-                        recorder.append(epoch + 1, kept.trace(probe_x.contiguous(memory_format=torch.channels_last)),
-                                        figures["val_source_accuracy"], figures["val_mean_global_gates"])
+                        probe_trace = kept.trace(probe_x.contiguous(memory_format=torch.channels_last))
+                    recorder.append(epoch + 1, probe_trace, figures["val_source_accuracy"],
+                                    figures["val_mean_global_gates"])
             history.append(record)
             print(json.dumps(record), file=sys.stderr)
             out.parent.mkdir(parents=True, exist_ok=True)

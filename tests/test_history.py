@@ -112,6 +112,15 @@ def test_the_trainer_records_what_the_model_computed_each_epoch(folder, tmp_path
     assert ((h.attention_maps["group3"][-1] - t.layers[2].attention_maps).abs() <= 0.05 * peak).all()
 
 
+def test_history_is_recorded_under_bf16_autocast(folder, tmp_path):
+    """The shipped runs train under autocast: the probe trace is bf16 there, the stored record is not."""
+    out = tmp_path / "bf16" / "m.safetensors"
+    T.main(_args(folder, out, "--epochs", "1", "--max-steps", str(STEPS_PER_EPOCH)) + ["--amp", "on"])
+    h = load_history(history_path(out))
+    assert h.epochs == [1] and h.global_gates.dtype == torch.float32
+    assert torch.allclose(h.global_gates.sum(-1), torch.ones(h.global_gates.shape[1]), atol=1e-2)
+
+
 def test_a_resumed_history_equals_an_uninterrupted_one(folder, tmp_path):
     """With the averaged weights on, so the averaged model's state is resumed too."""
     whole = tmp_path / "whole" / "m.safetensors"
