@@ -113,9 +113,11 @@ def test_the_trainer_records_what_the_model_computed_each_epoch(folder, tmp_path
 
 
 def test_history_is_recorded_under_bf16_autocast(folder, tmp_path):
-    """The shipped runs train under autocast: the probe trace is bf16 there, the stored record is not."""
+    """The shipped recipe (bf16 autocast, averaged weights, cutout) end to end; the probe trace is bf16
+    there, the stored record is not."""
     out = tmp_path / "bf16" / "m.safetensors"
-    T.main(_args(folder, out, "--epochs", "1", "--max-steps", str(STEPS_PER_EPOCH)) + ["--amp", "on"])
+    T.main(_args(folder, out, "--epochs", "1", "--max-steps", str(STEPS_PER_EPOCH), "--ema", "0.9", "--cutout", "8",
+                 "--ema-bn-images", "16") + ["--amp", "on"])
     h = load_history(history_path(out))
     assert h.epochs == [1] and h.global_gates.dtype == torch.float32
     assert torch.allclose(h.global_gates.sum(-1), torch.ones(h.global_gates.shape[1]), atol=1e-2)
