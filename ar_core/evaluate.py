@@ -259,8 +259,10 @@ def validation_split(dataset: D.TensorDataset, meta: dict[str, Any]) -> D.Tensor
     split = meta.get("validation_split") or {}
     if not split.get("size"):
         raise ValueError("the checkpoint records no validation split; evaluate on a held-out folder instead")
-    if split.get("train_size") is not None and split["train_size"] + split["size"] != len(dataset):
-        raise ValueError(f"the checkpoint was trained on {split['train_size'] + split['size']} images, this "
+    # "size" is what the split was asked for: per-class rounding can carve a few images more or less
+    _, val_index = D.stratified_split(dataset.labels, split["size"], split["seed"])
+    if split.get("train_size") is not None and split["train_size"] + len(val_index) != len(dataset):
+        raise ValueError(f"the checkpoint was trained on {split['train_size'] + len(val_index)} images, this "
                          f"folder holds {len(dataset)}: it is not the same training set")
     if split.get("train_digest"):
         if D.content_digest(dataset) != split["train_digest"]:
@@ -273,7 +275,6 @@ def validation_split(dataset: D.TensorDataset, meta: dict[str, Any]) -> D.Tensor
         warnings.warn("the checkpoint records no digest of its training images: the split is carved by size and "
                       "seed only, and is the recorded one only if this folder holds the same images under the "
                       "same sorted paths", stacklevel=2)
-    _, val_index = D.stratified_split(dataset.labels, split["size"], split["seed"])
     if split.get("index_digest") and D.index_digest(val_index) != split["index_digest"]:
         raise ValueError("the split carved from this folder is not the one the checkpoint recorded (index digest "
                          "mismatch): the split code or its seed changed since training")
