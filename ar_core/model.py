@@ -199,24 +199,66 @@ class AttendAndRectify(nn.Module):
             return output, self.regularizer([m.attention_maps for m in modules]).to(output.device)
         return output
 
-    def trace(self, x: torch.Tensor, flip: bool = False) -> Trace:
+    def trace(self, x: torch.Tensor, flip: bool = False, shift: int = 0) -> Trace:
         """Every intermediate of the forward pass as a :class:`Trace`.
 
-        ``flip=True`` is flip test-time augmentation: one batched pass over the images and their
-        mirror images, whose attention maps are flipped back so they align with the image, then
-        the mean of the two traces (both kept in ``views``).
+        Test-time augmentation, in one batched pass: ``flip=True`` adds the mirror images, and
+        ``shift=s`` the images moved by 1..s pixels up, down, left and right (reflect-padded, as in
+        training), for each of them. Every view's attention maps are moved back (flipped, and
+        translated by the shift at their own resolution) so they align with the image; the result
+        is the mean of the views' traces, all kept in ``views`` (the image itself first).
         """
-        if flip:
-            both = self.trace(torch.cat([x, x.flip(3)]))
+        if flip or shift:
+            offsets = tta_offsets(shift)
+            views_in = [shifted(x, dy, dx, shift) for dy, dx in offsets]
+            if flip:
+                views_in += [v.flip(3) for v in views_in]
+            every = self.trace(torch.cat(views_in))
             b = x.shape[0]
-            own, mirror = both.map(lambda t: t[:b]), both.map(lambda t: t[b:])
-            for layer in mirror.layers:
-                layer.attention_maps = layer.attention_maps.flip(3)
-            return mean_of_views([own, mirror])
+            views = [every.map(lambda t, j=j: t[j * b:(j + 1) * b]) for j in range(len(views_in))]
+            for j, view in enumerate(views):
+                dy, dx = offsets[j % len(offsets)]
+                for layer in view.layers:
+                    maps = layer.attention_maps.flip(3) if j >= len(offsets) else layer.attention_maps
+                    layer.attention_maps = translate_maps(maps, dy, dx, x.shape[-2:])
+            return mean_of_views(views)
         modules, net_output, global_gates, contributions, pre_tanh = self._run(x)
         layers = [LayerTrace(name, *m) for name, m in zip(self.attend, modules)]
         return Trace(layers, net_output.float(), global_gates, contributions, contributions.sum(dim=1), pre_tanh,
                      self.sources)
+
+
+def tta_offsets(shift: int) -> list[tuple[int, int]]:
+    """(dy, dx) of the shifted views: none, then ±1..±shift pixels along each axis."""
+    return [(0, 0)] + [o for s in range(1, shift + 1) for o in ((-s, 0), (s, 0), (0, -s), (0, s))]
+
+
+def shifted(x: torch.Tensor, dy: int, dx: int, pad: int) -> torch.Tensor:
+    """The images with their content moved by (-dy, -dx): a window of the reflect-padded image."""
+    if not (dy or dx):
+        return x
+    h, w = x.shape[-2:]
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
+    return padded[..., pad + dy:pad + dy + h, pad + dx:pad + dx + w]
+
+
+def translate_maps(maps: torch.Tensor, dy: int, dx: int, image_size) -> torch.Tensor:
+    """Attention maps of a shifted view moved back into the image's frame.
+
+    A shift of d input pixels is d·h/H pixels of an h-pixel map (a fraction on coarse maps):
+    bilinear resampling, then each map is renormalised to sum to 1 (mass moved past the border is lost).
+    """
+    if not (dy or dx):
+        return maps
+    import torch.nn.functional as F
+
+    b, k, h, w = maps.shape
+    H, W = image_size
+    theta = maps.new_tensor([[1.0, 0.0, -2.0 * dx / W], [0.0, 1.0, -2.0 * dy / H]]).float()
+    grid = F.affine_grid(theta.expand(b * k, 2, 3), (b * k, 1, h, w), align_corners=False)
+    moved = F.grid_sample(maps.reshape(b * k, 1, h, w).float(), grid, align_corners=False, padding_mode="zeros")
+    moved = moved.reshape(b, k, h, w)
+    return (moved / moved.sum(dim=(2, 3), keepdim=True).clamp_min(1e-12)).to(maps.dtype)
 
 
 class _TorchvisionFeatures(nn.Module):

@@ -90,7 +90,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def nll_with_smoothing(output: torch.Tensor, target: torch.Tensor, smoothing: float) -> torch.Tensor:
-    """NLL of the fused log-scores (the paper's training loss), optionally label-smoothed."""
+    """NLL of the fused log-scores (docs/method.md, item 8), optionally label-smoothed."""
     nll = F.nll_loss(output, target)
     if smoothing <= 0:
         return nll
@@ -284,7 +284,9 @@ def main(argv=None) -> dict:
         else (torch.arange(len(full)), torch.arange(0))
     train, val = full.subset(train_idx), full.subset(val_idx)
     # Names the training images by content, not by this machine's paths (see evaluate --validation-split).
-    split_record = {"size": len(val), "seed": args.split_seed, "method": "stratified", "train_size": len(train),
+    # "size" is the size asked for: the evaluator re-carves the split with it (per-class rounding can
+    # carve a few images more or fewer).
+    split_record = {"size": args.val_size, "seed": args.split_seed, "method": "stratified", "train_size": len(train),
                     "train_digest": D.content_digest(full), "index_digest": D.index_digest(val_idx)}
 
     config = ModelConfig(num_classes=len(full.classes), depth=args.depth, width=args.width, dropout=args.dropout,

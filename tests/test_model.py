@@ -97,6 +97,45 @@ def test_flip_trace_is_the_mean_of_the_image_and_its_mirror(tiny_model):
     assert t.map(lambda u: u[:1]).views[1].output.shape == (1, 5)
 
 
+def test_shift_trace_averages_every_moved_view_and_aligns_its_maps(tiny_model):
+    """flip x shift 1: ten views (image, four 1-pixel shifts, and their mirrors), in one batch."""
+    from ar_core.model import shifted, translate_maps, tta_offsets
+
+    x = _x()
+    assert tta_offsets(1) == [(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)] and len(tta_offsets(2)) == 9
+    with torch.no_grad():
+        t = tiny_model.trace(x, flip=True, shift=1)
+        own = tiny_model.trace(x)
+        down = tiny_model.trace(shifted(x, 1, 0, 1))
+        down_mirror = tiny_model.trace(shifted(x, 1, 0, 1).flip(3))
+    assert len(t.views) == 10
+    torch.testing.assert_close(t.views[0].output, own.output)  # the image itself comes first
+    torch.testing.assert_close(t.views[2].output, down.output)
+    torch.testing.assert_close(t.views[7].output, down_mirror.output)
+    for l in range(3):
+        torch.testing.assert_close(t.views[2].layers[l].attention_maps,
+                                   translate_maps(down.layers[l].attention_maps, 1, 0, x.shape[-2:]))
+        torch.testing.assert_close(t.layers[l].attention_maps.sum((2, 3)), torch.ones(3, 2))
+    every = torch.stack([v.output for v in t.views])
+    torch.testing.assert_close(t.output, every.mean(0))
+    torch.testing.assert_close(t.contributions.sum(1), t.output)
+
+
+def test_shifted_views_and_their_maps_move_by_whole_pixels():
+    from ar_core.model import shifted, translate_maps
+
+    x = torch.arange(64.0).view(1, 1, 8, 8)
+    torch.testing.assert_close(shifted(x, 1, 0, 2)[0, 0, :7], x[0, 0, 1:])  # content moves up one row
+    torch.testing.assert_close(shifted(x, 0, -2, 2)[0, 0, :, 2:], x[0, 0, :, :6])  # right two columns
+    delta = torch.zeros(1, 1, 8, 8)
+    delta[0, 0, 3, 3] = 1
+    back = translate_maps(delta, 1, 0, (8, 8))  # seen one row up in the shifted view: one row down here
+    assert back[0, 0].nonzero().tolist() == [[4, 3]] and back.sum() == 1
+    coarse = translate_maps(torch.full((1, 1, 4, 4), 1 / 16), 2, 0, (8, 8))  # half a map pixel per input pixel
+    torch.testing.assert_close(coarse.sum(), torch.tensor(1.0))
+    assert (coarse[0, 0, 0] == 0).all()  # the top map row came from outside the view
+
+
 def test_training_mode_returns_regulariser(tiny_model):
     tiny_model.train()
     out, reg = tiny_model(_x())
