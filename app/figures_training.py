@@ -31,7 +31,7 @@ def accuracy_curves(history: History, epoch: int | None = None):
                         name=_output_label(name), line={"color": _color(history, name),
                                                         "width": 3 if name == "fused" else 1.5})
     _mark_epoch(fig, epoch)
-    fig.update_layout(title="Validation accuracy of each source, per epoch", xaxis_title="epoch",
+    fig.update_layout(title="Validation accuracy of each source", xaxis_title="epoch",
                       yaxis_title="accuracy (%)", height=340, margin={"t": 40, "b": 40}, legend={"orientation": "h"})
     return fig
 
@@ -50,7 +50,7 @@ def global_gate_curves(history: History, epoch: int | None = None, probe: int | 
             fig.add_scatter(x=history.epochs, y=history.global_gates[:, probe, j].numpy(), mode="lines+markers",
                             name=f"{name} (this image)", line={"color": color, "dash": "dot"})
     _mark_epoch(fig, epoch)
-    fig.update_layout(title="Global gates per epoch: how much the fusion trusts each source",
+    fig.update_layout(title="Global gates g_O per epoch",
                       xaxis_title="epoch", yaxis_title="g_O", yaxis_range=[0, 1], height=340,
                       margin={"t": 40, "b": 40}, legend={"orientation": "h"})
     return fig
@@ -67,7 +67,7 @@ def probe_belief_curves(history: History, probe: int, epoch: int | None = None):
                         name=_output_label(name), line={"color": _color(history, name),
                                                         "width": 3 if name == "fused" else 1.5})
     _mark_epoch(fig, epoch)
-    fig.update_layout(title=f"Probability of the true class ({true}) for this image, per epoch", xaxis_title="epoch",
+    fig.update_layout(title=f"This image: p(true class = {true})", xaxis_title="epoch",
                       yaxis_title="p(true class)", yaxis_range=[0, 1], height=340, margin={"t": 40, "b": 40},
                       legend={"orientation": "h"})
     return fig

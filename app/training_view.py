@@ -45,7 +45,7 @@ def _explorer(history, images, key: str) -> None:
                 "shown per epoch below.")
     else:
         image = images[probe].permute(1, 2, 0).numpy() if images is not None else None
-        st.pyplot(ft.probe_maps_figure(history, probe, epoch, image), clear_figure=False)
+        st.pyplot(ft.probe_maps_figure(history, probe, epoch, image), dpi=110, width="content")
     c3, c4 = st.columns(2)
     c3.plotly_chart(ft.probe_belief_curves(history, probe, epoch), key=f"{key}_belief")
     if history.layers:

@@ -58,7 +58,7 @@ def test_figures_plot_the_recorded_values(trained):
     assert np.allclose(gates.data[1].y, h.global_gates[:, 1, 0].numpy())  # group1, this image
     belief = ft.probe_belief_curves(h, 0)
     assert np.allclose(belief.data[-1].y, h.true_class_prob[:, 0, -1].numpy())
-    assert f"({h.classes[h.probe_labels[0]]})" in belief.layout.title.text
+    assert belief.layout.title.text.endswith(f"(true class = {h.classes[h.probe_labels[0]]})")
     maps = ft.probe_maps_figure(h, 0, 2, image=np.zeros((32, 32, 3), np.uint8))
     assert len(maps.axes) == 3 * 2  # attended layers x heads
     assert maps.axes[0].get_title() == f"head 1 · g {h.confidence_gates['group1'][1, 0, 0]:.2f}"
