@@ -185,3 +185,39 @@ def test_a_link_names_a_shipped_checkpoint(app_env):
     assert not at.exception and not [c.value for c in at.caption if c.value.startswith("Link:")]
     assert at.session_state["model_label"] == "cifar100-wrn16x4-ad3aw4 (shipped)"
     assert at.session_state["attr_target"] == 0 and at.session_state["hm_layer"] == 2  # checked on its own config
+
+
+def test_guided_walk_steps_through_the_prediction(app_env):
+    at = _start()
+    at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()
+    assert "Walk me through" in [t.label for t in at.tabs]
+    assert not [p for p in at.get("progress")]  # nothing but a button until asked
+    at.button(key="walk_start").click().run()
+    seen = []
+    for _ in range(6):
+        assert not at.exception
+        (bar,) = at.get("progress")
+        seen.append([s.value for s in at.subheader if s.value[:2] in ("1.", "2.", "3.", "4.", "5.", "6.")][0])
+        if at.button(key="walk_next").disabled:
+            break
+        at.button(key="walk_next").click().run()
+    assert seen == ["1. The network's own answer", "2. Attention on group1 (32x32)", "3. Attention on group2 (16x16)",
+                    "4. Attention on group3 (8x8)", "5. Whom the global gate trusted", "6. The final answer"]
+    assert at.button(key="walk_next").disabled and not at.button(key="walk_prev").disabled
+    at.button(key="walk_prev").click().run()
+    assert "5. Whom the global gate trusted" in [s.value for s in at.subheader]
+    trace = at.session_state["result"]["ins"].trace
+    best = int(trace.layers[2].confidence_gates[0].argmax())
+    at.button(key="walk_prev").click().run()
+    assert any(f"trusts head {best + 1} most" in m.value for m in at.markdown)
+
+
+def test_maps_on_the_original_photo(app_env):
+    at = _start()
+    at.file_uploader(key="images").set_value([("wide.png", _png(size=(300, 200)), "image/png")]).run()
+    n = len(at.get("image"))
+    at.toggle(key="on_photo").set_value(True).run()
+    assert not at.exception
+    assert len(at.get("image")) == n + 3 * 2  # every head of every layer once more, on the photo
+    assert any("200x200 pixels shown; the model saw it as 32x32" in c.value for c in at.caption)
+    assert "original" not in at.session_state["result"]  # the decoded photo is not kept between runs

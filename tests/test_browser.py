@@ -70,9 +70,34 @@ def test_upload_in_a_real_browser(server, browser):
     wait = WebDriverWait(browser, 60)
     try:
         _drive(browser, wait, image)
+        _walk(browser, wait)
     except Exception:
         browser.save_screenshot(str(_artifacts() / "browser-failure.png"))
         raise
+
+
+def _walk(browser, wait):
+    """The guided walk: start it, then Next until the last step, every step's title in order."""
+    from selenium.webdriver.common.by import By
+
+    def button(label):
+        return browser.find_element(By.XPATH, f"//button[.//p[normalize-space()='{label}']]")
+
+    browser.find_element(By.XPATH, "//*[@role='tab'][contains(., 'Walk me through')]").click()
+    wait.until(lambda d: button("Walk me through this prediction").is_displayed())
+    button("Walk me through this prediction").click()
+    titles = []
+    for step in range(1, 7):
+        wait.until(lambda d: f"Step {step} of 6" in d.find_element(By.TAG_NAME, "body").text)
+        titles.append(browser.find_element(By.XPATH, f"//h3[starts-with(normalize-space(), '{step}.')]").text)
+        if step < 6:
+            button("Next →").click()
+    assert titles[0].startswith("1. The network") and titles[-1].startswith("6. The final answer")
+    assert not button("Next →").is_enabled()
+    body = browser.find_element(By.TAG_NAME, "body").text
+    assert "Fusion" in body or "final answer" in body
+    button("← Previous").click()
+    wait.until(lambda d: "Step 5 of 6" in d.find_element(By.TAG_NAME, "body").text)
 
 
 def _drive(browser, wait, image):

@@ -9,14 +9,14 @@ import time
 import numpy as np
 import streamlit as st
 
-from app import figures, gate_views, sanity_views, share, sidebar, state, widgets
+from app import figures, gate_views, sanity_views, share, sidebar, state, walk_views, widgets
 from app.pages.about import EQUATIONS
 from ar_core.inference import (OUTCOMES, ImageError, ablate, filter_indices, fit_image, load_image, rectification,
                                to_uint8, topk, trace_to_json, trace_to_npz)
 
 CMAPS = ["jet", "viridis", "inferno", "magma", "gray"]
 TABS = ["1 · Prediction", "2 · Attention maps", "3 · Confidence gates", "4 · Global fusion", "5 · Attributions",
-        "6 · Baseline vs attention", "Export", "Sanity check"]
+        "6 · Baseline vs attention", "Export", "Sanity check", "Walk me through"]
 
 
 def _decode(raw):
@@ -108,13 +108,15 @@ def render():
         st.session_state["result"] = {"name": name, "image": x[0].permute(1, 2, 0).numpy(), "ins": result,
                                       "label": true_label, "path": path, "device": device,
                                       "wall_ms": (time.perf_counter() - t0) * 1000, "source": source,
-                                      "index": int(name.rsplit("#", 1)[1]) if source == "Dataset" else None}
+                                      "index": int(name.rsplit("#", 1)[1]) if source == "Dataset" else None,
+                                      "original": original if source != "Dataset" else None, "fit": fit}
     res = st.session_state.get("result")
     share.show_notes(res)
     if res is None:
         st.info("Upload an image, take a picture, or browse a dataset to begin.")
         return
     _views(res, model, meta)
+    res.pop("original", None)  # the decoded photo lives for this run only (uploads are decoded on every run)
 
 
 def _views(res, model, meta):
@@ -156,6 +158,7 @@ def _views(res, model, meta):
     else:
         with tabs[1]:
             _attention_view(trace, classes, res["image"])
+            walk_views.on_original(res, trace, classes)
         with tabs[2]:
             st.write("Each module weighs its K heads by a confidence gate computed from what the head attended. "
                      "A head with a high gate dominates its layer's hypothesis.")
@@ -173,6 +176,8 @@ def _views(res, model, meta):
         _export_view(res)
     with tabs[7]:
         sanity_views.image_sanity(res)
+    with tabs[8]:
+        walk_views.guided_walk(res, trace, classes)
     st.caption(f"Image chosen → views laid out in "
                f"{(time.perf_counter() - t_start) * 1000 + res.get('wall_ms', 0):.0f} ms (model run included).")
 
