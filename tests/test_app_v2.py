@@ -29,15 +29,17 @@ def test_inspector_shows_each_gates_pre_tanh_value(app_env):
     at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()
     assert not at.exception and not _errors(at)
     trace = at.session_state["result"]["ins"].trace
-    glob = _frame(at, "pre-tanh", "global")
+    glob = _markdown_table(at, "global")
     assert list(glob["unit"]) == ["group1", "group2", "group3", "network"]
-    assert list(glob["pre-tanh"]) == pytest.approx(trace.global_pre_tanh[0].tolist(), abs=1e-3)
+    assert list(glob["pre-tanh x"]) == pytest.approx(trace.global_pre_tanh[0].tolist(), abs=1e-3)
+    assert list(glob["tanh(x)"]) == pytest.approx(torch.tanh(trace.global_pre_tanh[0]).tolist(), abs=1e-3)
     assert list(glob["weight"]) == pytest.approx(trace.global_gates[0].tolist(), abs=1e-3)
-    conf = _frame(at, "pre-tanh", "group1")
+    conf = _markdown_table(at, "group1")
     assert list(conf["gate"]) == ["group1"] * 2 + ["group2"] * 2 + ["group3"] * 2
-    assert list(conf["pre-tanh"]) == pytest.approx(
+    assert list(conf["pre-tanh x"]) == pytest.approx(
         torch.cat([l.gate_pre_tanh[0] for l in trace.layers]).tolist(), abs=1e-3)
-    saturated = [f"{g} → {u}" for g, u, x in zip(conf["gate"], conf["unit"], conf["pre-tanh"]) if abs(x) > 2]
+    assert list(conf["saturated"]) == ["yes" if abs(x) > 2 else "" for x in conf["pre-tanh x"]]
+    saturated = [f"{g} → {u}" for g, u, x in zip(conf["gate"], conf["unit"], conf["pre-tanh x"]) if abs(x) > 2]
     notes = [c.value for c in at.caption if "Saturated here" in c.value or "No unit is saturated" in c.value]
     assert len(notes) == 2
     assert all(s in notes[0] for s in saturated) and (bool(saturated) == notes[0].startswith("Saturated here"))
@@ -116,6 +118,22 @@ def test_dataset_page_head_atlas(app_env):
     [b for b in at.button if b.key == f"atlas_open_bottom_{head['bottom_indices'][0]}"][0].click().run()
     assert not at.exception
     assert at.session_state["source"] == "Dataset" and at.session_state["browse_pos"] == head["bottom_indices"][0]
+
+
+def _markdown_table(at, first_gate):
+    """The Markdown table whose first row is of ``first_gate``, as {column: [values]}."""
+    import pandas as pd
+
+    for m in at.markdown:
+        lines = m.value.splitlines()
+        if lines and lines[0].startswith("| gate | unit | pre-tanh x") and lines[2].startswith(f"| {first_gate} |"):
+            cols = [c.strip() for c in lines[0].strip("|").split("|")]
+            rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+            frame = pd.DataFrame(rows, columns=cols)
+            for c in ("pre-tanh x", "tanh(x)", "weight"):
+                frame[c] = frame[c].astype(float)
+            return frame
+    raise AssertionError(f"no gate table for {first_gate}")
 
 
 def _problems(at):
