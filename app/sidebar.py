@@ -115,6 +115,8 @@ def dataset_picker(size: int):
     """The dataset chosen in the sidebar → (TensorDataset, key) or (None, None) with a message."""
     with st.sidebar:
         st.header("Dataset")
+        if "dataset_kind" not in st.session_state and os.environ.get(state.DATASET_ENV):
+            st.session_state["dataset_kind"] = DATASETS[2]  # the operator's folder first
         kind = st.selectbox("Images from", DATASETS, key="dataset_kind")
         return _open_dataset(kind, size)
 

@@ -239,3 +239,44 @@ def test_maps_on_the_original_photo(app_env):
     assert len(at.get("image")) == n + 3 * 2  # every head of every layer once more, on the photo
     assert any("200x200 pixels shown; the model saw it as 32x32" in c.value for c in at.caption)
     assert "original" not in at.session_state["result"]  # the decoded photo is not kept between runs
+
+
+def test_no_dead_ends_sample_photo_and_random_image(app_env):
+    from app.samples import SAMPLE_NAME, sample_path
+
+    at = _start()
+    assert sample_path() is not None  # matplotlib ships it
+    at.button(key="inspect_sample").click().run()
+    assert not at.exception and at.session_state["result"]["name"] == SAMPLE_NAME
+    assert at.metric[0].label == "Prediction (fused)"
+    with pytest.raises(KeyError):
+        at.button(key="inspect_sample")  # gone once there is a result
+    at = _start()
+    at.button(key="inspect_random").click().run()
+    assert not at.exception and at.session_state["source"] == "Dataset"
+    assert at.session_state["result"]["index"] is not None and "_random_pick" not in at.session_state
+
+
+def test_image_folder_is_the_default_dataset_and_labels_do_not_wrap(app_env):
+    at = _start()
+    at.radio(key="source").set_value("Dataset").run()
+    assert at.selectbox(key="dataset_kind").value == "ImageFolder directory"  # AR_IMAGE_FOLDER is set
+    assert [m.value for m in at.markdown if m.value.startswith("**group")] == [
+        "**group1** · 32x32", "**group2** · 16x16", "**group3** · 8x8"]  # a full-width line, not a narrow column
+
+
+def test_source_lists_are_captioned_with_that_sources_answer(app_env):
+    at = AppTest.from_string(DATASET_APP, default_timeout=120).run()
+    at.selectbox(key="model_label").set_value("tiny-ad3 (AR_CHECKPOINT)").run()
+    at.selectbox(key="dataset_kind").set_value("ImageFolder directory").run()
+    at.number_input(key="faith_n").set_value(0)
+    at.button(key="analyse_go").click().run()
+    at.selectbox(key="src_pick").set_value("network").run()
+    (_, arrays), = at.session_state["analyses"].values()
+    classes = [f"class{i}" for i in range(4)]
+    wrong = [i for i in range(12) if arrays["net_pred"][i] != i // 3]
+    captions = [img.caption for el in at.get("image") for img in el.proto.imgs if img.caption.startswith("#")]
+    assert any(arrays["pred"][i] != arrays["net_pred"][i] for i in wrong)  # else the test could not tell
+    first = captions[:len(wrong)]  # the first list on the page is the source's (other tabs list images too)
+    assert wrong and sorted(first) == sorted(f"#{i} {classes[i // 3]}→{classes[int(arrays['net_pred'][i])]}"
+                                             for i in wrong)  # true class → the network's own answer

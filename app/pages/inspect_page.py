@@ -9,7 +9,7 @@ import time
 import numpy as np
 import streamlit as st
 
-from app import figures, gate_views, sanity_views, share, sidebar, state, walk_views, widgets
+from app import figures, gate_views, samples, sanity_views, share, sidebar, state, walk_views, widgets
 from app.pages.about import EQUATIONS
 from ar_core.inference import (OUTCOMES, ImageError, ablate, filter_indices, fit_image, load_image, rectification,
                                to_uint8, topk, trace_to_json, trace_to_npz)
@@ -30,8 +30,9 @@ def _decode(raw):
 
 
 def _uploads():
-    files = st.file_uploader("Images (PNG, JPEG, WebP, BMP, GIF, TIFF)", accept_multiple_files=True, key="images")
-    return _decode([(f.name, f.getvalue()) for f in (files or [])])
+    files = st.file_uploader("Images (PNG, JPEG, WebP, BMP, GIF, TIFF)", accept_multiple_files=True, key="images",
+                             on_change=samples.drop_sample)
+    return _decode([(f.name, f.getvalue()) for f in (files or [])] or samples.sample_images())
 
 
 def _camera():
@@ -66,6 +67,7 @@ def _dataset_browser(model, meta, size: int, ckpt_key: tuple):
     if st.session_state.get("browse_pos", 0) > len(idx) - 1:
         st.session_state["browse_pos"] = 0
     c3.button("Random pick", key="random_pick", on_click=_random_pos, args=(len(idx),))
+    samples.consume_random_pick(len(idx))
     pos = st.number_input(f"Image ({len(idx)} match)", 0, len(idx) - 1, key="browse_pos")
     i = int(idx[pos])
     from PIL import Image
@@ -114,6 +116,7 @@ def render():
     share.show_notes(res)
     if res is None:
         st.info("Upload an image, take a picture, or browse a dataset to begin.")
+        samples.start_buttons()
         return
     _views(res, model, meta)
     res.pop("original", None)  # the decoded photo lives for this run only (uploads are decoded on every run)

@@ -8,7 +8,7 @@ import numpy as np
 import streamlit as st
 import torch
 
-from app import figures, state, widgets
+from app import figures, samples, state, widgets
 from ar_core import perturb as P
 from ar_core.inference import rectification, topk
 
@@ -47,6 +47,8 @@ def render():
     res = st.session_state.get("result")
     if res is None:
         st.info("First choose an image on the *Inspect an image* page; the lab starts from it.")
+        if st.button("Start from a sample image", key="lab_start"):  # no dead end: one click to an image
+            samples.start_on_inspector()
         return
     size = res["image"].shape[0]
     with st.sidebar:
