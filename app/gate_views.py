@@ -54,8 +54,11 @@ def image_gates(trace, gates: list[str], key: str):
     st.markdown("**What the gates' tanh received**" + (" (mean over the image and its mirror)" if trace.views else ""))
     if st.toggle("Show them on the tanh curve", key=f"{key}_curve"):  # off by default: the views stay fast
         st.plotly_chart(figures_v2.tanh_figure(rows, G.SATURATION), key=f"{key}_tanh")
-    st.dataframe([{**{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k != "saturated"},
-                   "saturated": "yes" if r["saturated"] else ""} for r in rows], hide_index=True, key=f"{key}_table")
+    # a Markdown table: drawn on every inspector run, where a data frame would cost ~10 ms
+    lines = ["| gate | unit | pre-tanh x | tanh(x) | weight | saturated |", "|---|---|--:|--:|--:|---|"]
+    lines += [f"| {r['gate']} | {r['unit']} | {r['pre-tanh']:+.3f} | {r['tanh']:+.3f} | {r['weight']:.3f} | "
+              f"{'yes' if r['saturated'] else ''} |" for r in rows]
+    st.markdown("\n".join(lines))
     sat = [f"{r['gate']} → {r['unit']}" for r in rows if r["saturated"]]
     if sat:
         st.caption(f"Saturated here (|x| > {G.SATURATION:g}): {', '.join(sat)}. For these units tanh is ±1 whatever "

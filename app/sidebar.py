@@ -128,6 +128,8 @@ def dataset_picker(size: int, classes=None):
     """
     with st.sidebar:
         st.header("Dataset")
+        if "dataset_kind" not in st.session_state and os.environ.get(state.DATASET_ENV):
+            st.session_state["dataset_kind"] = DATASETS[2]  # the operator's folder first
         kind = st.selectbox("Images from", DATASETS, key="dataset_kind")
         ds, key = _open_dataset(kind, size)
         if ds is None or not classes:

@@ -14,9 +14,9 @@ def attention_panels(trace, classes, image, alpha: float = 0.55, cmap: str = "je
     k = len(panels[0])
     for layer, row in zip(trace.layers, panels):
         h, w = layer.attention_maps.shape[-2:]
-        cols = st.columns([1] + [2] * k)
-        cols[0].markdown(f"**{layer.name}**  \n{h}x{w}")
-        for j, (col, panel) in enumerate(zip(cols[1:], row)):
+        st.markdown(f"**{layer.name}** · {h}x{w}")  # above its row: a narrow column would wrap the name
+        cols = st.columns(k)
+        for j, (col, panel) in enumerate(zip(cols, row)):
             top = classes[int(layer.head_hypotheses[i, j].argmax())]
             gate = float(layer.confidence_gates[i, j])
             col.image(panel, caption=f"head {j + 1}: {top} · g={gate:.2f}" if captions else f"g={gate:.2f}",

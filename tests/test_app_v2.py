@@ -29,15 +29,17 @@ def test_inspector_shows_each_gates_pre_tanh_value(app_env):
     at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()
     assert not at.exception and not _errors(at)
     trace = at.session_state["result"]["ins"].trace
-    glob = _frame(at, "pre-tanh", "global")
+    glob = _markdown_table(at, "global")
     assert list(glob["unit"]) == ["group1", "group2", "group3", "network"]
-    assert list(glob["pre-tanh"]) == pytest.approx(trace.global_pre_tanh[0].tolist(), abs=1e-3)
+    assert list(glob["pre-tanh x"]) == pytest.approx(trace.global_pre_tanh[0].tolist(), abs=1e-3)
+    assert list(glob["tanh(x)"]) == pytest.approx(torch.tanh(trace.global_pre_tanh[0]).tolist(), abs=1e-3)
     assert list(glob["weight"]) == pytest.approx(trace.global_gates[0].tolist(), abs=1e-3)
-    conf = _frame(at, "pre-tanh", "group1")
+    conf = _markdown_table(at, "group1")
     assert list(conf["gate"]) == ["group1"] * 2 + ["group2"] * 2 + ["group3"] * 2
-    assert list(conf["pre-tanh"]) == pytest.approx(
+    assert list(conf["pre-tanh x"]) == pytest.approx(
         torch.cat([l.gate_pre_tanh[0] for l in trace.layers]).tolist(), abs=1e-3)
-    saturated = [f"{g} → {u}" for g, u, x in zip(conf["gate"], conf["unit"], conf["pre-tanh"]) if abs(x) > 2]
+    assert list(conf["saturated"]) == ["yes" if abs(x) > 2 else "" for x in conf["pre-tanh x"]]
+    saturated = [f"{g} → {u}" for g, u, x in zip(conf["gate"], conf["unit"], conf["pre-tanh x"]) if abs(x) > 2]
     notes = [c.value for c in at.caption if "Saturated here" in c.value or "No unit is saturated" in c.value]
     assert len(notes) == 2
     assert all(s in notes[0] for s in saturated) and (bool(saturated) == notes[0].startswith("Saturated here"))
@@ -118,6 +120,22 @@ def test_dataset_page_head_atlas(app_env):
     assert at.session_state["source"] == "Dataset" and at.session_state["browse_pos"] == head["bottom_indices"][0]
 
 
+def _markdown_table(at, first_gate):
+    """The Markdown table whose first row is of ``first_gate``, as {column: [values]}."""
+    import pandas as pd
+
+    for m in at.markdown:
+        lines = m.value.splitlines()
+        if lines and lines[0].startswith("| gate | unit | pre-tanh x") and lines[2].startswith(f"| {first_gate} |"):
+            cols = [c.strip() for c in lines[0].strip("|").split("|")]
+            rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+            frame = pd.DataFrame(rows, columns=cols)
+            for c in ("pre-tanh x", "tanh(x)", "weight"):
+                frame[c] = frame[c].astype(float)
+            return frame
+    raise AssertionError(f"no gate table for {first_gate}")
+
+
 def _problems(at):
     """Error boxes other than the verdict of a spoiled prediction (a result, not a problem)."""
     return [e for e in _errors(at) if not e.startswith("**Spoiled.**")]
@@ -185,3 +203,80 @@ def test_a_link_names_a_shipped_checkpoint(app_env):
     assert not at.exception and not [c.value for c in at.caption if c.value.startswith("Link:")]
     assert at.session_state["model_label"] == "cifar100-wrn16x4-ad3aw4 (shipped)"
     assert at.session_state["attr_target"] == 0 and at.session_state["hm_layer"] == 2  # checked on its own config
+
+
+def test_guided_walk_steps_through_the_prediction(app_env):
+    at = _start()
+    at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()
+    assert "Walk me through" in [t.label for t in at.tabs]
+    assert not [p for p in at.get("progress")]  # nothing but a button until asked
+    at.button(key="walk_start").click().run()
+    seen = []
+    for _ in range(6):
+        assert not at.exception
+        (bar,) = at.get("progress")
+        seen.append([s.value for s in at.subheader if s.value[:2] in ("1.", "2.", "3.", "4.", "5.", "6.")][0])
+        if at.button(key="walk_next").disabled:
+            break
+        at.button(key="walk_next").click().run()
+    assert seen == ["1. The network's own answer", "2. Attention on group1 (32x32)", "3. Attention on group2 (16x16)",
+                    "4. Attention on group3 (8x8)", "5. Whom the global gate trusted", "6. The final answer"]
+    assert at.button(key="walk_next").disabled and not at.button(key="walk_prev").disabled
+    at.button(key="walk_prev").click().run()
+    assert "5. Whom the global gate trusted" in [s.value for s in at.subheader]
+    trace = at.session_state["result"]["ins"].trace
+    best = int(trace.layers[2].confidence_gates[0].argmax())
+    at.button(key="walk_prev").click().run()
+    assert any(f"trusts head {best + 1} most" in m.value for m in at.markdown)
+
+
+def test_maps_on_the_original_photo(app_env):
+    at = _start()
+    at.file_uploader(key="images").set_value([("wide.png", _png(size=(300, 200)), "image/png")]).run()
+    n = len(at.get("image"))
+    at.toggle(key="on_photo").set_value(True).run()
+    assert not at.exception
+    assert len(at.get("image")) == n + 3 * 2  # every head of every layer once more, on the photo
+    assert any("200x200 pixels shown; the model saw it as 32x32" in c.value for c in at.caption)
+    assert "original" not in at.session_state["result"]  # the decoded photo is not kept between runs
+
+
+def test_no_dead_ends_sample_photo_and_random_image(app_env):
+    from app.samples import SAMPLE_NAME, sample_path
+
+    at = _start()
+    assert sample_path() is not None  # matplotlib ships it
+    at.button(key="inspect_sample").click().run()
+    assert not at.exception and at.session_state["result"]["name"] == SAMPLE_NAME
+    assert at.metric[0].label == "Prediction (fused)"
+    with pytest.raises(KeyError):
+        at.button(key="inspect_sample")  # gone once there is a result
+    at = _start()
+    at.button(key="inspect_random").click().run()
+    assert not at.exception and at.session_state["source"] == "Dataset"
+    assert at.session_state["result"]["index"] is not None and "_random_pick" not in at.session_state
+
+
+def test_image_folder_is_the_default_dataset_and_labels_do_not_wrap(app_env):
+    at = _start()
+    at.radio(key="source").set_value("Dataset").run()
+    assert at.selectbox(key="dataset_kind").value == "ImageFolder directory"  # AR_IMAGE_FOLDER is set
+    assert [m.value for m in at.markdown if m.value.startswith("**group")] == [
+        "**group1** · 32x32", "**group2** · 16x16", "**group3** · 8x8"]  # a full-width line, not a narrow column
+
+
+def test_source_lists_are_captioned_with_that_sources_answer(app_env):
+    at = AppTest.from_string(DATASET_APP, default_timeout=120).run()
+    at.selectbox(key="model_label").set_value("tiny-ad3 (AR_CHECKPOINT)").run()
+    at.selectbox(key="dataset_kind").set_value("ImageFolder directory").run()
+    at.number_input(key="faith_n").set_value(0)
+    at.button(key="analyse_go").click().run()
+    at.selectbox(key="src_pick").set_value("network").run()
+    (_, arrays), = at.session_state["analyses"].values()
+    classes = [f"class{i}" for i in range(4)]
+    wrong = [i for i in range(12) if arrays["net_pred"][i] != i // 3]
+    captions = [img.caption for el in at.get("image") for img in el.proto.imgs if img.caption.startswith("#")]
+    assert any(arrays["pred"][i] != arrays["net_pred"][i] for i in wrong)  # else the test could not tell
+    first = captions[:len(wrong)]  # the first list on the page is the source's (other tabs list images too)
+    assert wrong and sorted(first) == sorted(f"#{i} {classes[i // 3]}→{classes[int(arrays['net_pred'][i])]}"
+                                             for i in wrong)  # true class → the network's own answer

@@ -70,9 +70,34 @@ def test_upload_in_a_real_browser(server, browser):
     wait = WebDriverWait(browser, 60)
     try:
         _drive(browser, wait, image)
+        _walk(browser, wait)
     except Exception:
         browser.save_screenshot(str(_artifacts() / "browser-failure.png"))
         raise
+
+
+def _walk(browser, wait):
+    """The guided walk: start it, then Next until the last step, every step's title in order."""
+    from selenium.webdriver.common.by import By
+
+    def button(label):
+        return browser.find_element(By.XPATH, f"//button[.//p[normalize-space()='{label}']]")
+
+    browser.find_element(By.XPATH, "//*[@role='tab'][contains(., 'Walk me through')]").click()
+    wait.until(lambda d: button("Walk me through this prediction").is_displayed())
+    button("Walk me through this prediction").click()
+    titles = []
+    for step in range(1, 7):
+        wait.until(lambda d: f"Step {step} of 6" in d.find_element(By.TAG_NAME, "body").text)
+        titles.append(browser.find_element(By.XPATH, f"//h3[starts-with(normalize-space(), '{step}.')]").text)
+        if step < 6:
+            button("Next →").click()
+    assert titles[0].startswith("1. The network") and titles[-1].startswith("6. The final answer")
+    assert not button("Next →").is_enabled()
+    body = browser.find_element(By.TAG_NAME, "body").text
+    assert "Fusion" in body or "final answer" in body
+    button("← Previous").click()
+    wait.until(lambda d: "Step 5 of 6" in d.find_element(By.TAG_NAME, "body").text)
 
 
 def _drive(browser, wait, image):
@@ -109,3 +134,53 @@ def _drive(browser, wait, image):
     shot = _artifacts() / "browser-upload.png"
     browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000
+
+
+def test_a_shared_link_opens_the_same_view_in_a_new_browser(tmp_path):
+    """A link to a dataset image, a view, a layer and a head; the URL then copied into a second browser."""
+    from urllib.parse import parse_qs, quote, urlsplit
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    torch.manual_seed(0)
+    classes = [f"class{i}" for i in range(10)]
+    cfg = ar_core.ModelConfig(num_classes=10, depth=10, width=1, attention_depth=3, attention_width=4)
+    ckpt = ar_core.save_checkpoint(randomize_bn(ar_core.build_model(cfg)).eval(), tmp_path / "shared.safetensors",
+                                   {"classes": classes, "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}})
+    folder = tmp_path / "folder"
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (folder / c).mkdir(parents=True)
+        for j in range(2):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / c / f"{j}.png")
+    proc, url = start_server({"AR_CHECKPOINT": str(ckpt), "AR_IMAGE_FOLDER": str(folder),
+                              "AR_CACHE_DIR": str(tmp_path / "cache")}, tmp_path / "streamlit.log")
+    browsers = [make_driver()]
+    try:
+        def opened(driver, link):
+            driver.get(link)
+            wait = WebDriverWait(driver, 60)
+            wait.until(lambda d: "views laid out in" in d.find_element(By.TAG_NAME, "body").text)
+            wait.until(lambda d: "head=2" in d.current_url)  # the page has written the view into the URL
+            body = driver.find_element(By.TAG_NAME, "body").text
+            assert "Image #7" in body and "Traceback" not in body and "Link:" not in body
+            selected = driver.find_element(By.XPATH, "//*[@role='tab'][@aria-selected='true']").text
+            assert "Attention maps" in selected
+            return driver.current_url
+
+        link = (f"{url}/inspect?checkpoint=shared&source=dataset&dataset=folder&index=7&layer=group2&head=2"
+                f"&tab={quote('2 · Attention maps')}")
+        try:
+            shared = opened(browsers[0], link)
+            q = parse_qs(urlsplit(shared).query)
+            assert q["index"] == ["7"] and q["layer"] == ["group2"] and q["checkpoint"] == ["shared"]
+            browsers.append(make_driver())  # a new browser: no session, only the URL
+            opened(browsers[1], shared)
+        except Exception:
+            browsers[-1].save_screenshot(str(_artifacts() / "browser-link-failure.png"))
+            raise
+    finally:
+        for b in browsers:
+            b.quit()
+        stop_server(proc)

@@ -38,15 +38,16 @@ def _open_in_inspector(index: int):
     st.switch_page(st.session_state["_pages"]["inspect"])
 
 
-def _image_list(ds, indices: np.ndarray, classes, arrays, title: str):
+def _image_list(ds, indices: np.ndarray, classes, arrays, title: str, pred: np.ndarray | None = None):
     st.markdown(f"**{title}** — {len(indices)} images" + (" (first 24 shown)" if len(indices) > 24 else ""))
     if len(indices) == 0:
         return
+    shown = arrays["pred"] if pred is None else pred  # whose answer the captions give
     cols = st.columns(8)
     for j, i in enumerate(indices[:24]):
         with cols[j % 8]:
             st.image(ds.images[i].permute(1, 2, 0).numpy(), width=64,
-                     caption=f"#{i} {classes[int(ds.labels[i])]}→{classes[int(arrays['pred'][i])]}")
+                     caption=f"#{i} {classes[int(ds.labels[i])]}→{classes[int(shown[i])]}")
             st.button("Inspect", key=f"open_{title}_{i}", on_click=_open_in_inspector, args=(int(i),))
 
 
@@ -110,7 +111,8 @@ def render():
             right = c2.radio("that it gets", ["wrong", "right"], horizontal=True, key="src_right")
             spred = {"fused": arrays["pred"], "network": arrays["net_pred"]}.get(src, arrays.get(f"pred/{src}"))
             ok = spred == labels
-            _image_list(ds, np.nonzero(ok if right == "right" else ~ok)[0], classes, arrays, f"{src} {right}")
+            _image_list(ds, np.nonzero(ok if right == "right" else ~ok)[0], classes, arrays, f"{src} {right}",
+                        pred=spred)  # captioned with that source's own answer
             st.dataframe([{"": k, "images": v} for k, v in r["rectification"].items()], hide_index=True)
             per = [{"class": c, **v} for c, v in r["rectification_per_class"].items()]
             st.caption("Select a class to list its rectified and spoiled images.")

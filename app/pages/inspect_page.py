@@ -8,14 +8,14 @@ import time
 import numpy as np
 import streamlit as st
 
-from app import figures, gate_views, sanity_views, share, sidebar, state, training_view, widgets
+from app import figures, gate_views, samples, sanity_views, share, sidebar, state, training_view, walk_views, widgets
 from app.pages.about import EQUATIONS
 from ar_core.inference import (OUTCOMES, ImageError, ablate, filter_indices, fit_image, from_hwc, image_digest,
                                load_image, rectification, to_uint8, topk, trace_to_json, trace_to_npz)
 
 CMAPS = ["jet", "viridis", "inferno", "magma", "gray"]
 TABS = ["1 · Prediction", "2 · Attention maps", "3 · Confidence gates", "4 · Global fusion", "5 · Attributions",
-        "6 · Baseline vs attention", "7 · Over training", "Export", "Sanity check"]
+        "6 · Baseline vs attention", "7 · Over training", "Export", "Sanity check", "Walk me through"]
 
 
 def _decode(raw):
@@ -29,8 +29,9 @@ def _decode(raw):
 
 
 def _uploads():
-    files = st.file_uploader("Images (PNG, JPEG, WebP, BMP, GIF, TIFF)", accept_multiple_files=True, key="images")
-    return _decode([(f.name, f.getvalue()) for f in (files or [])])
+    files = st.file_uploader("Images (PNG, JPEG, WebP, BMP, GIF, TIFF)", accept_multiple_files=True, key="images",
+                             on_change=samples.drop_sample)
+    return _decode([(f.name, f.getvalue()) for f in (files or [])] or samples.sample_images())
 
 
 def _camera():
@@ -63,6 +64,7 @@ def _dataset_browser(model, meta, size: int, ckpt_key: tuple):
     if st.session_state.get("browse_pos", 0) > len(idx) - 1:
         st.session_state["browse_pos"] = 0
     c3.button("Random pick", key="random_pick", on_click=_random_pos, args=(len(idx),))
+    samples.consume_random_pick(len(idx))
     pos = st.number_input(f"Image ({len(idx)} match)", 0, len(idx) - 1, key="browse_pos")
     i = int(idx[pos])
     from PIL import Image
@@ -107,13 +109,16 @@ def render():
                                       "digest": digest, "fit": fit, "flip": bool(result.trace.views),
                                       "label": true_label, "path": path, "device": device,
                                       "wall_ms": (time.perf_counter() - t0) * 1000, "source": source,
-                                      "index": int(name.rsplit("#", 1)[1]) if source == "Dataset" else None}
+                                      "index": int(name.rsplit("#", 1)[1]) if source == "Dataset" else None,
+                                      "original": original if source != "Dataset" else None}
     res = st.session_state.get("result")
     share.show_notes(res)
     if res is None:
         st.info("Upload an image, take a picture, or browse a dataset to begin.")
+        samples.start_buttons()
         return
     _views(res, model, meta)
+    res.pop("original", None)  # the decoded photo lives for this run only (uploads are decoded on every run)
 
 
 def _views(res, model, meta):
@@ -155,6 +160,7 @@ def _views(res, model, meta):
     else:
         with tabs[1]:
             _attention_view(trace, classes, res["image"])
+            walk_views.on_original(res, trace, classes)
         with tabs[2]:
             st.write("Each module weighs its K heads by a confidence gate computed from what the head attended. "
                      "A head with a high gate dominates its layer's hypothesis.")
@@ -178,6 +184,8 @@ def _views(res, model, meta):
         _export_view(res)
     with tabs[8]:
         sanity_views.image_sanity(res)
+    with tabs[9]:
+        walk_views.guided_walk(res, trace, classes)
     st.caption(f"Image chosen → views laid out in "
                f"{(time.perf_counter() - t_start) * 1000 + res.get('wall_ms', 0):.0f} ms (model run included).")
 

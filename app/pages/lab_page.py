@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import figures, state, widgets
+from app import figures, samples, state, widgets
 from ar_core import perturb as P
 from ar_core.inference import from_hwc, image_digest, rectification, topk
 
@@ -27,6 +27,8 @@ def render():
     res = st.session_state.get("result")
     if res is None:
         st.info("First choose an image on the *Inspect an image* page; the lab starts from it.")
+        if st.button("Start from a sample image", key="lab_start"):  # no dead end: one click to an image
+            samples.start_on_inspector()
         return
     size = res["image"].shape[0]
     with st.sidebar:
