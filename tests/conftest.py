@@ -10,6 +10,14 @@ torch.set_num_threads(1)  # tiny models: one thread is fastest and keeps results
 
 from ar_core import ModelConfig, build_model  # noqa: E402
 
+# The data-set page as its own app, with the inspector registered so "open in the inspector" works.
+DATASET_APP = (
+    "import streamlit as st\n"
+    "from app.pages import dataset_page, inspect_page\n"
+    "st.session_state['_pages'] = {'inspect': st.Page(inspect_page.render, url_path='inspect'),\n"
+    "                              'dataset': st.Page(dataset_page.render, url_path='dataset', default=True)}\n"
+    "st.navigation(list(st.session_state['_pages'].values()), position='hidden').run()\n")
+
 
 @pytest.fixture
 def tiny_config():

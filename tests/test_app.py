@@ -9,7 +9,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 import ar_core
-from conftest import ROOT, randomize_bn
+from conftest import DATASET_APP, ROOT, randomize_bn
 
 CLASSES = [f"class{i}" for i in range(4)]
 META = {"classes": CLASSES, "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}, "dataset": "toy",
@@ -48,6 +48,16 @@ def _start():
     at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60).run()
     at.selectbox(key="model_label").set_value("tiny-ad3 (AR_CHECKPOINT)").run()
     assert not at.exception
+    return at
+
+
+def _analysed_dataset_page():
+    """The data-set page on the test checkpoint and folder, analysed without faithfulness curves."""
+    at = AppTest.from_string(DATASET_APP, default_timeout=120).run()
+    at.selectbox(key="model_label").set_value("tiny-ad3 (AR_CHECKPOINT)").run()
+    at.selectbox(key="dataset_kind").set_value("ImageFolder directory").run()
+    at.number_input(key="faith_n").set_value(0)
+    at.button(key="analyse_go").click().run()
     return at
 
 
@@ -277,13 +287,7 @@ def test_folders_outside_the_data_roots_are_refused(app_env, monkeypatch):
 
 
 def test_dataset_page_analyses_and_opens_an_image(app_env):
-    at = AppTest.from_string(
-        "import streamlit as st\n"
-        "from app.pages import dataset_page, inspect_page\n"
-        "st.session_state['_pages'] = {'inspect': st.Page(inspect_page.render, url_path='inspect'),\n"
-        "                              'dataset': st.Page(dataset_page.render, url_path='dataset', default=True)}\n"
-        "st.navigation(list(st.session_state['_pages'].values()), position='hidden').run()\n",
-        default_timeout=120).run()
+    at = AppTest.from_string(DATASET_APP, default_timeout=120).run()
     assert not at.exception
     at.selectbox(key="model_label").set_value("tiny-ad3 (AR_CHECKPOINT)").run()
     at.selectbox(key="dataset_kind").set_value("ImageFolder directory").run()
@@ -517,11 +521,7 @@ def test_browser_labels_a_subset_folder_by_class_name(app_env, subset_folder):
 
 
 def test_dataset_page_analyses_a_subset_folder(subset_folder):
-    at = AppTest.from_string("from app.pages import dataset_page\ndataset_page.render()\n", default_timeout=120).run()
-    at.selectbox(key="model_label").set_value("tiny-ad3 (AR_CHECKPOINT)").run()
-    at.selectbox(key="dataset_kind").set_value("ImageFolder directory").run()
-    at.number_input(key="faith_n").set_value(0)
-    at.button(key="analyse_go").click().run()
+    at = _analysed_dataset_page()
     assert not at.exception and not _errors(at)
     (r, _), = at.session_state["analyses"].values()
     assert r["n"] == 6 and r["per_class_accuracy"]["class0"] is None and r["per_class_accuracy"]["class2"] is None

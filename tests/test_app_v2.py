@@ -7,14 +7,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT
-from test_app import _errors, _png, _start, app_env  # noqa: F401  (app_env is a fixture)
-
-DATASET_APP = (
-    "import streamlit as st\n"
-    "from app.pages import dataset_page, inspect_page\n"
-    "st.session_state['_pages'] = {'inspect': st.Page(inspect_page.render, url_path='inspect'),\n"
-    "                              'dataset': st.Page(dataset_page.render, url_path='dataset', default=True)}\n"
-    "st.navigation(list(st.session_state['_pages'].values()), position='hidden').run()\n")
+from test_app import _analysed_dataset_page, _errors, _png, _start, app_env  # noqa: F401  (app_env is a fixture)
 
 
 def _frame(at, column, first=None):
@@ -50,11 +43,7 @@ def test_inspector_shows_each_gates_pre_tanh_value(app_env):
 
 
 def test_dataset_page_measures_gate_behaviour(app_env):
-    at = AppTest.from_string(DATASET_APP, default_timeout=120).run()
-    at.selectbox(key="model_label").set_value("tiny-ad3 (AR_CHECKPOINT)").run()
-    at.selectbox(key="dataset_kind").set_value("ImageFolder directory").run()
-    at.number_input(key="faith_n").set_value(0)
-    at.button(key="analyse_go").click().run()
+    at = _analysed_dataset_page()
     assert not at.exception and not _errors(at)
     (r, _), = at.session_state["analyses"].values()
     stats = r["gate_pre_tanh"]
@@ -91,11 +80,7 @@ def test_inspector_sanity_check_runs_on_request(app_env):
 
 
 def test_dataset_page_head_atlas(app_env):
-    at = AppTest.from_string(DATASET_APP, default_timeout=120).run()
-    at.selectbox(key="model_label").set_value("tiny-ad3 (AR_CHECKPOINT)").run()
-    at.selectbox(key="dataset_kind").set_value("ImageFolder directory").run()
-    at.number_input(key="faith_n").set_value(0)
-    at.button(key="analyse_go").click().run()
+    at = _analysed_dataset_page()
     assert "Head atlas" in [t.label for t in at.tabs]
     (r, _), = at.session_state["analyses"].values()
     overview = _frame(at, "own accuracy")
@@ -266,11 +251,7 @@ def test_image_folder_is_the_default_dataset_and_labels_do_not_wrap(app_env):
 
 
 def test_source_lists_are_captioned_with_that_sources_answer(app_env):
-    at = AppTest.from_string(DATASET_APP, default_timeout=120).run()
-    at.selectbox(key="model_label").set_value("tiny-ad3 (AR_CHECKPOINT)").run()
-    at.selectbox(key="dataset_kind").set_value("ImageFolder directory").run()
-    at.number_input(key="faith_n").set_value(0)
-    at.button(key="analyse_go").click().run()
+    at = _analysed_dataset_page()
     at.selectbox(key="src_pick").set_value("network").run()
     (_, arrays), = at.session_state["analyses"].values()
     classes = [f"class{i}" for i in range(4)]

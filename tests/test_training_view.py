@@ -13,7 +13,7 @@ from app import figures_training as ft
 from ar_core import data as D
 from ar_core import train as T
 from ar_core.history import history_path, load_history, probe_images
-from conftest import ROOT
+from conftest import DATASET_APP, ROOT
 from test_data import make_image_folder
 
 CLASSES = ("red", "green", "blue")
@@ -84,13 +84,7 @@ def env(trained, monkeypatch, tmp_path):
 
 
 def _dataset_page():
-    at = AppTest.from_string(
-        "import streamlit as st\n"
-        "from app.pages import dataset_page, inspect_page\n"
-        "st.session_state['_pages'] = {'inspect': st.Page(inspect_page.render, url_path='inspect'),\n"
-        "                              'dataset': st.Page(dataset_page.render, url_path='dataset', default=True)}\n"
-        "st.navigation(list(st.session_state['_pages'].values()), position='hidden').run()\n",
-        default_timeout=120).run()
+    at = AppTest.from_string(DATASET_APP, default_timeout=120).run()
     at.selectbox(key="model_label").set_value("toy-ad3 (AR_CHECKPOINT)").run()
     return at
 
