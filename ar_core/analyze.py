@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from . import data as D
 from .checkpoint import CheckpointError, load_checkpoint
@@ -105,41 +106,59 @@ def dataset_story(cat: dict[str, torch.Tensor], labels: torch.Tensor, classes: S
 
 def faithfulness(model: AttendAndRectify, images: torch.Tensor, meta: dict[str, Any], indices: Sequence[int],
                  methods: Sequence[str] = FAITHFULNESS_METHODS, steps: int = 16, mode: str = "blur",
-                 progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+                 progress: Callable[[int], None] | None = None, batch: int = 25) -> dict[str, np.ndarray]:
     """Deletion and insertion areas per image and method, explaining the fused prediction.
 
     'attention' is the attention of all attended layers, each fused over its heads by the
-    confidence gates and weighted by its global gate, upsampled to the input.
+    confidence gates and weighted by its global gate, upsampled to the input. ``batch`` images at a
+    time: their attributions in one pass per method and all their curves in large batches.
     """
-    from .attribution import attribute, layer_attention, private_copy
-    from .faithfulness import curves, random_saliency
+    from .attribution import attribute_batch, private_copy
+    from .faithfulness import area, curves_batch, random_saliency
     from .inference import preprocess
 
-    net = private_copy(model).float().to(memory_format=torch.contiguous_format)
+    net = private_copy(model).float().to(memory_format=torch.channels_last)
     device = next(net.parameters()).device
     out = {f"{m}/{kind}": np.full(len(indices), np.nan) for m in methods for kind in ("deletion", "insertion")}
-    for j, i in enumerate(indices):
-        x = preprocess(images[i:i + 1], meta).to(device)
+    for start in range(0, len(indices), batch):
+        chosen = [int(i) for i in indices[start:start + batch]]
+        x = preprocess(images[chosen], meta).to(device).contiguous(memory_format=torch.channels_last)
         size = x.shape[-1]
         with torch.no_grad():
             t = net.trace(x)
-        target = int(t.output[0].argmax())
+        targets = t.output.argmax(1)
+        done, maps = [], []
         for method in methods:
             if method == "attention":
                 if not t.layers:
                     continue
-                maps = [layer_attention(t.map(lambda v: v.cpu()), 0, l, size) for l in range(len(t.layers))]
-                sal = sum(float(t.global_gates[0, l]) * m for l, m in enumerate(maps))
+                sal = attention_saliency(t.map(lambda v: v.float().cpu()), size)
             elif method == "random":
-                sal = random_saliency((size, size), seed=int(i))
+                sal = np.stack([random_saliency((size, size), seed=i) for i in chosen])
             else:
-                sal = attribute(net, x, target, method, ig_steps=16, copy_model=False).map
-            c = curves(net, x, target, sal, steps=steps, mode=mode)
-            out[f"{method}/deletion"][j] = c.deletion_area
-            out[f"{method}/insertion"][j] = c.insertion_area
+                sal = attribute_batch(net, x, targets, method, ig_steps=16, copy_model=False)
+            done.append(method)
+            maps.append(sal)
+        if maps:
+            fractions, deletion, insertion = curves_batch(net, x, targets, np.stack(maps, 1), steps=steps, mode=mode)
+            for j, method in enumerate(done):
+                for k in range(len(chosen)):
+                    out[f"{method}/deletion"][start + k] = area(fractions, deletion[k, j])
+                    out[f"{method}/insertion"][start + k] = area(fractions, insertion[k, j])
         if progress is not None:
-            progress(j + 1)
+            progress(start + len(chosen))
     return out
+
+
+def attention_saliency(trace, size: int) -> np.ndarray:
+    """Σ_l G_l Σ_k g^l_k H^l_k upsampled to ``size``: every attended layer's gated attention, (B, size, size)."""
+    total = 0
+    for l, lt in enumerate(trace.layers):
+        m = torch.einsum("bk,bkhw->bhw", lt.confidence_gates.float(), lt.attention_maps.float())
+        if m.shape[-1] != size:
+            m = F.interpolate(m[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+        total = total + trace.global_gates[:, l, None, None].float() * m
+    return total.numpy()
 
 
 def summarize_faithfulness(areas: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
