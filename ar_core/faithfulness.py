@@ -96,7 +96,7 @@ def curves_batch(model: nn.Module, x: torch.Tensor, targets: Sequence[int] | tor
     targets = torch.as_tensor(targets, dtype=torch.long).view(b)
     counts = np.linspace(0, n, steps + 1).round().astype(int)
     # rank[p] = position of pixel p in the importance order; step i removes the pixels ranked < counts[i].
-    order = torch.from_numpy(np.argsort(-saliency.double().reshape(b * m, n).numpy(), axis=1, kind="stable"))
+    order = torch.from_numpy(np.argsort(-saliency.double().reshape(b * m, n).cpu().numpy(), axis=1, kind="stable"))
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(n).expand(b * m, n)).view(b, m, 1, n)
     inner = torch.as_tensor(counts[1:-1]).view(1, 1, -1, 1)
     masks = (rank < inner).view(b, m, steps - 1, 1, h, w).to(x.device)  # (B, M, S-1, 1, H, W)
