@@ -94,3 +94,12 @@ def test_streamlit_config_keeps_xsrf_and_upload_limit():
     assert cfg["server"]["enableXsrfProtection"] is True
     assert cfg["server"]["maxUploadSize"] * 1024 * 1024 == MAX_UPLOAD_BYTES
     assert cfg["client"]["showErrorDetails"] == "none"
+
+
+def test_streamlit_does_not_watch_the_virtual_environment():
+    """No recursive inotify watch over the repository (and its .venv); the venv's modules are not polled."""
+    import tomllib
+
+    server = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())["server"]
+    assert server["fileWatcherType"] in ("poll", "none")
+    assert ".venv" in server["folderWatchBlacklist"]
