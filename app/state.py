@@ -52,11 +52,11 @@ def warm_up(model, meta: dict) -> None:
     for flip in (False, True):
         ins = inference.inspect(model, x, meta, flip=flip)
     trace, classes = ins.trace, ins.classes
-    built = [figures.prediction_figure(trace, 0, classes), figures.confidence_gates_figure(trace, 0, classes)]
+    built = [figures.prediction_figure(trace, 0, classes)]
     if trace.layers:
         figures.overlay_panels(x[0].permute(1, 2, 0).numpy(), trace, 0, 0.55, "jet")
-        built += [figures.attention_heatmap(trace, 0, 0, 0, classes), figures.global_gates_figure(trace, 0),
-                  figures.contributions_figure(trace, 0, classes, [0])]
+        built += [figures.confidence_gates_figure(trace, 0, classes), figures.attention_heatmap(trace, 0, 0, 0, classes),
+                  figures.global_gates_figure(trace, 0), figures.contributions_figure(trace, 0, classes, [0])]
     for fig in built:
         fig.to_json()
     pa.Table.from_pandas(pd.DataFrame({"class": classes[:1], "probability": np.zeros(1)}))

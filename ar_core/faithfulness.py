@@ -90,8 +90,10 @@ def curves_batch(model: nn.Module, x: torch.Tensor, targets: Sequence[int] | tor
     b, _, h, w = x.shape
     saliency = torch.as_tensor(np.asarray(saliency) if not torch.is_tensor(saliency) else saliency)
     if saliency.ndim != 4 or saliency.shape[0] != b or tuple(saliency.shape[-2:]) != (h, w):
-        raise ValueError(f"saliency maps {tuple(saliency.shape)} do not match the images {(b, '·', h, w)}; "
-                         f"expected (B, M, H, W)")
+        raise ValueError(f"saliency maps of shape {tuple(saliency.shape)} do not match {b} images of {h}x{w}; "
+                         f"expected ({b}, maps, {h}, {w})")
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
     m, n = saliency.shape[1], h * w
     targets = torch.as_tensor(targets, dtype=torch.long).view(b)
     counts = np.linspace(0, n, steps + 1).round().astype(int)

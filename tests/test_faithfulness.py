@@ -135,3 +135,10 @@ def test_batched_analysis_equals_the_per_image_algorithm(tiny_model):
         np.testing.assert_allclose(new[key], old[key], atol=1e-5, err_msg=key)
     # the maps differ, so the comparison is not of one number repeated
     assert len({round(float(old[f"{m}/deletion"][0]), 5) for m in FAITHFULNESS_METHODS}) >= 4
+
+
+def test_batched_curves_refuse_mismatched_maps(tiny_model):
+    with pytest.raises(ValueError, match=r"do not match 2 images of 32x32; expected \(2, maps, 32, 32\)"):
+        curves_batch(tiny_model, torch.zeros(2, 3, 32, 32), [0, 1], np.zeros((2, 32, 32)))
+    with pytest.raises(ValueError, match="steps must be at least 1"):
+        curves_batch(tiny_model, torch.zeros(1, 3, 32, 32), [0], np.zeros((1, 1, 32, 32)), steps=0)
