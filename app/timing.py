@@ -161,10 +161,9 @@ def time_browser(uploads: int = 20, controls: int = 10, checkpoint: str | None =
                 image.write_bytes(_png(1000 + i))
                 if i:  # a new visitor's page: the server is warm, the session new
                     driver.get(url)
-                    wait.until(lambda d: "Upload an image" in _body(d))
-                box = driver.find_element(By.XPATH, "//*[@data-testid='stFileUploader'][.//*[contains(., "
-                                                    "'Images (PNG')]]//input[@type='file']")
-                box.send_keys(str(image))
+                box = wait.until(lambda d: d.find_elements(By.XPATH, "//*[@data-testid='stFileUploader'][.//*[contains("
+                                                                     "., 'Images (PNG')]]//input[@type='file']"))
+                box[0].send_keys(str(image))
                 server_ms.append(_caption_ms(driver, wait, image.name))
             driver.find_element(By.XPATH, "//*[@role='tab'][contains(., 'Attention maps')]").click()
             slider = wait.until(lambda d: d.find_elements(

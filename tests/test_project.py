@@ -97,9 +97,9 @@ def test_streamlit_config_keeps_xsrf_and_upload_limit():
 
 
 def test_streamlit_does_not_watch_the_virtual_environment():
-    """No recursive inotify watch over the repository (and its .venv); the venv's modules are not polled."""
+    """No recursive inotify watch over the repository and its .venv, and no per-session polling."""
     import tomllib
 
     server = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())["server"]
-    assert server["fileWatcherType"] in ("poll", "none")
+    assert server["fileWatcherType"] == "none"
     assert ".venv" in server["folderWatchBlacklist"]
