@@ -23,7 +23,36 @@ def load_model(path: str, mtime: float, device: str):
     Safe to share: the forward pass keeps nothing on the modules.
     """
     model, meta = ar_core.load_checkpoint(path, device=pick_device(device))
+    warm_up(model, meta)
     return model, meta
+
+
+def warm_up(model, meta: dict) -> None:
+    """Run the model and build the inspector's default figures once, when the model is loaded.
+
+    The first run of a model pays for its kernels' set-up, and the first figures for plotly's,
+    matplotlib's and pandas' imports; doing it here (once per cached model, not per session) keeps
+    that second off the first visitor's first image.
+    """
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    from app import figures
+
+    size = int(meta.get("image_size", 32))
+    x = torch.full((1, 3, size, size), 128, dtype=torch.uint8)
+    for flip in (False, True):
+        ins = inference.inspect(model, x, meta, flip=flip)
+    trace, classes = ins.trace, ins.classes
+    built = [figures.prediction_figure(trace, 0, classes)]
+    if trace.layers:
+        figures.overlay_panels(x[0].permute(1, 2, 0).numpy(), trace, 0, 0.55, "jet")
+        built += [figures.confidence_gates_figure(trace, 0, classes), figures.attention_heatmap(trace, 0, 0, 0, classes),
+                  figures.global_gates_figure(trace, 0), figures.contributions_figure(trace, 0, classes, [0])]
+    for fig in built:
+        fig.to_json()
+    pa.Table.from_pandas(pd.DataFrame({"class": classes[:1], "probability": np.zeros(1)}))
 
 
 UPLOAD_PREFIX = "upload:"  # model sources that are uploaded bytes, kept in the session, never on disk
@@ -58,7 +87,9 @@ def add_uploaded_checkpoint(data: bytes, name: str) -> str:
 @st.cache_resource(show_spinner="Loading model…", max_entries=8)
 def _load_uploaded(digest: str, device: str, _data: bytes):
     """Uploaded models are cached by content digest (the bytes themselves are not hashed again)."""
-    return ar_core.load_checkpoint(_data, device=pick_device(device), name=f"upload {digest}")
+    model, meta = ar_core.load_checkpoint(_data, device=pick_device(device), name=f"upload {digest}")
+    warm_up(model, meta)
+    return model, meta
 
 
 def get_model(source: str, device: str):

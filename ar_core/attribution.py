@@ -46,38 +46,56 @@ def attribute(model: AttendAndRectify, x: torch.Tensor, target: int, method: str
     Grad-CAM (on the feature map ``layer``, default the last) keeps positive evidence and is
     upsampled to the input size. ``copy_model=False`` hooks ``model`` itself: only for a private model.
     """
+    if x.ndim != 4 or x.shape[0] != 1:
+        raise ValueError(f"expected one image of shape (1, 3, H, W), got {tuple(x.shape)}")
+    t0 = time.perf_counter()
+    maps = attribute_batch(model, x, [target], method, layer, noise_tunnel, nt_samples, ig_steps, occlusion_window,
+                           occlusion_stride, copy_model)
+    return Attribution(method, target, maps[0], time.perf_counter() - t0)
+
+
+def attribute_batch(model: AttendAndRectify, x: torch.Tensor, targets, method: str, layer: str | None = None,
+                    noise_tunnel: bool = False, nt_samples: int = 8, ig_steps: int = 32,
+                    occlusion_window: int = 4, occlusion_stride: int = 2, copy_model: bool = True) -> np.ndarray:
+    """The maps of :func:`attribute` for a batch x (B, 3, H, W) and one target class per image: (B, H, W).
+
+    In eval mode every image's attribution depends on that image alone, so a batch gives the maps
+    of one image at a time in fewer, larger passes.
+    """
     from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, NoiseTunnel, Occlusion, Saliency
 
     if method not in METHODS:
         raise ValueError(f"unknown attribution method {method!r}; choose one of {list(METHODS)}")
-    if x.ndim != 4 or x.shape[0] != 1:
-        raise ValueError(f"expected one image of shape (1, 3, H, W), got {tuple(x.shape)}")
+    if x.ndim != 4:
+        raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(x.shape)}")
+    targets = torch.as_tensor(targets, dtype=torch.long, device=x.device).view(-1)
+    if len(targets) != len(x):
+        raise ValueError(f"{len(targets)} targets for {len(x)} images")
     net = private_copy(model) if copy_model else model
     x = x.detach().clone().requires_grad_(True)
-    t0 = time.perf_counter()
+    b = len(x)
     if method == "gradcam":
         module = net.feature_module(layer or "last")
-        cam = LayerGradCam(net, module).attribute(x, target=target, relu_attributions=True)
+        cam = LayerGradCam(net, module).attribute(x, target=targets, relu_attributions=True)
         result = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")
     elif method == "occlusion":
         w, s = occlusion_window, occlusion_stride
         with torch.no_grad():
-            result = Occlusion(net).attribute(x, target=target, sliding_window_shapes=(3, w, w), strides=(3, s, s),
-                                              baselines=0.0, perturbations_per_eval=64)
+            result = Occlusion(net).attribute(x, target=targets, sliding_window_shapes=(3, w, w), strides=(3, s, s),
+                                              baselines=0.0, perturbations_per_eval=max(1, 64 // b))
     else:
         algo = IntegratedGradients(net) if method == "integrated_gradients" else Saliency(net)
-        kwargs = {"n_steps": ig_steps, "internal_batch_size": 16} if method == "integrated_gradients" else {}
+        kwargs = {"n_steps": ig_steps, "internal_batch_size": 16 * b} if method == "integrated_gradients" else {}
         if method == "saliency":
             kwargs["abs"] = True
         if noise_tunnel:
-            result = NoiseTunnel(algo).attribute(x, target=target, nt_type="smoothgrad", nt_samples=nt_samples,
+            result = NoiseTunnel(algo).attribute(x, target=targets, nt_type="smoothgrad", nt_samples=nt_samples,
                                                  nt_samples_batch_size=min(nt_samples, 8), stdevs=0.15, **kwargs)
         else:
-            result = algo.attribute(x, target=target, **kwargs)
-    seconds = time.perf_counter() - t0
-    amap = result.detach().float()[0]
-    amap = amap.abs().sum(0) if method != "gradcam" else amap.sum(0).clamp(min=0)
-    return Attribution(method, target, amap.numpy(), seconds)
+            result = algo.attribute(x, target=targets, **kwargs)
+    amap = result.detach().float()
+    amap = amap.abs().sum(1) if method != "gradcam" else amap.sum(1).clamp(min=0)
+    return amap.cpu().numpy()
 
 
 def layer_attention(trace: Trace, i: int, layer: int, size: int | None = None) -> np.ndarray:
@@ -92,14 +110,25 @@ def layer_attention(trace: Trace, i: int, layer: int, size: int | None = None) -
     return m.detach().numpy()
 
 
-def gated_attention(trace: Trace, i: int, size: int) -> np.ndarray:
-    """Σ_l g_O^l Σ_k g^l_k H^l_k: every attended layer's attention, weighted by its global gate.
+def gated_attention_maps(trace: Trace, size: int) -> np.ndarray:
+    """Σ_l g_O^l Σ_k g^l_k H^l_k for every image of a trace, each layer upsampled: (B, size, size).
 
-    The attention that the fusion itself uses, as one ``size`` x ``size`` map (each layer upsampled).
+    The attention that the fusion itself uses, as one ``size`` x ``size`` map per image.
     """
     if not trace.layers:
         raise ValueError("this model has no attention modules (AD = 0): there is no attention map")
-    return sum(float(trace.global_gates[i, l]) * layer_attention(trace, i, l, size) for l in range(len(trace.layers)))
+    total = 0
+    for l, lt in enumerate(trace.layers):
+        m = torch.einsum("bk,bkhw->bhw", lt.confidence_gates.float(), lt.attention_maps.float())
+        if m.shape[-1] != size:
+            m = F.interpolate(m[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+        total = total + trace.global_gates[:, l, None, None].float() * m
+    return total.detach().numpy()
+
+
+def gated_attention(trace: Trace, i: int, size: int) -> np.ndarray:
+    """:func:`gated_attention_maps` of image ``i`` alone."""
+    return gated_attention_maps(trace.map(lambda t: t[i:i + 1]), size)[0]
 
 
 def _ranks(v: np.ndarray) -> np.ndarray:

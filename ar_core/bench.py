@@ -1,4 +1,4 @@
-"""Benchmarks, measured side by side in one run: `python -m ar_core.bench [--quick] [--out bench.json]`.
+"""Benchmarks, measured side by side in one run: `python -m ar_core.bench [--quick] [--device D] [--out bench.json]`.
 
 1. attention cost: parameters and FLOPs (torch.utils.flop_counter) of WRN-16-4 with AD=3 AW=4
    against the same WRN without attention, for 10/100 classes and 1x1/3x3 heads;
@@ -7,10 +7,11 @@
 3. training: images/s of the project's training step (channels_last, bf16 autocast where the CPU
    has native bf16) against a plain fp32, contiguous, eager step of the same model, and the same
    step under ``torch.compile`` (the trainer's ``--compile``; compile time reported apart);
-4. the app: image uploaded → default views (Streamlit AppTest), and a rerun after changing a
-   display control (which must not run the model);
-5. all of it on CUDA as well when a GPU is present.
-Timings are medians of repeated runs; the machine and versions are recorded.
+4. faithfulness: images/s of the analysis's deletion/insertion curves (all five maps, attributions
+   included), the batched path the data-set analysis runs;
+5. all of it on CUDA as well when a GPU is present (``--device`` picks one).
+Timings are medians of repeated runs; the machine and versions are recorded. The app's timings
+are `python -m app.bench`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -157,6 +157,25 @@ def training(device: torch.device, steps: int, batch: int, compiled: bool = True
     return row
 
 
+def faithfulness_speed(device: torch.device, images: int) -> dict:
+    """Images/s of ``analyze.faithfulness`` with its default maps, steps and batch, untrained weights."""
+    from .analyze import FAITHFULNESS_METHODS, faithfulness
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(attention_depth=3, attention_width=4)).to(device).eval()
+    data = torch.randint(0, 256, (images, 3, 32, 32), dtype=torch.uint8)
+    meta = {"normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}}
+    faithfulness(model, data, meta, range(2), FAITHFULNESS_METHODS)  # warm-up
+    sync()
+    t0 = time.perf_counter()
+    faithfulness(model, data, meta, range(images), FAITHFULNESS_METHODS)
+    sync()
+    seconds = time.perf_counter() - t0
+    return {"images": images, "maps": len(FAITHFULNESS_METHODS), "steps": 16, "seconds": round(seconds, 2),
+            "images_per_s": round(images / seconds, 2)}
+
+
 def machine() -> dict:
     from .train import hardware
 
@@ -176,19 +195,31 @@ def _table(title: str, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def devices(choice: str) -> list[torch.device]:
+    """``--device``: cpu, cuda, or all (the CPU, and CUDA when present)."""
+    if choice == "all":
+        return [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda, but PyTorch sees no CUDA device (torch.cuda.is_available() is "
+                         "False); check the driver with nvidia-smi and that torch is a CUDA build")
+    return [torch.device(choice)]
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description="Attend & Rectify benchmarks (prints a table, writes JSON)")
     p.add_argument("--out", default="bench.json")
     p.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
-    p.add_argument("--skip-app", action="store_true")
+    p.add_argument("--device", choices=["all", "cpu", "cuda"], default="all",
+                   help="all: the CPU, and CUDA when present")
     p.add_argument("--skip-training", action="store_true")
+    p.add_argument("--skip-faithfulness", action="store_true")
     p.add_argument("--skip-compile", action="store_true", help="no torch.compile training row (it compiles for ~1 min)")
     a = p.parse_args(argv)
+    devs = devices(a.device)
     repeats = 5 if a.quick else 30
     result = {"machine": machine(), "attention_cost": attention_cost()}
     print(_table("1. attention cost (WRN-16-4, AD=3, AW=4 vs AD=0)", result["attention_cost"]), flush=True)
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    for dev in devices:
+    for dev in devs:
         inf = inference(dev, repeats, batch=100 if a.quick else 500)
         result[f"inference_{dev.type}"] = inf
         print(_table(f"2. inference on {dev.type}", [inf]), flush=True)
@@ -197,15 +228,10 @@ def main(argv=None) -> dict:
                           compiled=not (a.quick or a.skip_compile))
             result[f"training_{dev.type}"] = tr
             print(_table(f"3. training step on {dev.type}", [tr]), flush=True)
-    if not a.skip_app:
-        try:
-            from app.timing import time_app
-        except ImportError as e:  # the library installed without the app
-            print(f"4. app: skipped ({e})", file=sys.stderr)
-        else:
-            app = time_app(repeats=3 if a.quick else 10)
-            result["app"] = app
-            print(_table("4. app (AppTest, WRN-16-4 AD=3 AW=4)", [app]), flush=True)
+        if not a.skip_faithfulness:
+            fa = faithfulness_speed(dev, images=4 if a.quick else (100 if dev.type == "cuda" else 25))
+            result[f"faithfulness_{dev.type}"] = fa
+            print(_table(f"4. faithfulness curves on {dev.type}", [fa]), flush=True)
     Path(a.out).write_text(json.dumps(result, indent=2))
     print(f"wrote {a.out}")
     return result

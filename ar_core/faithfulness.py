@@ -9,12 +9,12 @@ order; a *higher* area is better. A random order is the baseline every map must 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from .model import AttendAndRectify
+from torch import nn
 
 
 @dataclass
@@ -55,32 +55,73 @@ def removed_image(x: torch.Tensor, mode: str = "blur") -> torch.Tensor:
     return F.conv2d(y, g.view(1, 1, k, 1).expand(c, 1, k, 1), groups=c)
 
 
-def _order(saliency: np.ndarray) -> np.ndarray:
-    """Pixel indices from most to least important (ties broken by position, stably)."""
-    return np.argsort(-np.asarray(saliency, dtype=np.float64).ravel(), kind="stable")
-
-
-@torch.no_grad()
-def curves(model: AttendAndRectify, x: torch.Tensor, target: int, saliency: np.ndarray, steps: int = 16,
+def curves(model: nn.Module, x: torch.Tensor, target: int, saliency: np.ndarray, steps: int = 16,
            mode: str = "blur") -> Curves:
     """Deletion and insertion curves of class ``target`` for one normalised image x (1, 3, H, W).
 
-    ``saliency`` (H, W) orders the pixels. All 2·(steps+1) perturbed images run as one batch.
+    ``saliency`` (H, W) orders the pixels.
     """
+    return curves_for_maps(model, x, target, {"map": saliency}, steps, mode)["map"]
+
+
+def curves_for_maps(model: nn.Module, x: torch.Tensor, target: int, maps: dict[str, np.ndarray], steps: int = 16,
+                    mode: str = "blur") -> dict[str, Curves]:
+    """The curves of several maps of one image x (1, 3, H, W), all in one batch."""
     _, _, h, w = x.shape
-    if saliency.shape != (h, w):
-        raise ValueError(f"saliency map {saliency.shape} does not match the image {(h, w)}")
-    order = torch.from_numpy(_order(saliency))
+    for name, sal in maps.items():
+        if np.shape(sal) != (h, w):
+            raise ValueError(f"saliency map {name!r} {np.shape(sal)} does not match the image {(h, w)}")
+    stacked = np.stack([np.asarray(s, dtype=np.float64) for s in maps.values()])[None]
+    fractions, deletion, insertion = curves_batch(model, x, [target], stacked, steps, mode)
+    return {name: Curves(fractions, deletion[0, j], insertion[0, j]) for j, name in enumerate(maps)}
+
+
+@torch.no_grad()
+def curves_batch(model: nn.Module, x: torch.Tensor, targets: Sequence[int] | torch.Tensor,
+                 saliency: np.ndarray | torch.Tensor, steps: int = 16, mode: str = "blur",
+                 batch_size: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Deletion and insertion curves of many images and many maps per image, batched.
+
+    x (B, 3, H, W) normalised images, ``targets`` (B,) the class of each, ``saliency`` (B, M, H, W)
+    M maps per image. Returns ``fractions`` (S+1,), ``deletion`` and ``insertion`` (B, M, S+1).
+    The curves are those of :func:`curves`; the endpoints of every curve are the image itself and the
+    fully removed image, so they run once per image instead of once per map and curve.
+    """
+    b, _, h, w = x.shape
+    saliency = torch.as_tensor(np.asarray(saliency) if not torch.is_tensor(saliency) else saliency)
+    if saliency.ndim != 4 or saliency.shape[0] != b or tuple(saliency.shape[-2:]) != (h, w):
+        raise ValueError(f"saliency maps of shape {tuple(saliency.shape)} do not match {b} images of {h}x{w}; "
+                         f"expected ({b}, maps, {h}, {w})")
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    m, n = saliency.shape[1], h * w
+    targets = torch.as_tensor(targets, dtype=torch.long).view(b)
+    counts = np.linspace(0, n, steps + 1).round().astype(int)
+    # rank[p] = position of pixel p in the importance order; step i removes the pixels ranked < counts[i].
+    order = torch.from_numpy(np.argsort(-saliency.double().reshape(b * m, n).cpu().numpy(), axis=1, kind="stable"))
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(n).expand(b * m, n)).view(b, m, 1, n)
+    inner = torch.as_tensor(counts[1:-1]).view(1, 1, -1, 1)
+    masks = (rank < inner).view(b, m, steps - 1, 1, h, w).to(x.device)  # (B, M, S-1, 1, H, W)
     gone = removed_image(x, mode)
-    counts = np.linspace(0, h * w, steps + 1).round().astype(int)
-    masks = torch.zeros(steps + 1, h * w, dtype=torch.bool)
-    for i, n in enumerate(counts):
-        masks[i, order[:n]] = True
-    masks = masks.view(steps + 1, 1, h, w).to(x.device)
-    deleted = torch.where(masks, gone, x)
-    inserted = torch.where(masks, x, gone)
-    probs = torch.softmax(model(torch.cat([deleted, inserted])).float(), dim=1)[:, target].cpu().numpy()
-    return Curves(counts / (h * w), probs[:steps + 1], probs[steps + 1:])
+
+    # One flat list of perturbed images: [image, removed] for each image, then every interior step.
+    xs, gs = x[:, None, None], gone[:, None, None]
+    flat = [torch.stack([x, gone], 1).flatten(0, 1),
+            torch.where(masks, gs, xs).flatten(0, 2), torch.where(masks, xs, gs).flatten(0, 2)]
+    who = torch.cat([torch.arange(b).repeat_interleave(2), torch.arange(b).repeat_interleave(m * (steps - 1)).repeat(2)])
+    images = torch.cat(flat)
+    probs = torch.empty(len(images))
+    tgt = targets.to(x.device)[who.to(x.device)]
+    for s in range(0, len(images), batch_size):
+        out = torch.softmax(model(images[s:s + batch_size]).float(), dim=1)
+        probs[s:s + batch_size] = out.gather(1, tgt[s:s + batch_size, None])[:, 0].cpu()
+    ends = probs[:2 * b].view(b, 2)
+    inner_del = probs[2 * b:2 * b + b * m * (steps - 1)].view(b, m, steps - 1)
+    inner_ins = probs[2 * b + b * m * (steps - 1):].view(b, m, steps - 1)
+    full, removed = ends[:, None, 0:1].expand(b, m, 1), ends[:, None, 1:2].expand(b, m, 1)
+    deletion = torch.cat([full, inner_del, removed], 2).numpy()
+    insertion = torch.cat([removed, inner_ins, full], 2).numpy()
+    return counts / n, deletion, insertion
 
 
 def random_saliency(shape: tuple[int, int], seed: int) -> np.ndarray:

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from ar_core.faithfulness import area, curves, random_saliency, removed_image
+from ar_core.faithfulness import area, curves, curves_batch, curves_for_maps, random_saliency, removed_image
 
 
 class CornerModel(nn.Module):
@@ -71,3 +71,89 @@ def test_curves_on_the_attention_model(tiny_model):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
     assert c.insertion[0] == pytest.approx(want[-1], rel=1e-4) and c.insertion[-1] == pytest.approx(want[0], rel=1e-4)
     assert len(set(np.round(c.deletion, 6))) > 2  # the curve moves
+    assert ((0 <= c.deletion) & (c.deletion <= 1)).all()
+
+
+# ---------------------------------------------------------------- the batched path equals the per-image one
+
+def _reference_curves(model, x, target, saliency, steps=16, mode="blur"):
+    """The per-image algorithm the batched one replaced: one batch of 2·(steps+1) images per map."""
+    _, _, h, w = x.shape
+    order = torch.from_numpy(np.argsort(-np.asarray(saliency, dtype=np.float64).ravel(), kind="stable"))
+    gone = removed_image(x, mode)
+    counts = np.linspace(0, h * w, steps + 1).round().astype(int)
+    masks = torch.zeros(steps + 1, h * w, dtype=torch.bool)
+    for i, n in enumerate(counts):
+        masks[i, order[:n]] = True
+    masks = masks.view(steps + 1, 1, h, w)
+    with torch.no_grad():
+        batch = torch.cat([torch.where(masks, gone, x), torch.where(masks, x, gone)])
+        probs = torch.softmax(model(batch).float(), dim=1)[:, target].numpy()
+    return counts / (h * w), probs[:steps + 1], probs[steps + 1:]
+
+
+def _reference_faithfulness(model, images, meta, indices, methods, steps=16):
+    """Per image: a trace, each method's map (Captum on one image), then each map's curves alone."""
+    from ar_core.attribution import attribute, layer_attention, private_copy
+    from ar_core.inference import preprocess
+
+    net = private_copy(model).float().to(memory_format=torch.contiguous_format)
+    out = {f"{m}/{k}": np.full(len(indices), np.nan) for m in methods for k in ("deletion", "insertion")}
+    for j, i in enumerate(indices):
+        x = preprocess(images[i:i + 1], meta)
+        with torch.no_grad():
+            t = net.trace(x)
+        target = int(t.output[0].argmax())
+        for method in methods:
+            if method == "attention":
+                maps = [layer_attention(t, 0, l, x.shape[-1]) for l in range(len(t.layers))]
+                sal = sum(float(t.global_gates[0, l]) * m for l, m in enumerate(maps))
+            elif method == "random":
+                sal = random_saliency(x.shape[-2:], seed=int(i))
+            else:
+                sal = attribute(net, x, target, method, ig_steps=16, copy_model=False).map
+            fr, dele, ins = _reference_curves(net, x, target, sal, steps)
+            out[f"{method}/deletion"][j] = area(fr, dele)
+            out[f"{method}/insertion"][j] = area(fr, ins)
+    return out
+
+
+def test_batched_curves_equal_the_per_image_algorithm(tiny_model):
+    torch.manual_seed(1)
+    x = torch.randn(3, 3, 32, 32)
+    sal = torch.rand(3, 2, 32, 32).numpy()
+    sal[0, 1] = 0.0  # a constant map: the order is the pixel position
+    targets = [0, 3, 4]
+    fractions, deletion, insertion = curves_batch(tiny_model, x, targets, sal, steps=8, mode="blur", batch_size=7)
+    for b in range(3):
+        for m in range(2):
+            fr, dele, ins = _reference_curves(tiny_model, x[b:b + 1], targets[b], sal[b, m], steps=8)
+            np.testing.assert_allclose(fractions, fr)
+            np.testing.assert_allclose(deletion[b, m], dele, atol=1e-5)
+            np.testing.assert_allclose(insertion[b, m], ins, atol=1e-5)
+    many = curves_for_maps(tiny_model, x[:1], 0, {"a": sal[0, 0], "b": sal[0, 1]}, steps=8)
+    np.testing.assert_allclose(many["b"].deletion, deletion[0, 1], atol=1e-6)
+
+
+def test_batched_analysis_equals_the_per_image_algorithm(tiny_model):
+    from ar_core.analyze import FAITHFULNESS_METHODS, faithfulness
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (7, 3, 32, 32), dtype=torch.uint8, generator=g)
+    meta = {"normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}}
+    indices = [5, 0, 3, 6, 1]
+    new = faithfulness(tiny_model, images, meta, indices, FAITHFULNESS_METHODS, batch=2)
+    old = _reference_faithfulness(tiny_model, images, meta, indices, FAITHFULNESS_METHODS)
+    assert set(new) == set(old) == {f"{m}/{k}" for m in FAITHFULNESS_METHODS for k in ("deletion", "insertion")}
+    for key in old:
+        assert not np.isnan(old[key]).any()
+        np.testing.assert_allclose(new[key], old[key], atol=1e-5, err_msg=key)
+    # the maps differ, so the comparison is not of one number repeated
+    assert len({round(float(old[f"{m}/deletion"][0]), 5) for m in FAITHFULNESS_METHODS}) >= 4
+
+
+def test_batched_curves_refuse_mismatched_maps(tiny_model):
+    with pytest.raises(ValueError, match=r"do not match 2 images of 32x32; expected \(2, maps, 32, 32\)"):
+        curves_batch(tiny_model, torch.zeros(2, 3, 32, 32), [0, 1], np.zeros((2, 32, 32)))
+    with pytest.raises(ValueError, match="steps must be at least 1"):
+        curves_batch(tiny_model, torch.zeros(1, 3, 32, 32), [0], np.zeros((1, 1, 32, 32)), steps=0)

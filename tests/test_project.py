@@ -39,18 +39,50 @@ def test_ar_core_has_no_streamlit_imports():
         assert "import streamlit" not in path.read_text(), path
 
 
+def test_ar_core_never_imports_the_app():
+    """The layering is entry → app → ar_core: no module of the core names the app, and importing
+    every core module loads no ``app`` module."""
+    import ast
+
+    modules = sorted(p.stem for p in (ROOT / "ar_core").glob("*.py") if p.stem != "__init__")
+    for path in (ROOT / "ar_core").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            assert not any(n == "app" or n.startswith("app.") for n in names), f"{path.name} imports {names}"
+    code = ("import importlib, sys; [importlib.import_module('ar_core.' + m) for m in %r]; "
+            "print([m for m in sys.modules if m == 'app' or m.startswith('app.')])" % modules)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_bench_quick_run(tmp_path):
     """The benchmark CLI runs end to end and writes its JSON (numbers themselves are not asserted)."""
     import json
 
     out = tmp_path / "bench.json"
-    code = "import torch; torch.set_num_threads(1); from ar_core.bench import main; main(['--quick', '--skip-training', '--out', %r])"
+    code = ("import torch; torch.set_num_threads(1); from ar_core.bench import main; "
+            "main(['--quick', '--skip-training', '--device', 'cpu', '--out', %r])")
     subprocess.run([sys.executable, "-c", code % str(out)], cwd=ROOT, check=True, capture_output=True, timeout=600)
     result = json.loads(out.read_text())
     cost = result["attention_cost"]
     assert len(cost) == 4 and all(r["gflops_attention"] > r["gflops_baseline"] for r in cost)
     assert result["inference_cpu"]["batch_images_per_s"] > 0
-    assert result["app"]["model_runs_on_control_change"] == 0
+    assert result["faithfulness_cpu"]["images"] == 4 and result["faithfulness_cpu"]["images_per_s"] > 0
+    assert "app" not in result and "inference_cuda" not in result
+
+
+def test_app_bench_quick_run(tmp_path):
+    """`python -m app.bench` times the page with AppTest; a display control never re-runs the model."""
+    import json
+
+    out = tmp_path / "app-bench.json"
+    code = ("import torch; torch.set_num_threads(1); from app.bench import main; "
+            "main(['--quick', '--skip-browser', '--out', %r])")
+    subprocess.run([sys.executable, "-c", code % str(out)], cwd=ROOT, check=True, capture_output=True, timeout=600)
+    app = json.loads(out.read_text())["apptest"]
+    assert app["model_runs_on_control_change"] == 0
+    assert app["first_upload_ms"] > 0 and app["upload_to_views_ms"] > 0 and app["display_control_rerun_ms"] > 0
 
 
 def test_streamlit_config_keeps_loopback_xsrf_and_upload_limit():
@@ -110,3 +142,12 @@ def test_every_method_citation_names_an_item_of_docs_method_md():
             for n in re.findall(r"\[(\d+)\]", text):
                 cited.setdefault(int(n), []).append(path.name)
     assert cited and set(cited) <= items, {n: f for n, f in cited.items() if n not in items}
+
+
+def test_streamlit_does_not_watch_the_virtual_environment():
+    """No recursive inotify watch over the repository and its .venv, and no per-session polling."""
+    import tomllib
+
+    server = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())["server"]
+    assert server["fileWatcherType"] == "none"
+    assert ".venv" in server["folderWatchBlacklist"]

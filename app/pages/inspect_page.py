@@ -279,7 +279,7 @@ def _attribution_view(res):
 def _faithfulness_view(res, target, results):
     """Deletion/insertion curves of this image for the attention and each computed attribution."""
     from ar_core.attribution import METHODS, gated_attention
-    from ar_core.faithfulness import curves, random_saliency
+    from ar_core.faithfulness import curves_for_maps, random_saliency
     from ar_core.inference import preprocess
 
     st.subheader("Faithfulness of the maps for this image")
@@ -300,7 +300,7 @@ def _faithfulness_view(res, target, results):
         maps.update({METHODS[m]: a.map for m, a in results.items()})
         maps["random"] = random_saliency(res["image"].shape[:2], seed=0)
         with st.spinner("Perturbing…"):
-            store[key] = {name: curves(model, x, target, m) for name, m in maps.items()}
+            store[key] = curves_for_maps(model, x, target, maps)
     got = store[key]
     st.plotly_chart(figures.faithfulness_figure(got), key="faith_fig")
     st.dataframe([{"map": n, "deletion area (lower is better)": round(c.deletion_area, 4),
