@@ -249,6 +249,25 @@ def test_uploaded_checkpoints_and_baseline_comparison(app_env, monkeypatch):
     assert not at.exception
     assert at.selectbox(key="cmp_base").value == "tiny-base (uploaded)"
     assert any("→" in m.value for m in at.markdown)
+    assert at.session_state["compare_maps"] == {}  # the maps wait for the button
+    at.button(key="cmp_maps_go").click().run()
+    assert not at.exception and not _errors(at)
+    (key, (maps, _)), = at.session_state["compare_maps"].items()
+    digest, fit, b_path, a_path, device = key[:5]
+    uploaded = "upload:" + at.session_state["user_checkpoints"]["tiny-base (uploaded)"]
+    assert (b_path, a_path) == (uploaded, str(app_env / "tiny-ad3.safetensors"))
+    # the maps shown are those ar_core.attribution computes for each model and its own answer
+    from ar_core.attribution import attribute, gated_attention
+    from ar_core.inference import from_hwc, preprocess
+
+    traces = {k[2]: ins.trace for k, ins in at.session_state["traces"].items() if k[1] == "cmp"}
+    image = from_hwc(at.session_state["result"]["image"])
+    for title, path, ckpt in (("baseline: Grad-CAM", b_path, base), ("attention: Grad-CAM", a_path, None)):
+        model, meta = ar_core.load_checkpoint(ckpt or path)
+        want = attribute(model, preprocess(image, meta), int(traces[path].output[0].argmax()), "gradcam").map
+        np.testing.assert_allclose(maps[title], want, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(maps["attention: gated attention"], gated_attention(traces[a_path], 0, 32))
+    assert any(c.value.startswith("Computed in") for c in at.caption)
     at.selectbox(key="model_label").set_value("tiny-base (uploaded)").run()
     assert not at.exception
     assert any("baseline (AD = 0)" in i.value for i in at.info)
@@ -365,6 +384,16 @@ def test_shipped_pair_compares_side_by_side_with_the_recipes_flip(monkeypatch, d
     assert sorted(len(t.layers) for t in traces) == [0, 3]
     shown = [m.value for m in at.markdown if "→" in m.value]
     assert len(shown) == 2 and all(c in " ".join(shown) for c in ("baseline", "ad3aw4"))
+    at.button(key="cmp_maps_go").click().run()
+    assert not at.exception and not _errors(at)
+    (key, (maps, _)), = at.session_state["compare_maps"].items()
+    assert key[-2:] == (True, True)  # keyed by each checkpoint's test-time augmentation
+    from ar_core.attribution import gated_attention
+
+    att = next(t for t in traces if t.layers)
+    np.testing.assert_allclose(maps["attention: gated attention"], gated_attention(att, 0, 32))
+    assert maps["baseline: Grad-CAM"].shape == maps["attention: Grad-CAM"].shape == (32, 32)
+    assert not np.allclose(maps["baseline: Grad-CAM"], maps["attention: Grad-CAM"])
 
 
 def test_sessions_leave_no_hooks_captum_objects_or_figures(app_env):
