@@ -131,6 +131,20 @@ def gated_attention(trace: Trace, i: int, size: int) -> np.ndarray:
     return gated_attention_maps(trace.map(lambda t: t[i:i + 1]), size)[0]
 
 
+def compare_maps(baseline: AttendAndRectify, base_trace: Trace, base_x: torch.Tensor,
+                 attentive: AttendAndRectify, att_trace: Trace, att_x: torch.Tensor) -> dict[str, np.ndarray]:
+    """Baseline vs attention for one image: title → (H, W) map, in display order.
+
+    The baseline's Grad-CAM, the attention model's gated attention and its Grad-CAM. Each x is the
+    image (1, 3, H, W) normalised as that model expects; each Grad-CAM (last feature map) explains
+    that model's own answer as its trace gives it.
+    """
+    b_pred, a_pred = int(base_trace.output[0].argmax()), int(att_trace.output[0].argmax())
+    return {"baseline: Grad-CAM": attribute(baseline, base_x, b_pred, "gradcam").map,
+            "attention: gated attention": gated_attention(att_trace, 0, att_x.shape[-1]),
+            "attention: Grad-CAM": attribute(attentive, att_x, a_pred, "gradcam").map}
+
+
 def _ranks(v: np.ndarray) -> np.ndarray:
     order = np.argsort(v, kind="stable")
     ranks = np.empty(len(v), dtype=np.float64)

@@ -17,6 +17,7 @@ import math
 import sys
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import data as D
@@ -43,6 +44,18 @@ def paired(correct_a: torch.Tensor, correct_b: torch.Tensor) -> dict[str, Any]:
     return {"n": len(a), "accuracy_a": float(a.double().mean()), "accuracy_b": float(b.double().mean()),
             "both_right": int((a & b).sum()), "both_wrong": int((~a & ~b).sum()),
             "only_a_right": only_a, "only_b_right": only_b, "mcnemar_p": mcnemar_exact(only_a, only_b)}
+
+
+def disagreements(labels, baseline, attentive) -> dict[str, np.ndarray]:
+    """Indices of the images on which two models' answers differ: exactly one right, or both wrong differently.
+
+    Arguments are per-image arrays (true labels and each model's answer) over the same images.
+    """
+    labels, baseline, attentive = (np.asarray(v) for v in (labels, baseline, attentive))
+    b_ok, a_ok = baseline == labels, attentive == labels
+    return {"only the attention model right": np.nonzero(a_ok & ~b_ok)[0],
+            "only the baseline right": np.nonzero(b_ok & ~a_ok)[0],
+            "both wrong, different answers": np.nonzero(~a_ok & ~b_ok & (baseline != attentive))[0]}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -259,6 +259,25 @@ def test_uploaded_checkpoints_and_baseline_comparison(app_env, monkeypatch):
     assert not at.exception
     assert at.selectbox(key="cmp_base").value == "tiny-base (uploaded)"
     assert any("→" in m.value for m in at.markdown)
+    assert at.session_state["compare_maps"] == {}  # the maps wait for the button
+    at.button(key="cmp_maps_go").click().run()
+    assert not at.exception and not _errors(at)
+    (key, (maps, _)), = at.session_state["compare_maps"].items()
+    digest, fit, b_path, a_path, device = key[:5]
+    uploaded = "upload:" + at.session_state["user_checkpoints"]["tiny-base (uploaded)"]
+    assert (b_path, a_path) == (uploaded, str(app_env / "tiny-ad3.safetensors"))
+    # the maps shown are those ar_core.attribution computes for each model and its own answer
+    from ar_core.attribution import attribute, gated_attention
+    from ar_core.inference import from_hwc, preprocess
+
+    traces = {k[2]: ins.trace for k, ins in at.session_state["traces"].items() if k[1] == "cmp"}
+    image = from_hwc(at.session_state["result"]["image"])
+    for title, path, ckpt in (("baseline: Grad-CAM", b_path, base), ("attention: Grad-CAM", a_path, None)):
+        model, meta = ar_core.load_checkpoint(ckpt or path)
+        want = attribute(model, preprocess(image, meta), int(traces[path].output[0].argmax()), "gradcam").map
+        np.testing.assert_allclose(maps[title], want, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(maps["attention: gated attention"], gated_attention(traces[a_path], 0, 32))
+    assert any(c.value.startswith("Computed in") for c in at.caption)
     at.selectbox(key="model_label").set_value("tiny-base (uploaded)").run()
     assert not at.exception
     assert any("baseline (AD = 0)" in i.value for i in at.info)
@@ -317,6 +336,52 @@ def test_dataset_page_analyses_and_opens_an_image(app_env):
     assert at.session_state["source"] == "Dataset"
 
 
+def test_dataset_page_lists_where_baseline_and_attention_disagree(app_env):
+    from ar_core.data import load_image_folder
+    from ar_core.inference import predict_all
+
+    at = AppTest.from_string(
+        "import streamlit as st\n"
+        "from app.pages import dataset_page, inspect_page\n"
+        "st.session_state['_pages'] = {'inspect': st.Page(inspect_page.render, url_path='inspect'),\n"
+        "                              'dataset': st.Page(dataset_page.render, url_path='dataset', default=True)}\n"
+        "st.navigation(list(st.session_state['_pages'].values()), position='hidden').run()\n",
+        default_timeout=120).run()
+    at.selectbox(key="model_label").set_value("tiny-ad3 (AR_CHECKPOINT)").run()
+    base = _checkpoint(app_env / "tiny-base.safetensors", ad=0, seed=1)
+    at.sidebar.file_uploader(key="ckpt_upload").set_value(("tiny-base.safetensors", base.read_bytes(),
+                                                            "application/octet-stream")).run()
+    at.selectbox(key="dataset_kind").set_value("ImageFolder directory").run()
+    at.number_input(key="faith_n").set_value(0)
+    at.button(key="analyse_go").click().run()
+    assert not at.exception and not _errors(at)
+    assert at.selectbox(key="ds_cmp_base").value == "tiny-base (uploaded)"
+    assert at.selectbox(key="ds_cmp_att").value == "tiny-ad3 (AR_CHECKPOINT)"  # the chosen checkpoint
+    assert not any(btn.key.startswith("open_only") for btn in at.button if btn.key)  # nothing runs before the toggle
+    at.toggle(key="ds_cmp_on").set_value(True).run()
+    assert not at.exception and not _errors(at)
+    # recomputed from the two models' own predictions over the folder
+    ds = load_image_folder(str(app_env / "folder"), 32)
+    y = ds.labels.numpy()
+    b, a = (predict_all(ar_core.load_checkpoint(p)[0], ds.images, META, flip=False)["fused"]
+            for p in (base, app_env / "tiny-ad3.safetensors"))
+    want = {"only the attention model right": [i for i in range(len(y)) if a[i] == y[i] != b[i]],
+            "only the baseline right": [i for i in range(len(y)) if b[i] == y[i] != a[i]],
+            "both wrong, different answers": [i for i in range(len(y)) if y[i] != a[i] != b[i] != y[i]]}
+    assert sum(map(len, want.values())) > 0, "the two tiny models should disagree somewhere"
+    for title, indices in want.items():
+        keys = [btn.key for btn in at.button if btn.key and btn.key.startswith(f"open_{title}_")]
+        shown = [int(k.rsplit("_", 1)[1]) for k in keys]
+        assert shown == indices[:24], title
+        assert any(m.value.startswith(f"**{title}** — {len(indices)} images") for m in at.markdown), title
+    first = next(i for v in want.values() for i in v)
+    captions = [c for el in at.image for c in el.captions]
+    assert f"#{first} {CLASSES[y[first]]} · B {CLASSES[b[first]]} · A {CLASSES[a[first]]}" in captions
+    title = next(t for t, v in want.items() if v)
+    at.button(key=f"open_{title}_{want[title][0]}").click().run()
+    assert not at.exception and at.session_state["source"] == "Dataset"
+
+
 def test_perturbation_lab(app_env):
     at = AppTest.from_string(
         "import streamlit as st\n"
@@ -369,6 +434,16 @@ def test_shipped_pair_compares_side_by_side_with_the_recipes_flip(monkeypatch, d
     assert sorted(len(t.layers) for t in traces) == [0, 3]
     shown = [m.value for m in at.markdown if "→" in m.value]
     assert len(shown) == 2 and all(c in " ".join(shown) for c in ("baseline", "ad3aw4"))
+    at.button(key="cmp_maps_go").click().run()
+    assert not at.exception and not _errors(at)
+    (key, (maps, _)), = at.session_state["compare_maps"].items()
+    assert key[-2:] == (True, True)  # keyed by each checkpoint's test-time augmentation
+    from ar_core.attribution import gated_attention
+
+    att = next(t for t in traces if t.layers)
+    np.testing.assert_allclose(maps["attention: gated attention"], gated_attention(att, 0, 32))
+    assert maps["baseline: Grad-CAM"].shape == maps["attention: Grad-CAM"].shape == (32, 32)
+    assert not np.allclose(maps["baseline: Grad-CAM"], maps["attention: Grad-CAM"])
 
 
 def test_sessions_leave_no_hooks_captum_objects_or_figures(app_env):

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from ar_core import ModelConfig, build_model
-from ar_core.attribution import (METHODS, agreement, attribute, gated_attention, layer_attention, spearman,
-                                 top_overlap)
+from ar_core.attribution import (METHODS, agreement, attribute, compare_maps, gated_attention, layer_attention,
+                                 spearman, top_overlap)
 
 
 @pytest.fixture
@@ -109,6 +109,21 @@ def test_gated_attention_weighs_each_layer_by_its_global_gate(tiny_model, x):
     got = gated_attention(t, 0, 32)
     np.testing.assert_allclose(got, want, rtol=1e-6)
     assert got.shape == (32, 32) and not np.allclose(got, layer_attention(t, 0, 2, 32))
+
+
+def test_compare_maps_are_each_models_gradcam_and_the_gated_attention(tiny_model, x):
+    torch.manual_seed(1)
+    base = build_model(ModelConfig(num_classes=tiny_model.config.num_classes, depth=10, width=1,
+                                   attention_depth=0)).eval()
+    with torch.no_grad():
+        tb, ta = base.trace(x), tiny_model.trace(x)
+    maps = compare_maps(base, tb, x, tiny_model, ta, x)
+    assert list(maps) == ["baseline: Grad-CAM", "attention: gated attention", "attention: Grad-CAM"]
+    np.testing.assert_allclose(maps["baseline: Grad-CAM"], attribute(base, x, int(tb.output.argmax()), "gradcam").map)
+    np.testing.assert_allclose(maps["attention: gated attention"], gated_attention(ta, 0, 32))
+    np.testing.assert_allclose(maps["attention: Grad-CAM"],
+                               attribute(tiny_model, x, int(ta.output.argmax()), "gradcam").map)
+    assert not np.allclose(maps["baseline: Grad-CAM"], maps["attention: Grad-CAM"])
 
 
 def test_occlusion_is_the_mean_score_drop_of_the_windows_covering_a_pixel(tiny_model, x):

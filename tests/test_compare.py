@@ -2,12 +2,13 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 import ar_core
 from ar_core import data as D
-from ar_core.compare import main, mcnemar_exact, paired
+from ar_core.compare import disagreements, main, mcnemar_exact, paired
 from ar_core.evaluate import evaluate
 from conftest import randomize_bn
 from test_data import make_image_folder
@@ -39,6 +40,17 @@ def test_paired_counts():
     assert r["mcnemar_p"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="same images"):
         paired(a, b[:3])
+
+
+def test_disagreements_list_exactly_one_right_and_both_wrong_differently():
+    labels = np.array([0, 1, 2, 3, 0, 1, 2])
+    base = np.array([0, 1, 0, 3, 1, 2, 1])   # right on 0, 1, 3
+    att = np.array([0, 2, 2, 0, 1, 0, 2])    # right on 0, 2, 6
+    d = disagreements(labels, base, att)
+    assert list(d) == ["only the attention model right", "only the baseline right", "both wrong, different answers"]
+    assert d["only the attention model right"].tolist() == [2, 6]
+    assert d["only the baseline right"].tolist() == [1, 3]
+    assert d["both wrong, different answers"].tolist() == [5]  # image 4: both wrong with the same answer
 
 
 def test_cli_compares_two_checkpoints_image_by_image(tmp_path, monkeypatch):

@@ -38,7 +38,9 @@ def _open_in_inspector(index: int):
     st.switch_page(st.session_state["_pages"]["inspect"])
 
 
-def _image_list(ds, indices: np.ndarray, classes, arrays, title: str, pred: np.ndarray | None = None):
+def _image_list(ds, indices: np.ndarray, classes, arrays, title: str, pred: np.ndarray | None = None,
+                caption=None):
+    """Up to 24 images with an "Inspect" button each; ``caption(i)`` overrides the "true→predicted" caption."""
     st.markdown(f"**{title}** — {len(indices)} images" + (" (first 24 shown)" if len(indices) > 24 else ""))
     if len(indices) == 0:
         return
@@ -47,8 +49,45 @@ def _image_list(ds, indices: np.ndarray, classes, arrays, title: str, pred: np.n
     for j, i in enumerate(indices[:24]):
         with cols[j % 8]:
             st.image(ds.images[i].permute(1, 2, 0).numpy(), width=64,
-                     caption=f"#{i} {classes[int(ds.labels[i])]}→{classes[int(shown[i])]}")
+                     caption=caption(i) if caption else f"#{i} {classes[int(ds.labels[i])]}→{classes[int(shown[i])]}")
             st.button("Inspect", key=f"open_{title}_{i}", on_click=_open_in_inspector, args=(int(i),))
+
+
+def _disagreement_view(ds, ds_key, classes, source, device, arrays):
+    """The images on which a baseline and an attention checkpoint of the same classes disagree."""
+    from ar_core.compare import disagreements
+
+    pairs = state.checkpoints_for(classes)
+    baselines = [l for l, (_, ad) in pairs.items() if ad == 0]
+    attentive = [l for l, (_, ad) in pairs.items() if ad > 0]
+    if not baselines or not attentive:
+        st.info("This needs a baseline (AD = 0) and an attention checkpoint trained on the same classes; "
+                f"available for these classes: {', '.join(pairs) or 'none'}.")
+        return
+    chosen = next((l for l, (s, _) in pairs.items() if s == source), None)
+    c1, c2 = st.columns(2)
+    b = c1.selectbox("Baseline", baselines, index=baselines.index(chosen) if chosen in baselines else 0,
+                     key="ds_cmp_base")
+    a = c2.selectbox("Attention model", attentive, index=attentive.index(chosen) if chosen in attentive else 0,
+                     key="ds_cmp_att")
+    if not st.toggle("List the images on which they disagree (runs each model over the data set once)",
+                     key="ds_cmp_on"):
+        return
+    preds = {}
+    for role, label in (("baseline", b), ("attention", a)):
+        model, meta = state.get_model(pairs[label][0], device)
+        preds[role] = state.dataset_predictions(model, meta, ds, (ds_key, pairs[label][0], device))["fused"]
+    labels = ds.labels.numpy()
+    st.write(f"Baseline {(preds['baseline'] == labels).mean():.2%} right, attention model "
+             f"{(preds['attention'] == labels).mean():.2%} right, on {len(labels)} images; each caption gives "
+             "the true class, then the baseline's answer (B) and the attention model's (A).")
+
+    def caption(i):
+        return (f"#{i} {classes[int(labels[i])]} · B {classes[int(preds['baseline'][i])]} · "
+                f"A {classes[int(preds['attention'][i])]}")
+
+    for title, indices in disagreements(labels, preds["baseline"], preds["attention"]).items():
+        _image_list(ds, indices, classes, arrays, title, caption=caption)
 
 
 def render():
@@ -99,7 +138,7 @@ def render():
     m3.metric("Top-5", f"{r['top5_accuracy']:.2%}")
     m4.metric("ECE", f"{r['ece']:.2%}")
     tabs = st.tabs(["Sources & rectification", "Confusion", "Calibration", "Gates & heads", "Faithfulness",
-                    "Gate behaviour", "Head atlas"])
+                    "Gate behaviour", "Head atlas", "Baseline vs attention"])
     with tabs[0]:
         if "source_accuracy" not in r:
             st.info("A baseline (AD = 0) has one source only.")
@@ -172,3 +211,5 @@ def render():
         gate_views.dataset_gates(r)
     with tabs[6]:
         atlas_views.head_atlas(model, meta, ds, r, key, _open_in_inspector)
+    with tabs[7]:
+        _disagreement_view(ds, ds_key, classes, source, device, arrays)

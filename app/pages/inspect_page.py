@@ -327,16 +327,47 @@ def _compare_view(res):
     b = c1.selectbox("Baseline", baselines, key="cmp_base")
     a = c2.selectbox("Attention model", attentive, key="cmp_att")
     x = from_hwc(res["image"])
+    runs = []  # (model, meta, trace) of the baseline, then of the attention model
     for col, label in ((c1, b), (c2, a)):
         path = pairs[label][0]
         model, meta = state.get_model(path, res["device"])
         other = state.cached_inspection(model, meta, (res["digest"], "cmp", path, res["device"]), x)
+        runs.append((model, meta, other.trace))
         with col:
             top = topk(other.trace.output[0], classes, 5)
             st.markdown(f"**{label}** → **{top[0][0]}** ({top[0][1]:.1%})")
             st.dataframe([{"class": n, "probability": round(p, 4)} for n, p, _ in top], hide_index=True)
             if other.trace.layers:
                 widgets.attention_panels(other.trace, classes, res["image"], 0.55, "jet", captions=False)
+    _compare_maps(res, (pairs[b][0], pairs[a][0]), runs)
+
+
+def _compare_maps(res, paths, runs):
+    """Where each model looks: the baseline's Grad-CAM beside the attention model's gated map and Grad-CAM."""
+    from ar_core.attribution import compare_maps
+    from ar_core.inference import preprocess
+
+    st.subheader("Where each model looks")
+    st.write("The baseline has no attention, so Grad-CAM (last feature map) is its map; the attention model has "
+             "its gated attention (every layer's heads mixed by their confidence gates, weighted by the global "
+             "gates) and its Grad-CAM. Each Grad-CAM explains that model's own answer.")
+    flips = tuple(bool(t.views) for _, _, t in runs)  # each trace's test-time augmentation
+    if any(flips):
+        st.caption("With flip test-time augmentation the gated attention and the answers are the mean over the "
+                   "image and its mirror image; Grad-CAM explains the single, un-mirrored pass.")
+    key = (res["digest"], res["fit"], *paths, res["device"], *flips)
+    store = st.session_state.setdefault("compare_maps", {})
+    if key not in store:
+        if not st.button("Compute the maps of both models", key="cmp_maps_go"):
+            return
+        x = from_hwc(res["image"])
+        inputs = [(m, t, preprocess(x, meta).to(next(m.parameters()).device)) for m, meta, t in runs]
+        t0 = time.perf_counter()
+        maps = compare_maps(*inputs[0], *inputs[1])
+        store[key] = (maps, time.perf_counter() - t0)
+    maps, seconds = store[key]
+    st.pyplot(figures.attribution_figure(res["image"], {}, maps), dpi=110)
+    st.caption(f"Computed in {seconds * 1000:.0f} ms.")
 
 
 @st.fragment
