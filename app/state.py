@@ -182,6 +182,22 @@ def checkpoints_for(classes) -> dict[str, tuple[str, int]]:
     return pairs
 
 
+def comparison_pairs(classes) -> tuple[dict[str, tuple[str, int]], list[str], list[str]]:
+    """(checkpoints for these classes, baseline labels, attention labels), for the views that set a
+    baseline beside an attention model; both lists empty-checked by :func:`explain_missing_pair`."""
+    pairs = checkpoints_for(classes)
+    return (pairs, [l for l, (_, ad) in pairs.items() if ad == 0], [l for l, (_, ad) in pairs.items() if ad > 0])
+
+
+def explain_missing_pair(pairs, baselines, attentive) -> bool:
+    """Say on the page why a comparison cannot be shown; True when it cannot."""
+    if baselines and attentive:
+        return False
+    st.info("This needs a baseline (AD = 0) and an attention checkpoint trained on the same classes; "
+            f"available for these classes: {', '.join(pairs) or 'none'}.")
+    return True
+
+
 def training_history(source: str):
     """(History, None) for a checkpoint file with a training history next to it, else (None, why)."""
     from ar_core.history import history_path

@@ -57,12 +57,8 @@ def _disagreement_view(ds, ds_key, classes, source, device, arrays):
     """The images on which a baseline and an attention checkpoint of the same classes disagree."""
     from ar_core.compare import disagreements
 
-    pairs = state.checkpoints_for(classes)
-    baselines = [l for l, (_, ad) in pairs.items() if ad == 0]
-    attentive = [l for l, (_, ad) in pairs.items() if ad > 0]
-    if not baselines or not attentive:
-        st.info("This needs a baseline (AD = 0) and an attention checkpoint trained on the same classes; "
-                f"available for these classes: {', '.join(pairs) or 'none'}.")
+    pairs, baselines, attentive = state.comparison_pairs(classes)
+    if state.explain_missing_pair(pairs, baselines, attentive):
         return
     chosen = next((l for l, (s, _) in pairs.items() if s == source), None)
     c1, c2 = st.columns(2)

@@ -311,12 +311,8 @@ def _faithfulness_view(res, target, results):
 def _compare_view(res):
     """The same image through a baseline and an attention checkpoint of the same classes."""
     classes = res["ins"].classes
-    pairs = state.checkpoints_for(classes)
-    baselines = [l for l, (_, ad) in pairs.items() if ad == 0]
-    attentive = [l for l, (_, ad) in pairs.items() if ad > 0]
-    if not baselines or not attentive:
-        st.info("This needs a baseline (AD = 0) and an attention checkpoint trained on the same classes; "
-                f"available for these classes: {', '.join(pairs) or 'none'}.")
+    pairs, baselines, attentive = state.comparison_pairs(classes)
+    if state.explain_missing_pair(pairs, baselines, attentive):
         return
     st.write("The same image through the plain network (baseline, trained with the same recipe and budget) and "
              "the network with gated attention. With AD = 0 the fusion has one source, so the output is the "
