@@ -47,14 +47,14 @@ def head_atlas(model, meta, ds, r: dict, store_key: tuple, open_image: Callable[
     heads = a["layers"][layer]
     k = c2.selectbox("Head", range(len(heads)), format_func=lambda j: f"head {j + 1}", key="atlas_head")
     h = heads[k]
-    flip = state.use_flip(meta)
+    aug = state.use_tta(meta, dataset_wide=True)
     cache = st.session_state.setdefault("atlas_maps", {})
-    key = (*store_key, layer, k, flip)
+    key = (*store_key, layer, k, aug.name)
     if key not in cache:
         if len(cache) >= 24:
             cache.pop(next(iter(cache)))
         indices = h["top_indices"] + h["bottom_indices"]
-        cache[key] = atlas.head_maps(model, ds.images, meta, indices, layer, k, flip=flip)
+        cache[key] = atlas.head_maps(model, ds.images, meta, indices, layer, k, tta=aug)
     maps = cache[key]
     n = len(h["top_indices"])
     images = ds.images[h["top_indices"] + h["bottom_indices"]].permute(0, 2, 3, 1).numpy()
@@ -64,12 +64,12 @@ def head_atlas(model, meta, ds, r: dict, store_key: tuple, open_image: Callable[
     _grid(ds, h["bottom_indices"], h["bottom_gates"], overlays[n:], classes,
           f"{layer} head {k + 1}: lowest confidence gate", open_image, "bottom")
     means = st.session_state.setdefault("atlas_means", {})
-    mkey = (*store_key, flip)
+    mkey = (*store_key, aug.name)
     if mkey not in means:
         if st.button(f"Mean attention maps over {min(MEAN_SAMPLE, len(ds))} images", key="atlas_means_go"):
             if len(means) >= 4:
                 means.pop(next(iter(means)))
             with st.spinner("Averaging the maps…"):
-                means[mkey] = atlas.mean_maps(model, ds.images, meta, atlas.sample(len(ds), MEAN_SAMPLE), flip=flip)
+                means[mkey] = atlas.mean_maps(model, ds.images, meta, atlas.sample(len(ds), MEAN_SAMPLE), tta=aug)
     if mkey in means:
         st.plotly_chart(figures_v2.mean_maps_figure(means[mkey], layer), key="atlas_mean_fig")

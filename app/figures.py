@@ -164,8 +164,11 @@ def global_gates_figure(trace: Trace, i: int):
 
 
 def contributions_label(trace: Trace) -> str:
-    """What a fusion bar is: one view's g_O · log p, or under flip TTA the mean of both views' terms."""
-    return "mean over image and mirror of g_O · log p" if trace.views else "g_O · log p"
+    """What a fusion bar is: one view's g_O · log p, or under test-time augmentation the mean of the views' terms."""
+    if not trace.views:
+        return "g_O · log p"
+    return "mean over image and mirror of g_O · log p" if len(trace.views) == 2 else \
+        f"mean over {len(trace.views)} views of g_O · log p"
 
 
 def contributions_figure(trace: Trace, i: int, classes: Sequence[str], class_indices: Sequence[int]):

@@ -51,7 +51,7 @@ def image_gates(trace, gates: list[str], key: str):
     rows = [r for r in G.image_gate_rows(trace, 0) if r["gate"] in gates]
     if not rows:
         return
-    st.markdown("**What the gates' tanh received**" + (" (mean over the image and its mirror)" if trace.views else ""))
+    st.markdown("**What the gates' tanh received**" + (f" (mean over {len(trace.views)} views)" if trace.views else ""))
     if st.toggle("Show them on the tanh curve", key=f"{key}_curve"):  # off by default: the views stay fast
         st.plotly_chart(figures_v2.tanh_figure(rows, G.SATURATION), key=f"{key}_tanh")
     # a Markdown table: drawn on every inspector run, where a data frame would cost ~10 ms

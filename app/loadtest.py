@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ar_core.tta import TTA, TTALike
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -90,21 +92,22 @@ def growth_mb(result: dict) -> float | None:
     return round(series[-1] - series[len(series) // 2], 1)
 
 
-def trace_load(model, workers: int = 8, seconds: float = 60, max_runs: int = 1_000_000, flip: bool = False,
+def trace_load(model, workers: int = 8, seconds: float = 60, max_runs: int = 1_000_000, tta: TTALike = "none",
                every: int = 50) -> dict:
     """N threads tracing on one shared model; every result must equal the sequential one.
 
-    ``flip``: flip test-time augmentation, as the app runs the checkpoint.
+    ``tta``: the test-time augmentation, as the app runs the checkpoint.
     """
+    aug = TTA.parse(tta)
     g = torch.Generator().manual_seed(0)
     images = [torch.randn(1, 3, 32, 32, generator=g) for _ in range(workers * 4)]
     with torch.inference_mode():
-        expected = [model.trace(x, flip=flip) for x in images]
+        expected = [model.trace(x, flip=aug.flip, shift=aug.shift) for x in images]
 
     def job(w, i):
         k = (w * 4 + i) % len(images)
         with torch.inference_mode():
-            t = model.trace(images[k], flip=flip)
+            t = model.trace(images[k], flip=aug.flip, shift=aug.shift)
         e = expected[k]
         same = torch.equal(t.output, e.output) and torch.equal(t.global_gates, e.global_gates) and all(
             torch.equal(a.attention_maps, b.attention_maps) and torch.equal(a.confidence_gates, b.confidence_gates)
@@ -266,7 +269,7 @@ def _png(seed: int) -> bytes:
 
 def main(argv=None) -> dict:
     import ar_core
-    from ar_core.inference import flip_tta
+    from ar_core.tta import of_checkpoint
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=60)
@@ -290,7 +293,7 @@ def main(argv=None) -> dict:
         model, meta = ar_core.load_checkpoint(ckpt)
         result = {}
         if not a.skip_trace:
-            result["trace"] = trace_load(model, a.workers, a.seconds, a.max_runs, flip=flip_tta(meta), every=a.every)
+            result["trace"] = trace_load(model, a.workers, a.seconds, a.max_runs, tta=of_checkpoint(meta), every=a.every)
             result["trace"]["growth_second_half_mb"] = growth_mb(result["trace"])
         if not a.skip_browsers:
             result["browsers"] = browser_load(str(ckpt), a.workers, a.seconds, a.max_runs, every=a.every,

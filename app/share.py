@@ -50,11 +50,12 @@ def apply_link(tabs: list[str] | None = None):
         else:
             notes.append(f"checkpoint {q['checkpoint']!r} is not available here (available: {', '.join(labels)})")
     if "tta" in q:
-        tta = q["tta"].replace("-", " ")
+        tta = "as trained" if q["tta"] == "as-trained" else q["tta"]
         if tta in state.TTA_CHOICES:
             ss["tta"] = tta
         else:
-            notes.append(f"test-time augmentation {q['tta']!r} is not one of as-trained, flip, none")
+            notes.append(f"test-time augmentation {q['tta']!r} is not one of as-trained, "
+                         f"{', '.join(state.TTA_CHOICES[1:])}")
     if "source" in q:
         if q["source"] in SOURCES:
             ss["source"] = SOURCES[q["source"]]

@@ -10,7 +10,7 @@ from app import state
 from ar_core.checkpoint import CheckpointError
 from ar_core.data import cache_dir, data_roots, is_loopback, resolve_under
 from ar_core.evaluate import ClassMismatchError, align_labels
-from ar_core.inference import flip_tta
+from ar_core.tta import of_checkpoint
 from ar_core.precision import device_options
 
 DATASETS = ["CIFAR-10 test set", "CIFAR-100 test set", "ImageFolder directory"]
@@ -41,12 +41,14 @@ def model_picker():
         label = st.selectbox("Checkpoint", list(choices), key="model_label")
         device = st.selectbox("Device", device_options(), key="device",
                               help="auto picks CUDA, then Apple MPS, then the CPU")
-        trained = "flip" if flip_tta(state.checkpoint_meta(choices[label]) or {}) else "none"
+        trained = of_checkpoint(state.checkpoint_meta(choices[label]) or {}).name
         st.selectbox("Test-time augmentation", state.TTA_CHOICES, key="tta",
                      format_func=lambda c: f"as trained ({trained})" if c == state.TTA_CHOICES[0] else c,
                      help="flip: every number is the mean over the image and its mirror image (the mirror's "
-                          "maps flipped back), as the evaluator reports the checkpoint's accuracy. "
-                          "Attributions explain the single, un-mirrored pass.")
+                          "maps flipped back); shiftN adds the image moved by up to N pixels (maps moved back). "
+                          "As trained: the views the checkpoint's validation figure was measured with, which the "
+                          "evaluator uses too (over a whole data set at most flip, said where it applies). "
+                          "Attributions explain the single, un-augmented pass.")
         return label, choices[label], device
 
 

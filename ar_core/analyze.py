@@ -32,7 +32,9 @@ from .atlas import head_atlas
 from .gates import gate_statistics
 from .evaluate import (ClassMismatchError, align_labels, calibration_bins, collect, confusion_matrix, summarize,
                        validation_split)
-from .inference import flip_tta
+from .tta import NAMES as TTA_NAMES
+from .tta import TTALike
+from .tta import resolve as resolve_tta
 from .model import AttendAndRectify
 
 FAITHFULNESS_METHODS = ("attention", "saliency", "gradcam", "integrated_gradients", "random")
@@ -206,14 +208,14 @@ def _save_partial(path: Path, arrays: dict[str, torch.Tensor], done: int):
 
 
 def collect_cached(model, dataset, meta, cache: Path | None, chunk: int = 2000, batch_size: int = 500,
-                   progress=None, flip: bool = False) -> dict[str, torch.Tensor]:
+                   progress=None, tta: TTALike = "none") -> dict[str, torch.Tensor]:
     """``collect`` over the whole set in chunks, each saved as it finishes (resumable)."""
     arrays, done = _load_partial(cache) if cache else ({}, 0)
     n = len(dataset)
     while done < n:
         stop = min(n, done + chunk)
         part, _ = collect(model, dataset.images[done:stop], dataset.labels[done:stop], meta, batch_size,
-                          progress=(lambda k, base=done: progress(base + k)) if progress else None, flip=flip)
+                          progress=(lambda k, base=done: progress(base + k)) if progress else None, tta=tta)
         arrays = {k: torch.cat([arrays[k], v]) if k in arrays else v for k, v in part.items()}
         done = stop
         if cache:
@@ -311,11 +313,11 @@ def save_figures(result: dict[str, Any], out: Path) -> list[str]:
 def analyze(model: AttendAndRectify, dataset: D.TensorDataset, meta: dict[str, Any], faithfulness_n: int = 500,
             methods: Sequence[str] = DEFAULT_METHODS, batch_size: int = 500, use_cache: bool = True,
             progress: Callable[[str, int, int], None] | None = None, return_arrays: bool = False,
-            flip: bool | None = None, sanity_n: int = 0):
+            tta: TTALike | None = None, sanity_n: int = 0):
     """Every number of the analysis as a JSON-ready dict (``progress(stage, done, total)``).
 
-    ``flip``: flip test-time augmentation for the predictions and gates (None: the checkpoint's
-    setting, as in the evaluator and the app). Faithfulness explains the single, un-mirrored pass.
+    ``tta``: test-time augmentation for the predictions and gates (None: the checkpoint's own, as in
+    the evaluator and the app). Faithfulness explains the single, un-augmented pass.
 
     With ``return_arrays`` also the per-image arrays (predictions, gates), to list the images
     behind any number. ``sanity_n`` > 0 adds the cascading-randomisation sanity check of the maps
@@ -324,18 +326,18 @@ def analyze(model: AttendAndRectify, dataset: D.TensorDataset, meta: dict[str, A
     classes = list(meta.get("classes") or dataset.classes)
     dataset = align_labels(dataset, classes)
     model.eval()
-    flip = flip_tta(meta) if flip is None else flip
+    aug = resolve_tta(tta, meta)
     key = cache_key(meta, dataset)
     # "-v2": the per-image arrays gained the gates' pre-tanh values; older caches lack them.
-    cache = D.cache_dir() / "analysis" / f"{key}{'-flip' if flip else ''}-v2.safetensors" if use_cache else None
+    cache = D.cache_dir() / "analysis" / f"{key}{'' if aug.views == 1 else '-' + aug.name}-v2.safetensors" if use_cache else None
     t0 = time.perf_counter()
     n = len(dataset)
     cat = collect_cached(model, dataset, meta, cache, batch_size=batch_size,
-                         progress=(lambda k: progress("predictions", k, n)) if progress else None, flip=flip)
+                         progress=(lambda k: progress("predictions", k, n)) if progress else None, tta=aug)
     seconds = time.perf_counter() - t0
     result = summarize(cat, dataset.labels, classes, model.sources)
     result["sources"] = list(model.sources)
-    result["test_time_augmentation"] = "flip" if flip else "none"
+    result["test_time_augmentation"] = aug.name
     result.update(dataset_story(cat, dataset.labels, classes, model.sources))
     if model.attend:
         result["gate_pre_tanh"] = gate_statistics(cat, model.sources)
@@ -397,6 +399,9 @@ def main(argv=None) -> dict[str, Any]:
                    help="maps to test (integrated_gradients adds about 60 %% to the time of the other four)")
     p.add_argument("--sanity", type=int, default=0, metavar="N",
                    help="sanity check of the maps (cascading weight randomisation) over N images (0: skip)")
+    p.add_argument("--tta", choices=["auto", *TTA_NAMES], default="auto",
+                   help="test-time augmentation of the predictions and gates (auto: the checkpoint's own, as the "
+                        "evaluator and the app use it)")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--no-cache", action="store_true")
     p.add_argument("--threads", type=int, default=0)
@@ -426,7 +431,7 @@ def main(argv=None) -> dict[str, Any]:
 
     try:
         result = analyze(model, dataset, meta, a.faithfulness, a.methods, a.batch_size, not a.no_cache, progress,
-                         sanity_n=a.sanity)
+                         sanity_n=a.sanity, tta=None if a.tta == "auto" else a.tta)
     except ClassMismatchError as e:
         sys.exit(f"error: {e}")
     for bar in bars.values():

@@ -15,6 +15,7 @@ import torch
 
 from .inference import inspect
 from .model import AttendAndRectify
+from .tta import TTALike
 
 TOP = 16  # images per head at each end of the ranking
 
@@ -54,11 +55,11 @@ def head_atlas(cat: dict[str, torch.Tensor], labels: torch.Tensor, classes: Sequ
 
 
 def head_maps(model: AttendAndRectify, images: torch.Tensor, meta: dict[str, Any], indices: Sequence[int],
-              layer: str, head: int, flip: bool | None = None) -> torch.Tensor:
+              layer: str, head: int, tta: TTALike | None = None) -> torch.Tensor:
     """Head ``head`` (0-based) of ``layer``: its attention maps (n, h, w) over uint8 ``images[indices]``."""
     if not indices:
         raise ValueError("no images to draw")
-    ins = inspect(model, images[list(indices)], meta, flip=flip)
+    ins = inspect(model, images[list(indices)], meta, tta=tta)
     names = [l.name for l in ins.trace.layers]
     if layer not in names:
         raise ValueError(f"no attended layer {layer!r}; this model attends {names}")
@@ -66,14 +67,14 @@ def head_maps(model: AttendAndRectify, images: torch.Tensor, meta: dict[str, Any
 
 
 def mean_maps(model: AttendAndRectify, images: torch.Tensor, meta: dict[str, Any], indices: Sequence[int],
-              flip: bool | None = None, batch_size: int = 128) -> dict[str, torch.Tensor]:
+              tta: TTALike | None = None, batch_size: int = 128) -> dict[str, torch.Tensor]:
     """Every attended layer's mean attention map per head, (K, h, w), over uint8 ``images[indices]``."""
     indices = list(indices)
     if not indices:
         raise ValueError("no images to average")
     sums: dict[str, torch.Tensor] = {}
     for start in range(0, len(indices), batch_size):
-        trace = inspect(model, images[indices[start:start + batch_size]], meta, flip=flip).trace
+        trace = inspect(model, images[indices[start:start + batch_size]], meta, tta=tta).trace
         for layer in trace.layers:
             s = layer.attention_maps.sum(0)
             sums[layer.name] = sums[layer.name] + s if layer.name in sums else s

@@ -22,6 +22,7 @@ import torch
 
 from . import data as D
 from .checkpoint import load_checkpoint
+from .tta import NAMES as TTA_NAMES
 
 
 def mcnemar_exact(only_a: int, only_b: int) -> float:
@@ -66,7 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--validation-split", action="store_true",
                    help="compare on the validation split both checkpoints record (carved from --data, the "
                         "training folder); both must record the same split")
-    p.add_argument("--tta", choices=["auto", "flip", "none"], default="auto",
+    p.add_argument("--tta", choices=["auto", *TTA_NAMES], default="auto",
                    help="test-time augmentation (auto: each checkpoint's own)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -91,9 +92,8 @@ def main(argv=None) -> dict[str, Any]:
     dataset = align_labels(dataset, meta_a["classes"])
     correct = []
     for model, meta in ((model_a, meta_a), (model_b, meta_b)):
-        flip = None if args.tta == "auto" else args.tta == "flip"
         model.to(memory_format=torch.channels_last)
-        cat, _ = collect(model, dataset.images, dataset.labels, meta, flip=flip)
+        cat, _ = collect(model, dataset.images, dataset.labels, meta, tta=None if args.tta == "auto" else args.tta)
         correct.append(cat["pred"] == dataset.labels)
     result = {"a": args.a, "b": args.b, **paired(*correct)}
     if args.json:

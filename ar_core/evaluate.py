@@ -25,7 +25,10 @@ import torch.nn.functional as F
 
 from . import data as D
 from .checkpoint import CheckpointError, load_checkpoint
-from .inference import flip_tta, preprocess
+from .inference import preprocess
+from .tta import NAMES as TTA_NAMES
+from .tta import TTA, TTALike
+from .tta import resolve as resolve_tta
 from .model import AttendAndRectify
 from .precision import autocast_for, pick_device
 
@@ -118,10 +121,10 @@ def align_labels(dataset: D.TensorDataset, classes: Sequence[str], subset: bool 
 @torch.inference_mode()
 def collect(model: AttendAndRectify, images: torch.Tensor, labels: torch.Tensor, meta: dict[str, Any],
             batch_size: int = 500, device: torch.device | None = None, amp: str = "auto",
-            progress=None, flip: bool | None = None) -> tuple[dict[str, torch.Tensor], str]:
+            progress=None, tta: TTALike | None = None) -> tuple[dict[str, torch.Tensor], str]:
     """Per-image results of one pass over uint8 ``images``: (arrays by name, precision used).
 
-    ``flip``: flip test-time augmentation, as the app applies it (None: the checkpoint's setting).
+    ``tta``: the test-time augmentation, as the app applies it (None: the checkpoint's own).
 
     Arrays: pred, confidence, top5, nll, net_pred, and for attention models pred/<layer>,
     conf_gates/<layer>, head_pred/<layer> (each head's top class), global_gates, and what the
@@ -130,7 +133,7 @@ def collect(model: AttendAndRectify, images: torch.Tensor, labels: torch.Tensor,
     """
     device = device or next(model.parameters()).device
     autocast, precision = autocast_for(device, amp)
-    flip = flip_tta(meta) if flip is None else flip
+    aug = resolve_tta(tta, meta)
     keep: dict[str, list[torch.Tensor]] = {}
 
     def add(name: str, t: torch.Tensor):
@@ -141,7 +144,7 @@ def collect(model: AttendAndRectify, images: torch.Tensor, labels: torch.Tensor,
         x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         y = labels[i:i + batch_size].to(device, non_blocking=True)
         with autocast():
-            trace = model.trace(x, flip=flip)
+            trace = model.trace(x, flip=aug.flip, shift=aug.shift)
         output = trace.output.float()
         logp = F.log_softmax(output, dim=1)
         confidence, pred = logp.max(dim=1)
@@ -205,10 +208,10 @@ def summarize(cat: dict[str, torch.Tensor], labels: torch.Tensor, classes: Seque
 
 def evaluate(model: AttendAndRectify, dataset: D.TensorDataset, meta: dict[str, Any], batch_size: int = 500,
              device: str | torch.device | None = None, progress: bool = False, amp: str = "auto",
-             flip: bool | None = None) -> dict[str, Any]:
+             tta: TTALike | None = None) -> dict[str, Any]:
     """All metrics of ``model`` on ``dataset`` (uint8 images, labels), as a JSON-ready dict.
 
-    ``flip``: flip test-time augmentation (None: the checkpoint's own setting, as in the app).
+    ``tta``: the test-time augmentation's name (None: the checkpoint's own, as in the app).
 
     Labels are renumbered to ``meta["classes"]`` by name (ClassMismatchError when the names differ).
     The model is put on ``device`` (default: where it is) in channels_last memory format, in place,
@@ -229,19 +232,19 @@ def evaluate(model: AttendAndRectify, dataset: D.TensorDataset, meta: dict[str, 
         from tqdm import tqdm
 
         bar = tqdm(total=n, unit="img", desc="evaluate", file=sys.stderr, dynamic_ncols=True)
-    flip = flip_tta(meta) if flip is None else flip
+    aug = resolve_tta(tta, meta)
     t0 = time.perf_counter()
     try:
         cat, precision = collect(model, dataset.images, dataset.labels, meta, batch_size, device, amp,
                                  progress=(lambda done: bar.update(done - bar.n)) if bar is not None else None,
-                                 flip=flip)
+                                 tta=aug)
     finally:
         if bar is not None:
             bar.close()
         model.train(was_training)
     seconds = time.perf_counter() - t0
     result = summarize(cat, dataset.labels, classes, model.sources)
-    result.update({"test_time_augmentation": "flip" if flip else "none",
+    result.update({"test_time_augmentation": aug.name,
                    "precision": precision, "device": str(device), "batch_size": batch_size,
                    "seconds": round(seconds, 3), "images_per_s": round(n / max(seconds, 1e-9), 1)})
     return result
@@ -292,7 +295,8 @@ def format_report(r: dict[str, Any], title: str = "") -> str:
     lines = []
     if title:
         lines.append(title)
-    tta = ", flip test-time augmentation" if r.get("test_time_augmentation") == "flip" else ""
+    name = r.get("test_time_augmentation") or "none"
+    tta = f", test-time augmentation {name} ({TTA.parse(name).views} views)" if name != "none" else ""
     lines.append(f"{r['n']} images in {r['seconds']:.1f} s ({r['images_per_s']:.0f} images/s, {r['device']}, "
                  f"{r['precision']}{tta})")
     lines.append(f"accuracy {_pct(r['accuracy'])} %   top-5 {_pct(r['top5_accuracy'])} %   "
@@ -346,9 +350,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="auto: CUDA, then MPS, then the CPU")
     p.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
                    help="auto: bf16 on CPUs with native bf16, fp16 on CUDA; on: bf16 on any CPU; off: float32")
-    p.add_argument("--tta", choices=["auto", "flip", "none"], default="auto",
-                   help="flip test-time augmentation (average with the mirror image); auto: the checkpoint's "
-                        "own setting, which the app uses too")
+    p.add_argument("--tta", choices=["auto", *TTA_NAMES], default="auto",
+                   help="test-time augmentation: flip averages with the mirror image, shiftN adds the image "
+                        "moved by up to N pixels; auto: the checkpoint's own setting, which the analysis and the "
+                        "app use too")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     p.add_argument("--json", action="store_true", help="print one JSON object (the last line) instead of tables")
     p.add_argument("--no-progress", action="store_true")
@@ -392,7 +397,7 @@ def main(argv=None) -> dict[str, Any]:
     try:
         result = evaluate(model, dataset, meta, batch_size=args.batch_size, device=device,
                           progress=not args.no_progress, amp=args.amp,
-                          flip=None if args.tta == "auto" else args.tta == "flip")
+                          tta=None if args.tta == "auto" else args.tta)
     except ClassMismatchError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

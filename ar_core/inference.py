@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from .model import LAYER_FIELDS, AttendAndRectify, Trace
+from .tta import TTALike
+from .tta import resolve as resolve_tta
 
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 MAX_PIXELS = 40_000_000  # larger images are refused before decoding (decompression bombs)
@@ -126,23 +128,18 @@ class Inspection:
     device: str
 
 
-def flip_tta(meta: dict[str, Any]) -> bool:
-    """Whether a checkpoint's recipe evaluates with flip test-time augmentation (its default here)."""
-    return meta.get("test_time_augmentation") == "flip"
-
-
 def inspect(model: AttendAndRectify, images: torch.Tensor, meta: dict[str, Any],
-            flip: bool | None = None) -> Inspection:
+            tta: TTALike | None = None) -> Inspection:
     """Run ``model.trace`` on uint8 images; everything returned lives on the CPU in float32.
 
-    ``flip``: average with the mirror images (None: the checkpoint's own setting).
+    ``tta``: the test-time augmentation (a name of ``ar_core.tta.NAMES``; None: the checkpoint's own).
     """
     device = next(model.parameters()).device
     x = preprocess(images, meta).to(device)
-    flip = flip_tta(meta) if flip is None else flip
+    aug = resolve_tta(tta, meta)
     t0 = time.perf_counter()
     with torch.inference_mode():
-        trace = model.trace(x, flip=flip)
+        trace = model.trace(x, flip=aug.flip, shift=aug.shift)
         trace = trace.map(lambda t: t.float().cpu())
     latency = (time.perf_counter() - t0) * 1000
     classes = meta.get("classes") or [str(i) for i in range(trace.output.shape[1])]
@@ -237,20 +234,20 @@ def trace_to_json(trace: Trace, classes: Sequence[str], i: int | None = None, ex
 
 
 def predict_all(model: AttendAndRectify, images: torch.Tensor, meta: dict[str, Any], batch_size: int = 250,
-                progress=None, flip: bool | None = None) -> dict[str, np.ndarray]:
+                progress=None, tta: TTALike | None = None) -> dict[str, np.ndarray]:
     """Fused and network-only predictions for a whole uint8 image tensor, in batches.
 
     ``progress(fraction)`` is called after each batch (a progress bar's update function);
-    ``flip`` as for :func:`inspect`.
+    ``tta`` as for :func:`inspect`.
     """
     device = next(model.parameters()).device
-    flip = flip_tta(meta) if flip is None else flip
+    aug = resolve_tta(tta, meta)
     fused, net = [], []
     n = len(images)
     with torch.inference_mode():
         for start in range(0, n, batch_size):
             x = preprocess(images[start:start + batch_size], meta).to(device)
-            t = model.trace(x, flip=flip)
+            t = model.trace(x, flip=aug.flip, shift=aug.shift)
             fused.append(t.output.argmax(1).cpu())
             net.append(t.net_output.argmax(1).cpu())
             if progress is not None:

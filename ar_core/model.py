@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .attention import AttentionModule, GlobalGate, fusion_contributions, inter_head_regularizer
+from .tta import TTA
 from .wrn import WideResNet
 
 BACKBONES = ("wrn", "resnet18")
@@ -97,15 +98,17 @@ class Trace:
     output: torch.Tensor  # fused log-scores (B, M); prediction = argmax, probabilities = softmax
     global_pre_tanh: torch.Tensor  # (B, N+1): what tanh receives in [5]; (B, 0) without attention
     sources: list[str] = field(default_factory=list)
-    # With flip test-time augmentation: the image's own trace and its mirror's (maps flipped back);
-    # every tensor above is then their mean. Empty for a single view.
+    # With test-time augmentation: each view's trace (the image itself first; maps moved back into
+    # the image's frame); every tensor above is then their mean. Empty for a single view.
     views: list["Trace"] = field(default_factory=list)
+    augmentation: str = "none"  # the test-time augmentation's name (ar_core.tta)
 
     def map(self, fn) -> "Trace":
         """A copy with ``fn`` applied to every tensor (e.g. ``lambda t: t.cpu()``)."""
         layers = [LayerTrace(l.name, *(fn(getattr(l, f)) for f in LAYER_FIELDS)) for l in self.layers]
         return Trace(layers, fn(self.net_output), fn(self.global_gates), fn(self.contributions),
-                     fn(self.output), fn(self.global_pre_tanh), list(self.sources), [v.map(fn) for v in self.views])
+                     fn(self.output), fn(self.global_pre_tanh), list(self.sources), [v.map(fn) for v in self.views],
+                     self.augmentation)
 
 
 def mean_of_views(views: Sequence[Trace]) -> Trace:
@@ -221,7 +224,9 @@ class AttendAndRectify(nn.Module):
                 for layer in view.layers:
                     maps = layer.attention_maps.flip(3) if j >= len(offsets) else layer.attention_maps
                     layer.attention_maps = translate_maps(maps, dy, dx, x.shape[-2:])
-            return mean_of_views(views)
+            mean = mean_of_views(views)
+            mean.augmentation = TTA(flip, shift).name
+            return mean
         modules, net_output, global_gates, contributions, pre_tanh = self._run(x)
         layers = [LayerTrace(name, *m) for name, m in zip(self.attend, modules)]
         return Trace(layers, net_output.float(), global_gates, contributions, contributions.sum(dim=1), pre_tanh,

@@ -138,11 +138,14 @@ def apply(img: torch.Tensor, p: Perturbation, others: torch.Tensor | None = None
 @torch.inference_mode()
 def accuracy(model, images: torch.Tensor, labels: torch.Tensor, meta: dict, batch_size: int = 250) -> dict:
     """Fused and network-only accuracy on uint8 images (with the checkpoint's test-time augmentation)."""
-    from .inference import flip_tta, preprocess
+    from .inference import preprocess
+    from .tta import of_checkpoint
+
+    aug = of_checkpoint(meta)
 
     fused = net = 0
     for i in range(0, len(labels), batch_size):
-        t = model.trace(preprocess(images[i:i + batch_size], meta), flip=flip_tta(meta))
+        t = model.trace(preprocess(images[i:i + batch_size], meta), flip=aug.flip, shift=aug.shift)
         y = labels[i:i + batch_size]
         fused += int((t.output.argmax(1) == y).sum())
         net += int((t.net_output.argmax(1) == y).sum())

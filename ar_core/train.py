@@ -27,6 +27,8 @@ from . import data as D
 from .checkpoint import save_checkpoint
 from .model import ModelConfig, build_model
 from .precision import autocast_for, pick_device
+from .tta import NAMES as TTA_NAMES
+from .tta import TTA, TTALike
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -65,9 +67,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     o.add_argument("--ema-bn-images", type=int, default=5120,
                    help="augmented training images used to recompute the averaged model's BatchNorm statistics")
     o.add_argument("--seed", type=int, default=0)
-    o.add_argument("--tta", choices=["flip", "none"], default="flip",
-                   help="test-time augmentation the checkpoint is evaluated with (by the evaluator and the "
-                        "app): flip averages each image with its mirror image")
+    o.add_argument("--tta", choices=[*TTA_NAMES, "best"], default="flip",
+                   help="test-time augmentation the checkpoint is evaluated with (by the evaluator, the analysis "
+                        "and the app): flip averages each image with its mirror image, shiftN adds the image moved "
+                        "by up to N pixels; best: the one with the highest validation accuracy (ties: the cheapest). "
+                        "Every one's validation accuracy is recorded")
     r = p.add_argument_group("run")
     r.add_argument("--out", required=True, help="final checkpoint (.safetensors)")
     r.add_argument("--resume", action="store_true", help="continue from OUT.state.safetensors")
@@ -208,11 +212,12 @@ def load_state(path: Path, model, optimizer, scheduler, ema=None) -> dict:
 
 
 @torch.no_grad()
-def evaluate_split(model, images, labels, mean, std, device, autocast, batch_size=500, flip=False) -> dict:
+def evaluate_split(model, images, labels, mean, std, device, autocast, batch_size=500, tta: TTALike = "none") -> dict:
     """Accuracy of the fused output and of the network's own output on a uint8 split.
 
-    ``flip``: with flip test-time augmentation, as the evaluator and the app apply it.
+    ``tta``: with that test-time augmentation, as the evaluator and the app apply it.
     """
+    aug = TTA.parse(tta)
     model.eval()
     correct = None  # per output: each attended layer's hypothesis, the network, the fused output
     gates = 0.0
@@ -221,7 +226,7 @@ def evaluate_split(model, images, labels, mean, std, device, autocast, batch_siz
         x = D.normalize(images[i:i + batch_size].to(device), mean, std).contiguous(memory_format=torch.channels_last)
         y = labels[i:i + batch_size].to(device)
         with autocast():
-            t = model.trace(x, flip=flip)
+            t = model.trace(x, flip=aug.flip, shift=aug.shift)
         scores = [l.hypothesis for l in t.layers] + [t.net_output, t.output]
         hits = torch.stack([(s.argmax(1) == y).sum() for s in scores]).cpu()
         correct = hits if correct is None else correct + hits
@@ -438,12 +443,26 @@ def main(argv=None) -> dict:
 
     if main_process:
         final = history[-1] if history else {}
-        if len(val) and args.tta == "flip":  # the figure the evaluator and the app reproduce
-            tta = evaluate_split(kept, val.images, val.labels, mean, std, device, autocast, flip=True)
-            final = {**final, **tta, "val_accuracy_single_view": final.get("val_accuracy")}
+        chosen, by_tta, saved = ("flip" if args.tta == "best" else args.tta), {}, kept
+        if len(val) and final:
+            if ema is not None and final["val_accuracy_raw"] > final["val_accuracy"]:
+                saved = model  # the average did not help on validation: ship the raw weights
+                final = {**final, **evaluate_split(model, val.images, val.labels, mean, std, device, autocast)}
+                print("the raw weights beat their moving average on validation: saving the raw weights",
+                      file=sys.stderr)
+            # every augmentation's figure, then the chosen one's in full: the figure the evaluator, the
+            # analysis and the app reproduce
+            by_tta = {name: final["val_accuracy"] if name == "none" else
+                      evaluate_split(saved, val.images, val.labels, mean, std, device, autocast, tta=name)["val_accuracy"]
+                      for name in TTA_NAMES}
+            if args.tta == "best":
+                chosen = max(TTA_NAMES, key=lambda name: by_tta[name])  # NAMES go cheapest first: ties keep it
+            if chosen != "none":
+                figures = evaluate_split(saved, val.images, val.labels, mean, std, device, autocast, tta=chosen)
+                final = {**final, **figures, "val_accuracy_single_view": final["val_accuracy"]}
             if ema is not None:
-                final["val_accuracy_raw"] = evaluate_split(model, val.images, val.labels, mean, std, device,
-                                                           autocast, flip=True)["val_accuracy"]
+                final["val_accuracy_raw"] = evaluate_split(model, val.images, val.labels, mean, std, device, autocast,
+                                                           tta=chosen)["val_accuracy"]
         meta = {
             "classes": full.classes,
             "normalization": {"mean": list(mean), "std": list(std)},
@@ -452,12 +471,14 @@ def main(argv=None) -> dict:
             "validation_split": split_record,
             "recipe": recipe(args),
             "epochs_trained": final.get("epoch", start_epoch),
-            "test_time_augmentation": args.tta,
+            "test_time_augmentation": chosen,
+            "val_accuracy_by_tta": by_tta,
             "val_accuracy": final.get("val_accuracy"),
             "val_net_accuracy": final.get("val_net_accuracy"),
             "val_accuracy_single_view": final.get("val_accuracy_single_view", final.get("val_accuracy")),
             "val_source_accuracy": dict(zip([*model.sources, "fused"], final.get("val_source_accuracy", []))),
             "val_accuracy_raw_weights": final.get("val_accuracy_raw"),
+            "saved_weights": "raw" if saved is model else "moving average",
             "training_time_s": round(elapsed, 1),
             "hardware": hardware(device),
             "processes": world,
@@ -466,7 +487,7 @@ def main(argv=None) -> dict:
             "code_commits": commits,
             "command": command_line(sys.argv[1:] if argv is None else argv),
         }
-        save_checkpoint(kept, out, meta, dtype=getattr(torch, args.save_dtype))
+        save_checkpoint(saved, out, meta, dtype=getattr(torch, args.save_dtype))
         print(f"wrote {out}", file=sys.stderr)
     if distributed:
         import torch.distributed as dist

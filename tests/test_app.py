@@ -101,6 +101,37 @@ def test_flip_tta_follows_the_checkpoint_and_can_be_switched(app_env):
     assert at.metric[0].value == CLASSES[int(flipped.output[0].argmax())]
 
 
+def test_a_checkpoint_measured_with_shifts_is_inspected_with_them_and_says_when_a_data_set_pass_is_cheaper(
+        tmp_path, monkeypatch):
+    """'As trained' follows a flip-shift2 checkpoint on one image (18 views, said in the caption); over a
+    whole data set it takes flip only, and the data-set page says so; choosing flip-shift2 lifts the cap."""
+    torch.manual_seed(0)
+    cfg = ar_core.ModelConfig(num_classes=4, depth=10, width=1, attention_depth=3, attention_width=2)
+    ckpt = ar_core.save_checkpoint(randomize_bn(ar_core.build_model(cfg)).eval(), tmp_path / "tiny-ad3.safetensors",
+                                   {**META, "test_time_augmentation": "flip-shift2"})
+    folder = tmp_path / "folder"
+    for c, name in enumerate(CLASSES):
+        (folder / name).mkdir(parents=True)
+        (folder / name / "0.png").write_bytes(_png(c, (32, 32)))
+    monkeypatch.setenv("AR_CHECKPOINT", str(ckpt))
+    monkeypatch.setenv("AR_IMAGE_FOLDER", str(folder))
+    at = _start()
+    assert at.selectbox(key="tta").options[0] == "as trained (flip-shift2)"
+    at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()
+    trace = at.session_state["result"]["ins"].trace
+    assert trace.augmentation == "flip-shift2" and len(trace.views) == 18
+    assert any("flip-shift2 test-time augmentation: the mean over 18 views" in c.value for c in at.caption)
+
+    at = _analysed_dataset_page()
+    assert not at.exception and not _errors(at)
+    assert any("uses flip (2 views) to answer 9x sooner" in c.value for c in at.caption)
+    assert at.session_state["analyses"] and all(k[-1] == "flip" for k in at.session_state["analyses"])
+    at.selectbox(key="tta").set_value("flip-shift2").run()
+    assert not any("answer 9x sooner" in c.value for c in at.caption)
+    at.button(key="analyse_go").click().run()
+    assert {k[-1] for k in at.session_state["analyses"]} == {"flip", "flip-shift2"}
+
+
 def test_bad_file_gives_an_error_and_keeps_the_previous_result(app_env):
     at = _start()
     at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()
@@ -363,7 +394,7 @@ def test_dataset_page_lists_where_baseline_and_attention_disagree(app_env):
     # recomputed from the two models' own predictions over the folder
     ds = load_image_folder(str(app_env / "folder"), 32)
     y = ds.labels.numpy()
-    b, a = (predict_all(ar_core.load_checkpoint(p)[0], ds.images, META, flip=False)["fused"]
+    b, a = (predict_all(ar_core.load_checkpoint(p)[0], ds.images, META, tta="none")["fused"]
             for p in (base, app_env / "tiny-ad3.safetensors"))
     want = {"only the attention model right": [i for i in range(len(y)) if a[i] == y[i] != b[i]],
             "only the baseline right": [i for i in range(len(y)) if b[i] == y[i] != a[i]],
@@ -437,7 +468,7 @@ def test_shipped_pair_compares_side_by_side_with_the_recipes_flip(monkeypatch, d
     at.button(key="cmp_maps_go").click().run()
     assert not at.exception and not _errors(at)
     (key, (maps, _)), = at.session_state["compare_maps"].items()
-    assert key[-2:] == (True, True)  # keyed by each checkpoint's test-time augmentation
+    assert key[-2:] == ("flip", "flip")  # keyed by each checkpoint's test-time augmentation
     from ar_core.attribution import gated_attention
 
     att = next(t for t in traces if t.layers)
@@ -584,7 +615,7 @@ def test_browser_labels_a_subset_folder_by_class_name(app_env, subset_folder):
 
     model, meta = ar_core.load_checkpoint(app_env / "tiny-ad3.safetensors")
     ds = ar_core.data.load_image_folder(subset_folder)
-    preds = predict_all(model, ds.images, meta, flip=False)["fused"]
+    preds = predict_all(model, ds.images, meta, tta="none")["fused"]
     truth = np.array([CLASSES.index(ds.classes[y]) for y in ds.labels.tolist()])
     at.selectbox(key="browse_class").set_value(None).run()
     at.selectbox(key="browse_outcome").set_value("correct").run()

@@ -33,10 +33,10 @@ def test_atlas_on_hand_made_arrays():
 def test_maps_come_from_the_trace(tiny_model):
     images = torch.randint(0, 256, (6, 3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     meta = {"classes": list("abcde")}
-    t = inspect(tiny_model, images, meta, flip=False).trace
-    maps = Atl.head_maps(tiny_model, images, meta, [4, 1], "group2", 1, flip=False)
+    t = inspect(tiny_model, images, meta, tta="none").trace
+    maps = Atl.head_maps(tiny_model, images, meta, [4, 1], "group2", 1, tta="none")
     torch.testing.assert_close(maps, t.layers[1].attention_maps[[4, 1], 1])
-    means = Atl.mean_maps(tiny_model, images, meta, [0, 2, 3], flip=False, batch_size=2)
+    means = Atl.mean_maps(tiny_model, images, meta, [0, 2, 3], tta="none", batch_size=2)
     torch.testing.assert_close(means["group1"], t.layers[0].attention_maps[[0, 2, 3]].mean(0))
     assert set(means) == {"group1", "group2", "group3"}
     with pytest.raises(ValueError, match="no attended layer"):

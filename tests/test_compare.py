@@ -66,7 +66,7 @@ def test_cli_compares_two_checkpoints_image_by_image(tmp_path, monkeypatch):
         paths.append(ar_core.save_checkpoint(model.eval(), tmp_path / f"m{seed}.safetensors", meta))
     r = main(["--a", str(paths[0]), "--b", str(paths[1]), "--data", str(folder), "--tta", "none", "--json"])
     ds = D.load_image_folder(folder)
-    accs = [evaluate(ar_core.load_checkpoint(p)[0], ds, meta, flip=False, amp="auto")["accuracy"] for p in paths]
+    accs = [evaluate(ar_core.load_checkpoint(p)[0], ds, meta, tta="none", amp="auto")["accuracy"] for p in paths]
     assert r["n"] == 24 and r["accuracy_a"] == pytest.approx(accs[0]) and r["accuracy_b"] == pytest.approx(accs[1])
     assert r["both_right"] + r["only_a_right"] == round(accs[0] * 24)
     assert r["mcnemar_p"] == pytest.approx(mcnemar_exact(r["only_a_right"], r["only_b_right"]))

@@ -218,7 +218,7 @@ def test_flip_tta_evaluates_the_mean_of_image_and_mirror(tiny_checkpoint, capsys
         x = _normalise(ds.images)
         mean = (model.trace(x).output + model.trace(x.flip(3)).output) / 2
     want = float((mean.argmax(1) == ds.labels).double().mean())
-    r = E.evaluate(model, ds, meta, batch_size=16, amp="off", flip=True)
+    r = E.evaluate(model, ds, meta, batch_size=16, amp="off", tta="flip")
     assert r["test_time_augmentation"] == "flip" and r["accuracy"] == pytest.approx(want, abs=1e-12)
     assert E.evaluate(model, ds, meta, amp="off")["test_time_augmentation"] == "none"  # no flip in the recipe
     assert E.evaluate(model, ds, {**meta, "test_time_augmentation": "flip"}, amp="off")["accuracy"] == r["accuracy"]

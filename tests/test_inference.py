@@ -124,17 +124,23 @@ def test_ablation_of_a_flip_trace_ablates_each_view(tiny_model):
     torch.testing.assert_close(I.ablate(t, [True, False, True, True], heads), want)
 
 
-def test_flip_tta_follows_the_checkpoint_unless_asked(tiny_model):
+def test_tta_follows_the_checkpoint_unless_asked(tiny_model):
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    plain, flip = {}, {"test_time_augmentation": "flip"}
-    assert not I.flip_tta(plain) and I.flip_tta(flip) and not I.flip_tta({"test_time_augmentation": "none"})
+    plain, flip, shift = {}, {"test_time_augmentation": "flip"}, {"test_time_augmentation": "flip-shift2"}
     with torch.inference_mode():
         want = tiny_model.trace(I.preprocess(images, plain), flip=True)
+        want_shift = tiny_model.trace(I.preprocess(images, plain), flip=True, shift=2)
     got = I.inspect(tiny_model, images, flip).trace
     torch.testing.assert_close(got.output, want.output)
-    assert len(got.views) == 2 and not I.inspect(tiny_model, images, flip, flip=False).trace.views
-    assert len(I.inspect(tiny_model, images, plain, flip=True).trace.views) == 2
+    assert got.augmentation == "flip" and len(got.views) == 2
+    single = I.inspect(tiny_model, images, flip, tta="none").trace
+    assert not single.views and single.augmentation == "none"
+    assert len(I.inspect(tiny_model, images, plain, tta=True).trace.views) == 2  # the old switch still reads
+    got_shift = I.inspect(tiny_model, images, shift).trace
+    assert got_shift.augmentation == "flip-shift2" and len(got_shift.views) == 18
+    torch.testing.assert_close(got_shift.output, want_shift.output)
     assert I.predict_all(tiny_model, images, flip)["fused"].tolist() == want.output.argmax(1).tolist()
+    assert I.predict_all(tiny_model, images, shift)["fused"].tolist() == want_shift.output.argmax(1).tolist()
 
 
 def test_topk_and_rectification(traced):

@@ -73,7 +73,7 @@ def test_training_learns_and_writes_a_complete_checkpoint(folder, tmp_path):
     # The recorded accuracy is the one the evaluator (and so the app) reproduces: flip TTA by default.
     assert meta["test_time_augmentation"] == "flip"
     assert meta["val_accuracy_single_view"] == history[-1]["val_accuracy"]
-    assert meta["val_accuracy"] == evaluate(model, full.subset(val_idx), meta, amp="off", flip=True)["accuracy"]
+    assert meta["val_accuracy"] == evaluate(model, full.subset(val_idx), meta, amp="off", tta="flip")["accuracy"]
     # the evaluator carves the same split from the training folder and reproduces the recorded figure
     r = evaluate_main(["--checkpoint", str(out), "--data", str(folder), "--validation-split", "--amp", "off",
                        "--json", "--no-progress"])
@@ -94,7 +94,7 @@ TRAINER_META_KEYS = {
     "classes", "normalization", "image_size", "dataset", "validation_split", "recipe", "epochs_trained",
     "test_time_augmentation", "val_accuracy", "val_net_accuracy", "val_accuracy_single_view",
     "val_source_accuracy", "val_accuracy_raw_weights", "training_time_s", "hardware", "processes", "torch",
-    "code_commit", "code_commits", "command",
+    "code_commit", "code_commits", "command", "val_accuracy_by_tta", "saved_weights",
 }
 
 
@@ -268,3 +268,35 @@ def test_ddp_two_processes_on_cpu(folder, tmp_path):
     differs = [n for n, t in ddp_model.state_dict().items()
                if t.is_floating_point() and not torch.equal(t, single_model.state_dict()[n])]
     assert differs  # the two runs are not the same computation
+
+
+def test_best_tta_is_chosen_on_validation_and_every_one_recorded(folder, tmp_path):
+    from ar_core.tta import NAMES
+
+    out = tmp_path / "best" / "model.safetensors"
+    history = T.main(_args(folder, out, "--epochs", "2", "--tta", "best"))["history"]
+    model, meta = load_checkpoint(out)
+    by = meta["val_accuracy_by_tta"]
+    assert list(by) == list(NAMES) and by["none"] == history[-1]["val_accuracy"] == meta["val_accuracy_single_view"]
+    best = max(by.values())
+    assert meta["test_time_augmentation"] == next(n for n in NAMES if by[n] == best)  # ties: the cheapest
+    assert meta["val_accuracy"] == best
+    full = D.load_image_folder(folder)
+    val = full.subset(D.stratified_split(full.labels, VAL, 0)[1])
+    assert {n: evaluate(model, val, meta, amp="off", tta=n)["accuracy"] for n in NAMES} == by
+
+
+@pytest.mark.parametrize("decay", [0.9999, 0.5])
+def test_the_moving_average_is_shipped_only_when_it_beats_the_raw_weights(folder, tmp_path, decay):
+    out = tmp_path / f"ema{decay}" / "model.safetensors"
+    last = T.main(_args(folder, out, "--epochs", "3", "--ema", str(decay), "--ema-bn-images", "16",
+                        "--tta", "none"))["history"][-1]
+    model, meta = load_checkpoint(out)
+    raw_wins = last["val_accuracy_raw"] > last["val_accuracy"]
+    if decay == 0.9999:  # an average that has barely left the first step's weights loses to the trained ones
+        assert raw_wins
+    assert meta["saved_weights"] == ("raw" if raw_wins else "moving average")
+    assert meta["val_accuracy"] == max(last["val_accuracy_raw"], last["val_accuracy"])
+    full = D.load_image_folder(folder)
+    val = full.subset(D.stratified_split(full.labels, VAL, 0)[1])
+    assert evaluate(model, val, meta, amp="off")["accuracy"] == meta["val_accuracy"]

@@ -26,7 +26,7 @@ def test_where_names_the_heaviest_region_and_its_focus():
 
 def _trace(tiny_model, seed=0):
     x = torch.randint(0, 256, (1, 3, 32, 32), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
-    return inspect(tiny_model, x, {"classes": CLASSES}, flip=False).trace
+    return inspect(tiny_model, x, {"classes": CLASSES}, tta="none").trace
 
 
 def test_walk_tells_the_images_own_numbers(tiny_model):
@@ -66,7 +66,7 @@ def test_a_baseline_walk_has_no_attention_steps():
     from ar_core import ModelConfig, build_model
 
     model = build_model(ModelConfig(num_classes=5, depth=10, width=1, attention_depth=0)).eval()
-    t = inspect(model, torch.zeros(1, 3, 32, 32, dtype=torch.uint8), {"classes": CLASSES}, flip=False).trace
+    t = inspect(model, torch.zeros(1, 3, 32, 32, dtype=torch.uint8), {"classes": CLASSES}, tta="none").trace
     steps = W.walk(t, CLASSES)
     assert len(steps) == 2 and "baseline" in steps[1].text
 

@@ -20,8 +20,9 @@ EQUATIONS = [
     ("Flip test-time augmentation", r"\bar T = \tfrac12\left(T(x) + \mathrm{mirror}\,T(\mathrm{flip}(x))\right)",
      "Not part of the method: the shipped checkpoints are evaluated on each image and its mirror image, and "
      "every map, gate, hypothesis and fusion term shown is the mean of the two (the mirror's maps flipped "
-     "back). Means keep gates and maps summing to 1 and the fusion terms summing to the output. The sidebar "
-     "switches it off."),
+     "back). Means keep gates and maps summing to 1 and the fusion terms summing to the output. A checkpoint "
+     "may record more views (flip-shift1, flip-shift2: the image and its mirror moved by up to 1 or 2 pixels "
+     "along each axis, maps moved back); the sidebar picks any of them, or none."),
 ]
 
 

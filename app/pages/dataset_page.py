@@ -22,7 +22,7 @@ def _run(model, meta, ds, n_faith: int, methods: list[str]):
         bars[stage].progress(min(1.0, done / max(total, 1)), text=f"{stage}: {done}/{total} images")
 
     result, arrays = analyze(model, ds, meta, faithfulness_n=n_faith, methods=methods, progress=progress,
-                             return_arrays=True, flip=state.use_flip(meta))
+                             return_arrays=True, tta=state.use_tta(meta, dataset_wide=True))
     for bar in bars.values():
         bar.empty()
     keep = {k: v.numpy() for k, v in arrays.items() if k in ("pred", "net_pred") or k.startswith("pred/")}
@@ -105,6 +105,9 @@ def render():
         st.info("Choose a data set in the sidebar: a CIFAR test set or an ImageFolder directory.")
         return
     classes = list(meta.get("classes") or ds.classes)
+    note = state.tta_note(meta)
+    if note:
+        st.caption(note)
     with st.form("analysis_form"):
         c1, c2 = st.columns(2)
         n_faith = c1.number_input("Images for the faithfulness curves (0 skips them)", 0, len(ds),
@@ -113,7 +116,7 @@ def render():
                                                   "random"], default=["attention", "saliency", "gradcam", "random"],
                                  key="faith_methods")
         go = st.form_submit_button("Analyse the data set", key="analyse_go")
-    key = (ds_key, source, device, int(n_faith), tuple(methods), state.use_flip(meta))
+    key = (ds_key, source, device, int(n_faith), tuple(methods), state.use_tta(meta, dataset_wide=True).name)
     store = st.session_state.setdefault("analyses", {})
     if go:
         try:

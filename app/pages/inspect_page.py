@@ -12,6 +12,7 @@ from app import figures, gate_views, samples, sanity_views, share, sidebar, stat
 from app.pages.about import EQUATIONS
 from ar_core.inference import (OUTCOMES, ImageError, ablate, filter_indices, fit_image, from_hwc, image_digest,
                                load_image, rectification, to_uint8, topk, trace_to_json, trace_to_npz)
+from ar_core.tta import TTA
 
 CMAPS = ["jet", "viridis", "inferno", "magma", "gray"]
 TABS = ["1 · Prediction", "2 · Attention maps", "3 · Confidence gates", "4 · Global fusion", "5 · Attributions",
@@ -106,7 +107,7 @@ def render():
         digest = image_digest(x)  # what the model sees: the file's content after the fit
         result = state.cached_inspection(model, meta, (digest, fit, path, device), x)
         st.session_state["result"] = {"name": name, "image": x[0].permute(1, 2, 0).numpy(), "ins": result,
-                                      "digest": digest, "fit": fit, "flip": bool(result.trace.views),
+                                      "digest": digest, "fit": fit, "tta": result.trace.augmentation,
                                       "label": true_label, "path": path, "device": device,
                                       "wall_ms": (time.perf_counter() - t0) * 1000, "source": source,
                                       "index": int(name.rsplit("#", 1)[1]) if source == "Dataset" else None,
@@ -144,7 +145,7 @@ def _views(res, model, meta):
         else:
             st.caption(f"The network alone says {net[0]} ({net[1]:.1%})"
                        + (f"; true label {classes[res['label']]}." if res.get("label") is not None else "."))
-        tta = " · averaged with the mirror image (flip test-time augmentation)" if trace.views else ""
+        tta = f" · {trace.augmentation} test-time augmentation: {_averaged(trace)}" if trace.views else ""
         st.caption(f"Device {ins.device} · model run {ins.latency_ms:.0f} ms{tta}")
 
     tabs = st.tabs(TABS, key=share.TAB_KEY, bind="query-params")
@@ -190,10 +191,15 @@ def _views(res, model, meta):
                f"{(time.perf_counter() - t_start) * 1000 + res.get('wall_ms', 0):.0f} ms (model run included).")
 
 
+def _averaged(trace) -> str:
+    """What every number of a test-time-augmented trace is, in words."""
+    return TTA.parse(trace.augmentation).describe()
+
+
 def result_key(res) -> tuple:
     """What a cached result depends on: the model input's pixels (the image's content after the fit),
     the checkpoint, the device and the test-time augmentation."""
-    return res["digest"], res["fit"], res["path"], res["device"], res["flip"]
+    return res["digest"], res["fit"], res["path"], res["device"], res["tta"]
 
 
 def _export_view(res):
@@ -202,7 +208,7 @@ def _export_view(res):
     st.write("Download the whole trace (every map, gate, hypothesis and fusion term) or the figures. Every "
              "interactive chart also has a camera icon that saves it as PNG.")
     extra = {"image": res["name"], "checkpoint": os.path.basename(res["path"]), "true_label": res.get("label"),
-             "test_time_augmentation": "flip" if trace.views else "none"}
+             "test_time_augmentation": trace.augmentation}
     st.download_button("Trace as JSON", lambda: trace_to_json(trace, classes, 0, extra), f"{base}-trace.json",
                        mime="application/json", key="dl_json")
     st.download_button("Trace as NPZ", lambda: trace_to_npz(trace, 0), f"{base}-trace.npz",
@@ -347,11 +353,11 @@ def _compare_maps(res, paths, runs):
     st.write("The baseline has no attention, so Grad-CAM (last feature map) is its map; the attention model has "
              "its gated attention (every layer's heads mixed by their confidence gates, weighted by the global "
              "gates) and its Grad-CAM. Each Grad-CAM explains that model's own answer.")
-    flips = tuple(bool(t.views) for _, _, t in runs)  # each trace's test-time augmentation
-    if any(flips):
-        st.caption("With flip test-time augmentation the gated attention and the answers are the mean over the "
-                   "image and its mirror image; Grad-CAM explains the single, un-mirrored pass.")
-    key = (res["digest"], res["fit"], *paths, res["device"], *flips)
+    augs = tuple(t.augmentation for _, _, t in runs)  # each trace's test-time augmentation
+    for t in {t.augmentation: t for _, _, t in runs if t.views}.values():
+        st.caption(f"With {t.augmentation} test-time augmentation the gated attention and the answers are "
+                   f"{_averaged(t)}; Grad-CAM explains the single, un-augmented pass.")
+    key = (res["digest"], res["fit"], *paths, res["device"], *augs)
     store = st.session_state.setdefault("compare_maps", {})
     if key not in store:
         if not st.button("Compute the maps of both models", key="cmp_maps_go"):
@@ -370,8 +376,8 @@ def _compare_maps(res, paths, runs):
 def _attention_view(trace, classes, image):
     st.write("Each row is an attended layer, each column one of its K heads. Bright regions are where the head "
              "looked; the caption gives the head's top class and its confidence gate g."
-             + (" With flip test-time augmentation every map, class and gate is the mean over the image and its "
-                "mirror image, whose maps are flipped back first." if trace.views else ""))
+             + (f" With {trace.augmentation} test-time augmentation every map, class and gate is {_averaged(trace)}."
+                if trace.views else ""))
     st.latex(EQUATIONS[0][1])
     c1, c2 = st.columns(2)
     alpha = c1.slider("Overlay opacity", 0.0, 1.0, 0.55, 0.05, key="alpha")
@@ -388,8 +394,8 @@ def _attention_view(trace, classes, image):
 def _fusion_view(trace, classes):
     st.write("The global gates weigh every attended layer and the network's own output; the fused score of a "
              "class is the sum of each source's gate times its log-probability."
-             + (" With flip test-time augmentation each bar is the mean of that term over the image and its "
-                "mirror image (not the mean gate times the mean log-probability)." if trace.views else ""))
+             + (f" With {trace.augmentation} test-time augmentation each bar is the mean of that term over the "
+                f"{len(trace.views)} views (not the mean gate times the mean log-probability)." if trace.views else ""))
     st.latex(EQUATIONS[4][1])
     st.plotly_chart(figures.global_gates_figure(trace, 0), key="gg_fig")
     pred = int(trace.output[0].argmax())
