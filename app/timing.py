@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-CAPTION = re.compile(r"views laid out in ([\d,]+) ms")
+CAPTION = re.compile(r"tab laid out in ([\d,]+) ms")
 
 
 def _png(seed: int) -> bytes:
@@ -54,14 +54,17 @@ def _checkpoint():
 
 
 def time_app(repeats: int = 10, device: str = "auto") -> dict:
-    """AppTest, in this process: the first image → all default views, then ``repeats`` more, and a
-    display-control rerun after each (which must not run the model).
+    """AppTest, in this process: the first image → the default tab's views, then ``repeats`` more;
+    after each, opening the attention-maps tab (a page rerun: only the open tab is built) and a
+    display-control rerun there (neither may run the model).
 
     Wall time and this process's CPU time (which a busy machine inflates less) are both reported.
     Run it in a fresh process for the first upload to mean what a first visitor sees.
     """
     from streamlit.testing.v1 import AppTest
 
+    from app.pages.inspect_page import TABS
+    from app.share import TAB_KEY
     from ar_core import inference
 
     calls = []
@@ -72,20 +75,25 @@ def time_app(repeats: int = 10, device: str = "auto") -> dict:
             at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=300).run()
             at.selectbox(key="model_label").set_value(label)
             at.selectbox(key="device").set_value(device).run()
-            upload, upload_cpu, control, control_cpu, control_runs = [], [], [], [], 0
+            upload, upload_cpu, control, control_cpu, switch, control_runs = [], [], [], [], [], 0
             for i in range(repeats + 1):
+                at.session_state[TAB_KEY] = TABS[0]  # each upload lands on the default tab, as a new visitor's
                 at.file_uploader(key="images").set_value([(f"bench{i}.png", _png(i), "image/png")])
                 t0, c0 = time.perf_counter(), time.process_time()
                 at.run()
                 upload.append(time.perf_counter() - t0)
                 upload_cpu.append(time.process_time() - c0)
                 n = len(calls)
+                at.session_state[TAB_KEY] = TABS[1]
+                t0 = time.perf_counter()
+                at.run()
+                switch.append(time.perf_counter() - t0)
                 at.slider(key="alpha").set_value(0.3 + 0.05 * (i % 5))
                 t0, c0 = time.perf_counter(), time.process_time()
                 at.run()
                 control.append(time.perf_counter() - t0)
                 control_cpu.append(time.process_time() - c0)
-                control_runs += len(calls) - n  # must stay 0: a display control never re-runs the model
+                control_runs += len(calls) - n  # must stay 0: neither a tab nor a control re-runs the model
                 if at.exception:
                     raise AssertionError(f"the page raised: {at.exception}")
     finally:
@@ -97,6 +105,7 @@ def time_app(repeats: int = 10, device: str = "auto") -> dict:
     return {"checkpoint": label, "device": device, "first_upload_ms": ms(upload[0]),
             "upload_to_views_ms": ms(statistics.median(upload[1:])),
             "display_control_rerun_ms": ms(statistics.median(control[1:])),
+            "open_attention_tab_ms": ms(statistics.median(switch[1:])),
             "first_upload_cpu_ms": ms(upload_cpu[0]), "upload_cpu_ms": ms(statistics.median(upload_cpu[1:])),
             "display_control_cpu_ms": ms(statistics.median(control_cpu[1:])),
             "model_runs_on_control_change": control_runs}
@@ -133,7 +142,7 @@ def time_browser(uploads: int = 20, controls: int = 10, checkpoint: str | None =
     from the inspector's own caption (model run and layout, measured on the server), and the median
     time from a display-control change (the overlay opacity) until the browser shows the new
     overlays (the server's fragment rerun plus the browser's round trip: an upper bound of the
-    server's part).
+    server's part), and the time from a click on the attention-maps tab until its overlays show.
     """
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
@@ -165,14 +174,18 @@ def time_browser(uploads: int = 20, controls: int = 10, checkpoint: str | None =
                                                                      "., 'Images (PNG')]]//input[@type='file']"))
                 box[0].send_keys(str(image))
                 server_ms.append(_caption_ms(driver, wait, image.name))
-            driver.find_element(By.XPATH, "//*[@role='tab'][contains(., 'Attention maps')]").click()
-            slider = wait.until(lambda d: d.find_elements(
-                By.XPATH, "//*[@data-testid='stSlider']//input[@type='range'][@aria-label='Overlay opacity']"))[0]
 
             def overlay(d):
                 imgs = d.find_elements(By.CSS_SELECTOR, "[data-testid='stImage'] img, "
                                                         "[data-testid='stImageContainer'] img")
                 return imgs[1].get_attribute("src") if len(imgs) > 1 else None
+
+            t0 = time.perf_counter()  # only the open tab is built: opening another one reruns the page
+            driver.find_element(By.XPATH, "//*[@role='tab'][contains(., 'Attention maps')]").click()
+            slider = wait.until(lambda d: d.find_elements(
+                By.XPATH, "//*[@data-testid='stSlider']//input[@type='range'][@aria-label='Overlay opacity']"))[0]
+            wait.until(overlay)
+            tab_ms = 1000 * (time.perf_counter() - t0)
 
             control_ms = []
             for j in range(controls):
@@ -190,4 +203,5 @@ def time_browser(uploads: int = 20, controls: int = 10, checkpoint: str | None =
     return {"checkpoint": label, "uploads": len(server_ms), "first_upload_server_ms": server_ms[0],
             "later_uploads_server_ms_median": statistics.median(server_ms[1:]),
             "display_control_browser_ms_median": round(statistics.median(control_ms), 1),
+            "open_attention_tab_browser_ms": round(tab_ms, 1),
             "all_upload_server_ms": server_ms}

@@ -8,8 +8,9 @@ order; a *higher* area is better. A random order is the baseline every map must 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, ContextManager, Sequence
 
 import numpy as np
 import torch
@@ -79,13 +80,16 @@ def curves_for_maps(model: nn.Module, x: torch.Tensor, target: int, maps: dict[s
 @torch.no_grad()
 def curves_batch(model: nn.Module, x: torch.Tensor, targets: Sequence[int] | torch.Tensor,
                  saliency: np.ndarray | torch.Tensor, steps: int = 16, mode: str = "blur",
-                 batch_size: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 batch_size: int = 256, autocast: Callable[[], ContextManager] = contextlib.nullcontext
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Deletion and insertion curves of many images and many maps per image, batched.
 
     x (B, 3, H, W) normalised images, ``targets`` (B,) the class of each, ``saliency`` (B, M, H, W)
     M maps per image. Returns ``fractions`` (S+1,), ``deletion`` and ``insertion`` (B, M, S+1).
     The curves are those of :func:`curves`; the endpoints of every curve are the image itself and the
     fully removed image, so they run once per image instead of once per map and curve.
+    ``autocast`` wraps the model's passes only (the perturbed images are built in float32); the
+    analysis passes its precision policy's (``ar_core.precision``).
     """
     b, _, h, w = x.shape
     saliency = torch.as_tensor(np.asarray(saliency) if not torch.is_tensor(saliency) else saliency)
@@ -113,7 +117,9 @@ def curves_batch(model: nn.Module, x: torch.Tensor, targets: Sequence[int] | tor
     probs = torch.empty(len(images))
     tgt = targets.to(x.device)[who.to(x.device)]
     for s in range(0, len(images), batch_size):
-        out = torch.softmax(model(images[s:s + batch_size]).float(), dim=1)
+        with autocast():
+            scores = model(images[s:s + batch_size])
+        out = torch.softmax(scores.float(), dim=1)
         probs[s:s + batch_size] = out.gather(1, tgt[s:s + batch_size, None])[:, 0].cpu()
     ends = probs[:2 * b].view(b, 2)
     inner_del = probs[2 * b:2 * b + b * m * (steps - 1)].view(b, m, steps - 1)

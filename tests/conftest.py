@@ -42,3 +42,11 @@ def randomize_bn(model, seed=0):
 def tiny_model(tiny_config):
     torch.manual_seed(0)
     return randomize_bn(build_model(tiny_config)).eval()
+
+
+def open_tab(at, label: str):
+    """Open the inspector's tab ``label`` and rerun: only the open tab is built, as in the browser."""
+    from app.share import TAB_KEY
+
+    at.session_state[TAB_KEY] = label
+    return at.run()

@@ -9,7 +9,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 import ar_core
-from conftest import DATASET_APP, ROOT, randomize_bn
+from conftest import DATASET_APP, ROOT, open_tab, randomize_bn
 
 CLASSES = [f"class{i}" for i in range(4)]
 META = {"classes": CLASSES, "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}, "dataset": "toy",
@@ -81,10 +81,14 @@ def test_upload_shows_every_view_and_downloads(app_env):
     for view in ("1 · Prediction", "2 · Attention maps", "3 · Confidence gates", "4 · Global fusion",
                  "5 · Attributions", "6 · Baseline vs attention", "Export"):
         assert view in labels
-    assert len(at.get("download_button")) == 3
-    assert len(at.get("plotly_chart")) >= 4
-    assert len(at.get("image")) >= 1 + 3 * 2  # the input and every head of every layer
-    assert any("views laid out in" in c.value for c in at.caption)
+    assert any("tab laid out in" in c.value for c in at.caption)
+    # only the open tab is built; each one appears when opened
+    assert len(at.get("plotly_chart")) == 1 and not at.get("download_button") and len(at.get("image")) == 1
+    open_tab(at, "2 · Attention maps")
+    assert len(at.get("image")) == 1 + 3 * 2 and len(at.get("plotly_chart")) == 1  # every head of every layer
+    for label, charts in (("3 · Confidence gates", 1), ("4 · Global fusion", 2)):
+        assert len(open_tab(at, label).get("plotly_chart")) >= charts and not at.exception
+    assert len(open_tab(at, "Export").get("download_button")) == 3
 
 
 def test_flip_tta_follows_the_checkpoint_and_can_be_switched(app_env):
@@ -176,10 +180,12 @@ def test_display_controls_do_not_rerun_the_model(app_env, monkeypatch):
     monkeypatch.setattr(inference, "inspect", lambda *a, **k: calls.append(1) or original(*a, **k))
     at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()
     assert calls == [1]  # the model ran once for the new image
+    open_tab(at, "2 · Attention maps")
     at.slider(key="alpha").set_value(0.2).run()
     at.selectbox(key="cmap").set_value("viridis").run()
     at.selectbox(key="hm_layer").set_value(2).run()
     at.selectbox(key="hm_head").set_value(1).run()
+    open_tab(at, "4 · Global fusion")  # switching tabs reruns the page, not the model
     at.multiselect(key="contrib_classes").set_value([0, 1]).run()
     at.checkbox(key="src_group2").uncheck().run()
     assert not at.exception and calls == [1]
@@ -190,6 +196,7 @@ def test_display_controls_do_not_rerun_the_model(app_env, monkeypatch):
 def test_ablation_panel(app_env):
     at = _start()
     at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()
+    open_tab(at, "4 · Global fusion")
     for name in ("group1", "group2", "group3"):
         at.checkbox(key=f"src_{name}").uncheck().run()
     text = " ".join(m.value for m in at.markdown)
@@ -209,6 +216,7 @@ def test_ablation_panel(app_env):
 def test_attributions_run_on_request(app_env):
     at = _start()
     at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()
+    open_tab(at, "5 · Attributions")
     assert any("Compute attributions" in i.value for i in at.info)
     at.multiselect(key="attr_methods").set_value(["saliency", "gradcam", "occlusion", "integrated_gradients"])
     at.selectbox(key="attr_layer").set_value("group2")
@@ -287,6 +295,7 @@ def test_uploaded_checkpoints_and_baseline_comparison(app_env, monkeypatch):
     # the upload lives in the session's memory, not on disk
     assert list(at.session_state["uploaded_bytes"].values()) == [base.read_bytes()]
     at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()
+    open_tab(at, "6 · Baseline vs attention")
     assert not at.exception
     assert at.selectbox(key="cmp_base").value == "tiny-base (uploaded)"
     assert any("→" in m.value for m in at.markdown)
@@ -310,6 +319,7 @@ def test_uploaded_checkpoints_and_baseline_comparison(app_env, monkeypatch):
     np.testing.assert_allclose(maps["attention: gated attention"], gated_attention(traces[a_path], 0, 32))
     assert any(c.value.startswith("Computed in") for c in at.caption)
     at.selectbox(key="model_label").set_value("tiny-base (uploaded)").run()
+    open_tab(at, "2 · Attention maps")
     assert not at.exception
     assert any("baseline (AD = 0)" in i.value for i in at.info)
     assert [p for p in writes if p.suffix == ".safetensors"] == [app_env / "bad.safetensors"]  # the test's own
@@ -457,6 +467,7 @@ def test_shipped_pair_compares_side_by_side_with_the_recipes_flip(monkeypatch, d
     at.selectbox(key="model_label").set_value(f"{dataset}-wrn16x4-ad3aw4 (shipped)").run()
     assert at.selectbox(key="tta").options[0] == "as trained (flip)"
     at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()
+    open_tab(at, "6 · Baseline vs attention")
     assert not at.exception and not _errors(at)
     assert at.selectbox(key="cmp_base").value == f"{dataset}-wrn16x4-baseline (shipped)"
     assert at.selectbox(key="cmp_att").value == f"{dataset}-wrn16x4-ad3aw4 (shipped)"
@@ -486,9 +497,11 @@ def test_sessions_leave_no_hooks_captum_objects_or_figures(app_env):
     for seed in range(3):
         at = _start()
         at.file_uploader(key="images").set_value([(f"img{seed}.png", _png(seed), "image/png")]).run()
+        open_tab(at, "5 · Attributions")
         at.multiselect(key="attr_methods").set_value(["saliency", "gradcam", "occlusion", "integrated_gradients"])
         at.button(key="attr_go").click().run()
         at.button(key="faith_go").click().run()
+        open_tab(at, "4 · Global fusion")
         at.checkbox(key="src_group1").uncheck().run()
         assert not at.exception and not _errors(at)
         del at
@@ -572,6 +585,7 @@ def test_results_follow_the_image_content_not_its_file_name(app_env):
     shown = []
     for seed in (1, 2):
         at.file_uploader(key="images").set_value([("same-name.png", _png(seed), "image/png")]).run()
+        open_tab(at, "5 · Attributions")
         assert any("Compute attributions" in i.value for i in at.info), f"upload {seed}: stale attributions"
         at.multiselect(key="attr_methods").set_value(["saliency"])
         at.button(key="attr_go").click().run()
@@ -580,10 +594,12 @@ def test_results_follow_the_image_content_not_its_file_name(app_env):
         assert not at.exception and not _errors(at)
         areas = [d.value for d in at.dataframe if "deletion area (lower is better)" in d.value]
         shown.append(areas[0]["deletion area (lower is better)"].tolist())
+        open_tab(at, "6 · Baseline vs attention")
     assert shown[0] != shown[1]
     compared = [key for key in at.session_state["traces"] if key[1] == "cmp"]
     assert len(compared) == 4  # baseline and attention model, for each of the two images
     # switching the fit of the same file is another model input: its own trace
+    open_tab(at, "5 · Attributions")
     at.radio(key="fit").set_value("pad").run()
     assert any("Compute attributions" in i.value for i in at.info)
 

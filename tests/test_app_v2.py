@@ -6,7 +6,7 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from conftest import ROOT
+from conftest import ROOT, open_tab
 from test_app import _analysed_dataset_page, _errors, _png, _start, app_env  # noqa: F401  (app_env is a fixture)
 
 
@@ -22,11 +22,17 @@ def test_inspector_shows_each_gates_pre_tanh_value(app_env):
     at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()
     assert not at.exception and not _errors(at)
     trace = at.session_state["result"]["ins"].trace
+    open_tab(at, "4 · Global fusion")
     glob = _markdown_table(at, "global")
     assert list(glob["unit"]) == ["group1", "group2", "group3", "network"]
     assert list(glob["pre-tanh x"]) == pytest.approx(trace.global_pre_tanh[0].tolist(), abs=1e-3)
     assert list(glob["tanh(x)"]) == pytest.approx(torch.tanh(trace.global_pre_tanh[0]).tolist(), abs=1e-3)
     assert list(glob["weight"]) == pytest.approx(trace.global_gates[0].tolist(), abs=1e-3)
+    charts = lambda: [c for c in at.get("plotly_chart") if "gv_glob_tanh" in c.proto.id]  # noqa: E731
+    assert not charts()  # drawn on request only
+    at.toggle(key="gv_glob_curve").set_value(True).run()
+    assert not at.exception and len(charts()) == 1
+    open_tab(at, "3 · Confidence gates")
     conf = _markdown_table(at, "group1")
     assert list(conf["gate"]) == ["group1"] * 2 + ["group2"] * 2 + ["group3"] * 2
     assert list(conf["pre-tanh x"]) == pytest.approx(
@@ -34,12 +40,8 @@ def test_inspector_shows_each_gates_pre_tanh_value(app_env):
     assert list(conf["saturated"]) == ["yes" if abs(x) > 2 else "" for x in conf["pre-tanh x"]]
     saturated = [f"{g} → {u}" for g, u, x in zip(conf["gate"], conf["unit"], conf["pre-tanh x"]) if abs(x) > 2]
     notes = [c.value for c in at.caption if "Saturated here" in c.value or "No unit is saturated" in c.value]
-    assert len(notes) == 2
+    assert len(notes) == 1
     assert all(s in notes[0] for s in saturated) and (bool(saturated) == notes[0].startswith("Saturated here"))
-    charts = lambda: [c for c in at.get("plotly_chart") if "gv_glob_tanh" in c.proto.id]  # noqa: E731
-    assert not charts()  # drawn on request only
-    at.toggle(key="gv_glob_curve").set_value(True).run()
-    assert not at.exception and len(charts()) == 1
 
 
 def test_dataset_page_measures_gate_behaviour(app_env):
@@ -66,6 +68,7 @@ def test_inspector_sanity_check_runs_on_request(app_env):
     at = _start()
     at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()
     assert "Sanity check" in [t.label for t in at.tabs]
+    open_tab(at, "Sanity check")
     assert any("Run the sanity check" in i.value for i in at.info)  # nothing computed until asked
     at.multiselect(key="sanity_methods").set_value(["attention", "saliency"])
     at.button(key="sanity_go").click().run()
@@ -76,7 +79,7 @@ def test_inspector_sanity_check_runs_on_request(app_env):
     assert any(c.proto.id.endswith("sanity_curve") for c in at.get("plotly_chart"))
     verdicts = [m.value for m in at.markdown if "resembles the original" in m.value or "constant" in m.value]
     assert len(verdicts) == 2 and verdicts[0].startswith("- **Attention (gated)**")
-    assert len(at.get("download_button")) == 4  # the three exports and the strip
+    assert len(at.get("download_button")) == 1  # the strip (the trace exports live on their own tab)
 
 
 def test_dataset_page_head_atlas(app_env):
@@ -194,6 +197,7 @@ def test_guided_walk_steps_through_the_prediction(app_env):
     at = _start()
     at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()
     assert "Walk me through" in [t.label for t in at.tabs]
+    open_tab(at, "Walk me through")
     assert not [p for p in at.get("progress")]  # nothing but a button until asked
     at.button(key="walk_start").click().run()
     seen = []
@@ -218,6 +222,7 @@ def test_guided_walk_steps_through_the_prediction(app_env):
 def test_maps_on_the_original_photo(app_env):
     at = _start()
     at.file_uploader(key="images").set_value([("wide.png", _png(size=(300, 200)), "image/png")]).run()
+    open_tab(at, "2 · Attention maps")
     n = len(at.get("image"))
     at.toggle(key="on_photo").set_value(True).run()
     assert not at.exception
@@ -246,6 +251,7 @@ def test_image_folder_is_the_default_dataset_and_labels_do_not_wrap(app_env):
     at = _start()
     at.radio(key="source").set_value("Dataset").run()
     assert at.selectbox(key="dataset_kind").value == "ImageFolder directory"  # AR_IMAGE_FOLDER is set
+    open_tab(at, "2 · Attention maps")
     assert [m.value for m in at.markdown if m.value.startswith("**group")] == [
         "**group1** · 32x32", "**group2** · 16x16", "**group3** · 8x8"]  # a full-width line, not a narrow column
 

@@ -36,7 +36,7 @@ def test_over_training_view_steps_through_epochs_in_a_browser(server):
         wait.until(lambda d: "Upload an image" in body(d))
         browser.find_element(By.XPATH, "//*[@data-testid='stFileUploader'][.//*[contains(., 'Images (PNG')]]"
                                        "//input[@type='file']").send_keys(str(image))
-        wait.until(lambda d: "views laid out in" in body(d))
+        wait.until(lambda d: "tab laid out in" in body(d))
         browser.find_element(By.XPATH, "//*[@role='tab'][contains(., 'Over training')]").click()
         toggle = "//label[contains(., 'Show the probe images over training')]"
         wait.until(lambda d: d.find_elements(By.XPATH, toggle))

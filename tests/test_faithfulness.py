@@ -142,7 +142,7 @@ def test_batched_analysis_equals_the_per_image_algorithm(tiny_model):
     images = torch.randint(0, 256, (7, 3, 32, 32), dtype=torch.uint8, generator=g)
     meta = {"normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}}
     indices = [5, 0, 3, 6, 1]
-    new = faithfulness(tiny_model, images, meta, indices, FAITHFULNESS_METHODS, batch=2)
+    new = faithfulness(tiny_model, images, meta, indices, FAITHFULNESS_METHODS, batch=2, amp="off")
     old = _reference_faithfulness(tiny_model, images, meta, indices, FAITHFULNESS_METHODS)
     assert set(new) == set(old) == {f"{m}/{k}" for m in FAITHFULNESS_METHODS for k in ("deletion", "insertion")}
     for key in old:
@@ -157,3 +157,19 @@ def test_batched_curves_refuse_mismatched_maps(tiny_model):
         curves_batch(tiny_model, torch.zeros(2, 3, 32, 32), [0, 1], np.zeros((2, 32, 32)))
     with pytest.raises(ValueError, match="steps must be at least 1"):
         curves_batch(tiny_model, torch.zeros(1, 3, 32, 32), [0], np.zeros((1, 1, 32, 32)), steps=0)
+
+
+def test_curves_in_bf16_stay_close_to_float32(tiny_model):
+    """The analysis runs the curves' passes under the precision policy (bf16 on this kind of CPU): the
+    areas move by bf16 rounding only, and the explained class and the maps stay those of float32."""
+    from ar_core.analyze import faithfulness
+
+    g = torch.Generator().manual_seed(2)
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8, generator=g)
+    meta = {"normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}}
+    methods = ["attention", "saliency", "random"]
+    fp32 = faithfulness(tiny_model, images, meta, range(6), methods, amp="off")
+    bf16 = faithfulness(tiny_model, images, meta, range(6), methods, amp="on")
+    assert any(not np.array_equal(fp32[k], bf16[k]) for k in fp32)  # the passes did run in bf16
+    for key in fp32:
+        np.testing.assert_allclose(bf16[key], fp32[key], atol=0.02, err_msg=key)

@@ -13,7 +13,7 @@ from app import figures_training as ft
 from ar_core import data as D
 from ar_core import train as T
 from ar_core.history import history_path, load_history, probe_images
-from conftest import DATASET_APP, ROOT
+from conftest import DATASET_APP, ROOT, open_tab
 from test_data import make_image_folder
 
 CLASSES = ("red", "green", "blue")
@@ -108,6 +108,7 @@ def test_inspector_shows_the_probes_without_the_folder_and_says_so(env):
     at.selectbox(key="model_label").set_value("toy-ad3 (AR_CHECKPOINT)").run()
     at.file_uploader(key="images").set_value([("x.png", _png(), "image/png")]).run()
     assert "7 · Over training" in [t.label for t in at.tabs]
+    open_tab(at, "7 · Over training")
     at.toggle(key="inspect_history_on").set_value(True).run()
     assert not at.exception and not at.error
     assert any("not stored with the model" in c.value for c in at.caption)
@@ -123,6 +124,7 @@ def test_a_checkpoint_without_history_says_why(env, tmp_path, monkeypatch):
     at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60).run()
     at.selectbox(key="model_label").set_value("bare (AR_CHECKPOINT)").run()
     at.file_uploader(key="images").set_value([("x.png", _png(), "image/png")]).run()
+    open_tab(at, "7 · Over training")
     at.toggle(key="inspect_history_on").set_value(True).run()
     assert not at.exception and any("has no training history" in i.value for i in at.info)
 

@@ -6,7 +6,7 @@ import numpy as np
 import streamlit as st
 
 from app import atlas_views, figures, gate_views, share, sidebar, state, training_view
-from ar_core.analyze import dominant_source
+from ar_core.analyze import DEFAULT_FAITHFULNESS_IMAGES, dominant_source
 from ar_core.evaluate import ClassMismatchError
 from ar_core.inference import filter_indices
 
@@ -111,7 +111,8 @@ def render():
     with st.form("analysis_form"):
         c1, c2 = st.columns(2)
         n_faith = c1.number_input("Images for the faithfulness curves (0 skips them)", 0, len(ds),
-                                  min(500, len(ds)), key="faith_n")
+                                  min(DEFAULT_FAITHFULNESS_IMAGES, len(ds)), key="faith_n",
+                                  help="Each image costs about 120 model passes: 100 take ~35 s on a 2-core CPU.")
         methods = c2.multiselect("Maps to test", ["attention", "saliency", "gradcam", "integrated_gradients",
                                                   "random"], default=["attention", "saliency", "gradcam", "random"],
                                  key="faith_methods")

@@ -148,47 +148,53 @@ def _views(res, model, meta):
         tta = f" · {trace.augmentation} test-time augmentation: {_averaged(trace)}" if trace.views else ""
         st.caption(f"Device {ins.device} · model run {ins.latency_ms:.0f} ms{tta}")
 
+    # Only the open tab is built: switching tabs reruns the page (the tabs are bound to the address),
+    # so a hidden tab costs nothing until someone opens it.
     tabs = st.tabs(TABS, key=share.TAB_KEY, bind="query-params")
-    with tabs[0]:
+    shown = next((j for j, tab in enumerate(tabs) if tab.open), 0)
+    with tabs[shown]:
+        _tab(shown, res, trace, classes)
+    st.caption(f"Image chosen → this tab laid out in "
+               f"{(time.perf_counter() - t_start) * 1000 + res.get('wall_ms', 0):.0f} ms (model run included).")
+
+
+def _tab(j: int, res, trace, classes):
+    """The content of tab ``j`` of :data:`TABS`."""
+    if j == 0:
         st.write("Top-5 classes of the fused output, of the network's own output, and of each attended layer's "
                  "hypothesis. Probabilities are the softmax of each source's scores.")
         st.latex(EQUATIONS[5][1])
         st.plotly_chart(figures.prediction_figure(trace, 0, classes), key="pred_fig")
-    if not trace.layers:
-        for tab in tabs[1:4]:
-            with tab:
-                st.info("This is a baseline (AD = 0): it has no attention modules or gates to show.")
-    else:
-        with tabs[1]:
-            _attention_view(trace, classes, res["image"])
-            walk_views.on_original(res, trace, classes)
-        with tabs[2]:
-            st.write("Each module weighs its K heads by a confidence gate computed from what the head attended. "
-                     "A head with a high gate dominates its layer's hypothesis.")
-            st.latex(EQUATIONS[2][1])
-            st.plotly_chart(figures.confidence_gates_figure(trace, 0, classes), key="conf_fig")
-            gate_views.image_gates(trace, [l.name for l in trace.layers], "gv_conf")
-        with tabs[3]:
-            _fusion_view(trace, classes)
-            gate_views.image_gates(trace, ["global"], "gv_glob")
-    with tabs[4]:
+    elif j in (1, 2, 3) and not trace.layers:
+        st.info("This is a baseline (AD = 0): it has no attention modules or gates to show.")
+    elif j == 1:
+        _attention_view(trace, classes, res["image"])
+        walk_views.on_original(res, trace, classes)
+    elif j == 2:
+        st.write("Each module weighs its K heads by a confidence gate computed from what the head attended. "
+                 "A head with a high gate dominates its layer's hypothesis.")
+        st.latex(EQUATIONS[2][1])
+        st.plotly_chart(figures.confidence_gates_figure(trace, 0, classes), key="conf_fig")
+        gate_views.image_gates(trace, [l.name for l in trace.layers], "gv_conf")
+    elif j == 3:
+        _fusion_view(trace, classes)
+        gate_views.image_gates(trace, ["global"], "gv_glob")
+    elif j == 4:
         _attribution_view(res)
-    with tabs[5]:
+    elif j == 5:
         _compare_view(res)
-    with tabs[6]:
+    elif j == 6:
         st.write("How this model's attention maps, gates and answers formed while it trained, traced on fixed "
                  "probe images after every epoch.")
         if st.toggle("Show the probe images over training", key="inspect_history_on"):
             browsed = st.session_state.get("browse_dataset") if st.session_state.get("source") == "Dataset" else None
             training_view.render(res["path"], "inspect_history", *(browsed or (None, None)))
-    with tabs[7]:
+    elif j == 7:
         _export_view(res)
-    with tabs[8]:
+    elif j == 8:
         sanity_views.image_sanity(res)
-    with tabs[9]:
+    elif j == 9:
         walk_views.guided_walk(res, trace, classes)
-    st.caption(f"Image chosen → views laid out in "
-               f"{(time.perf_counter() - t_start) * 1000 + res.get('wall_ms', 0):.0f} ms (model run included).")
 
 
 def _averaged(trace) -> str:
