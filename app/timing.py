@@ -20,6 +20,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 CAPTION = re.compile(r"tab laid out in ([\d,]+) ms")
+OVERLAYS = re.compile(r"Overlays at opacity [\d.]+ \(\w+\) drawn in ([\d,]+) ms")
 
 
 def _png(seed: int) -> bytes:
@@ -141,8 +142,8 @@ def time_browser(uploads: int = 20, controls: int = 10, checkpoint: str | None =
     from a new page, as a new visitor sends it), read
     from the inspector's own caption (model run and layout, measured on the server), and the median
     time from a display-control change (the overlay opacity) until the browser shows the new
-    overlays (the server's fragment rerun plus the browser's round trip: an upper bound of the
-    server's part), and the time from a click on the attention-maps tab until its overlays show.
+    overlays (the server's fragment rerun plus the browser's round trip) beside the server's part
+    (the overlay fragment's own caption), and the time from a click on the attention-maps tab until its overlays show.
     """
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
@@ -187,14 +188,17 @@ def time_browser(uploads: int = 20, controls: int = 10, checkpoint: str | None =
             wait.until(overlay)
             tab_ms = 1000 * (time.perf_counter() - t0)
 
-            control_ms = []
+            control_ms, control_server_ms = [], []
             for j in range(controls):
-                before = overlay(driver)
+                before, caption = overlay(driver), OVERLAYS.search(_body(driver)).group(0)
                 t0 = time.perf_counter()
                 driver.execute_script("arguments[0].focus()", slider)
                 ActionChains(driver).send_keys(Keys.ARROW_LEFT if j % 2 else Keys.ARROW_RIGHT).perform()
                 wait.until(lambda d: (src := overlay(d)) is not None and src != before)
                 control_ms.append(1000 * (time.perf_counter() - t0))
+                # the fragment's own caption names the new opacity and its server time
+                new = wait.until(lambda d: (m := OVERLAYS.search(_body(d))) and m.group(0) != caption and m)
+                control_server_ms.append(float(new.group(1).replace(",", "")))
             if "Traceback" in _body(driver):
                 raise AssertionError("the page shows a traceback")
         finally:
@@ -202,6 +206,7 @@ def time_browser(uploads: int = 20, controls: int = 10, checkpoint: str | None =
             stop_server(proc)
     return {"checkpoint": label, "uploads": len(server_ms), "first_upload_server_ms": server_ms[0],
             "later_uploads_server_ms_median": statistics.median(server_ms[1:]),
+            "display_control_server_ms_median": statistics.median(control_server_ms),
             "display_control_browser_ms_median": round(statistics.median(control_ms), 1),
             "open_attention_tab_browser_ms": round(tab_ms, 1),
             "all_upload_server_ms": server_ms}

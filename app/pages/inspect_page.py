@@ -378,17 +378,29 @@ def _compare_maps(res, paths, runs):
     st.caption(f"Computed in {seconds * 1000:.0f} ms.")
 
 
-@st.fragment
 def _attention_view(trace, classes, image):
     st.write("Each row is an attended layer, each column one of its K heads. Bright regions are where the head "
              "looked; the caption gives the head's top class and its confidence gate g."
              + (f" With {trace.augmentation} test-time augmentation every map, class and gate is {_averaged(trace)}."
                 if trace.views else ""))
     st.latex(EQUATIONS[0][1])
+    _overlays(trace, classes, image)
+    _heatmap(trace, classes)
+
+
+@st.fragment
+def _overlays(trace, classes, image):
+    """The overlay grid and its display controls: a control reruns this fragment only."""
+    t0 = time.perf_counter()
     c1, c2 = st.columns(2)
     alpha = c1.slider("Overlay opacity", 0.0, 1.0, 0.55, 0.05, key="alpha")
     cmap = c2.selectbox("Colormap", CMAPS, key="cmap")
     widgets.attention_panels(trace, classes, image, alpha, cmap)
+    st.caption(f"Overlays at opacity {alpha:.2f} ({cmap}) drawn in {(time.perf_counter() - t0) * 1000:.0f} ms.")
+
+
+@st.fragment
+def _heatmap(trace, classes):
     c1, c2 = st.columns(2)
     layer = c1.selectbox("Layer", range(len(trace.layers)), format_func=lambda j: trace.layers[j].name, key="hm_layer")
     head = c2.selectbox("Head", range(trace.layers[0].attention_maps.shape[1]), format_func=lambda k: f"head {k + 1}",
