@@ -44,7 +44,7 @@ def warm_up(model, meta: dict) -> None:
 
     size = int(meta.get("image_size", 32))
     x = torch.full((1, 3, size, size), 128, dtype=torch.uint8)
-    for tta in ("none", use_tta(meta)):
+    for tta in ("none", of_checkpoint(meta)):  # per model, not per session: the checkpoint's own
         ins = inference.inspect(model, x, meta, tta=tta)
     trace, classes = ins.trace, ins.classes
     built = [figures.prediction_figure(trace, 0, classes)]

@@ -452,14 +452,14 @@ def main(argv=None) -> dict:
                       file=sys.stderr)
             # every augmentation's figure, then the chosen one's in full: the figure the evaluator, the
             # analysis and the app reproduce
-            by_tta = {name: final["val_accuracy"] if name == "none" else
-                      evaluate_split(saved, val.images, val.labels, mean, std, device, autocast, tta=name)["val_accuracy"]
+            figures = {name: evaluate_split(saved, val.images, val.labels, mean, std, device, autocast, tta=name)
+                       for name in TTA_NAMES if name != "none"}  # "none" is the last epoch's own figure
+            by_tta = {name: final["val_accuracy"] if name == "none" else figures[name]["val_accuracy"]
                       for name in TTA_NAMES}
             if args.tta == "best":
                 chosen = max(TTA_NAMES, key=lambda name: by_tta[name])  # NAMES go cheapest first: ties keep it
             if chosen != "none":
-                figures = evaluate_split(saved, val.images, val.labels, mean, std, device, autocast, tta=chosen)
-                final = {**final, **figures, "val_accuracy_single_view": final["val_accuracy"]}
+                final = {**final, **figures[chosen], "val_accuracy_single_view": final["val_accuracy"]}
             if ema is not None:
                 final["val_accuracy_raw"] = evaluate_split(model, val.images, val.labels, mean, std, device, autocast,
                                                            tta=chosen)["val_accuracy"]
