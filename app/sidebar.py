@@ -7,6 +7,7 @@ import os
 import streamlit as st
 
 from app import state
+from ar_core.card import architecture, card
 from ar_core.checkpoint import CheckpointError
 from ar_core.data import cache_dir, data_roots, is_loopback, resolve_under
 from ar_core.evaluate import ClassMismatchError, align_labels
@@ -53,30 +54,12 @@ def model_picker():
 
 
 def model_card(meta: dict):
-    cfg = meta.get("config", {})
     acc = meta.get("val_accuracy")
-    arch = f"WRN-{cfg.get('depth')}-{cfg.get('width')}" if cfg.get("backbone") == "wrn" else cfg.get("backbone")
     st.caption(
-        f"{meta.get('dataset', '?')} · {arch} · AD={cfg.get('attention_depth')} AW={cfg.get('attention_width')} · "
-        f"{cfg.get('kernel_size')}x{cfg.get('kernel_size')} heads"
+        f"{meta.get('dataset', '?')} · {architecture(meta)}"
         + (f" · validation accuracy {acc:.2%} (measured at the end of training)" if acc is not None else ""))
     with st.expander("Model card"):
-        split = meta.get("validation_split") or {}
-        rows = {
-            "dataset": meta.get("dataset"), "classes": len(meta.get("classes", [])),
-            "architecture": f"{arch}, attention depth {cfg.get('attention_depth')}, width {cfg.get('attention_width')}, "
-                            f"{cfg.get('kernel_size')}x{cfg.get('kernel_size')} heads and gates",
-            "validation accuracy (fused)": f"{acc:.2%}" if acc is not None else None,
-            "validation accuracy (network alone)": f"{meta['val_net_accuracy']:.2%}" if meta.get("val_net_accuracy") else None,
-            "validation split": f"{split.get('size')} images, stratified, seed {split.get('seed')}" if split else None,
-            "training images (SHA-256 of their content)": split.get("train_digest", "")[:16] or None,
-            "validation accuracy of the raw weights (the model is their moving average)":
-                f"{meta['val_accuracy_raw_weights']:.2%}" if meta.get("val_accuracy_raw_weights") else None,
-            "epochs": meta.get("epochs_trained"), "training time": f"{meta['training_time_s'] / 60:.0f} min"
-            if meta.get("training_time_s") else None,
-            "hardware": meta.get("hardware"), "code commit": meta.get("code_commit"), "source": meta.get("source"),
-        }
-        st.table({k: str(v) for k, v in rows.items() if v is not None})
+        st.table(card(meta))
         if meta.get("recipe"):
             st.json(meta["recipe"], expanded=False)
         if meta.get("command"):

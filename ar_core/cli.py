@@ -1,4 +1,4 @@
-"""The console command: `attend-rectify train|evaluate|analyze|convert|perturb|bench [ARGS]`.
+"""The console command: `attend-rectify train|evaluate|analyze|convert|perturb|bench|card [ARGS]`.
 
 Each subcommand is the module of the same name: `attend-rectify evaluate ...` is
 `python -m ar_core.evaluate ...`.
@@ -16,6 +16,7 @@ COMMANDS = {
     "convert": "convert a reference-implementation checkpoint (ar_core.convert)",
     "perturb": "accuracy under clutter and occlusion (ar_core.perturb)",
     "bench": "benchmarks (ar_core.bench)",
+    "card": "the model-card table of checkpoints, from their headers (ar_core.card)",
 }
 
 
