@@ -106,7 +106,7 @@ def markdown(rows: list[dict[str, str]]) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog="python -m ar_core.card", description="Print the model-card table of checkpoints, read from their "
+        description="Print the model-card table of checkpoints, read from their "
         "headers (no weights are loaded).", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("checkpoints", nargs="+", help="checkpoint files (.safetensors)")
     parser.add_argument("--json", action="store_true", help="print every checkpoint's full card as JSON instead")
