@@ -6,9 +6,15 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-torch.set_num_threads(1)  # tiny models: one thread is fastest and keeps results bit-stable
 
 from ar_core import ModelConfig, build_model  # noqa: E402
+
+
+def pytest_configure(config):
+    """Tiny models: one thread is fastest and keeps results bit-stable. Set here, not at import, so a
+    script that borrows a helper from this file keeps its own thread count."""
+    torch.set_num_threads(1)
+
 
 # The data-set page as its own app, with the inspector registered so "open in the inspector" works.
 DATASET_APP = (
