@@ -10,6 +10,7 @@ import streamlit as st
 
 from app import figures_training as ft
 from app import state
+from ar_core.history import traced_other_weights
 
 
 def render(source: str, key: str, dataset=None, dataset_key: str | None = None) -> None:
@@ -23,6 +24,9 @@ def render(source: str, key: str, dataset=None, dataset_key: str | None = None) 
     st.write(f"While this model trained, its trainer traced the same {len(history.probe_index)} validation images "
              f"after every epoch ({len(history.epochs)} epochs). Move through the epochs to watch the attention "
              f"maps, the gates and the answers form.")
+    note = traced_other_weights(history, state.checkpoint_meta(source) or {})
+    if note:
+        st.caption(note)
     if images is None:
         st.caption("The probe images themselves are not stored with the model. Choose the training folder it was "
                    "trained on as the sidebar's ImageFolder directory to see them beneath the maps.")

@@ -205,6 +205,17 @@ def load_history(path: str | Path) -> History:
         mean_global_gates=tensors["mean_global_gates"], info=info)
 
 
+def traced_other_weights(history: History, meta: dict[str, Any]) -> str | None:
+    """A note when the history traced other weights than the checkpoint holds, else None.
+
+    With a moving average the trainer traces the average every epoch, and ships the raw weights
+    instead only when they score higher at the end; the last epoch's maps then are not the file's."""
+    if history.info.get("model") == "ema" and meta.get("saved_weights") == "raw":
+        return ("Every epoch here traces the moving average of the weights; this file holds the raw weights, "
+                "which scored higher on validation at the end, so its own maps can differ from the last epoch's.")
+    return None
+
+
 def probe_images(history: History, dataset) -> torch.Tensor | None:
     """The probe images (P, 3, H, W) uint8, carved from ``dataset`` when it is the training folder
     the history was recorded on (same content digest); None for any other data set.

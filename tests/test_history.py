@@ -11,7 +11,7 @@ from ar_core import data as D
 from ar_core import load_checkpoint
 from ar_core import train as T
 from ar_core.history import (HistoryRecorder, dequantize_maps, history_path, load_history, probe_indices,
-                             quantize_maps)
+                             quantize_maps, traced_other_weights)
 from ar_core.model import LayerTrace, Trace
 from test_train import BATCH, CLASSES, STEPS_PER_EPOCH, VAL, _args, _log, cache, folder  # noqa: F401
 
@@ -160,3 +160,15 @@ def test_ema_saves_the_averaged_weights_with_their_own_batchnorm_statistics(fold
     assert meta["val_accuracy_raw_weights"] is not None and meta["recipe"]["ema"] == 0.5
     assert json.dumps(meta)  # a JSON object throughout
     assert "val_accuracy_raw" in _log(out)[-1]
+
+
+def test_a_history_of_the_average_says_so_when_the_file_holds_the_raw_weights(folder, tmp_path):
+    out = tmp_path / "note" / "model.safetensors"
+    T.main(_args(folder, out, "--epochs", "1", "--ema", "0.5", "--ema-bn-images", "16"))
+    h, meta = load_history(history_path(out)), load_checkpoint(out)[1]
+    assert h.info["model"] == "ema"
+    assert traced_other_weights(h, {**meta, "saved_weights": "moving average"}) is None
+    assert "raw weights" in traced_other_weights(h, {**meta, "saved_weights": "raw"})
+    plain = tmp_path / "plain" / "model.safetensors"
+    T.main(_args(folder, plain, "--epochs", "1"))
+    assert traced_other_weights(load_history(history_path(plain)), {"saved_weights": "raw"}) is None
