@@ -56,16 +56,14 @@ def apply_link(tabs: list[str] | None = None):
         else:
             notes.append(f"test-time augmentation {q['tta']!r} is not one of as-trained, "
                          f"{', '.join(state.TTA_CHOICES[1:])}")
-    if "source" in q:
-        if q["source"] in SOURCES:
-            ss["source"] = SOURCES[q["source"]]
+    for param, choices, key, what in (("source", SOURCES, "source", "image source"),
+                                      ("dataset", DATASET_NAMES, "dataset_kind", "dataset")):
+        if param not in q:
+            continue
+        if q[param] in choices:
+            ss[key] = choices[q[param]]
         else:
-            notes.append(f"image source {q['source']!r} is not one of {', '.join(SOURCES)}")
-    if "dataset" in q:
-        if q["dataset"] in DATASET_NAMES:
-            ss["dataset_kind"] = DATASET_NAMES[q["dataset"]]
-        else:
-            notes.append(f"dataset {q['dataset']!r} is not one of {', '.join(DATASET_NAMES)}")
+            notes.append(f"{what} {q[param]!r} is not one of {', '.join(choices)}")
     if "index" in q:
         if q["index"].isdigit():
             ss.update({"browse_class": None, "browse_outcome": "all", "browse_pos": int(q["index"]),
