@@ -69,7 +69,7 @@ def test_start_page_explains_what_to_do(app_env):
     at = _start()
     assert at.title[0].value == "Attend & Rectify Explorer"
     assert any("Upload an image" in i.value for i in at.info)
-    assert any("AD=3 AW=2" in c.value for c in at.caption)
+    assert any("AD=3, AW=2" in c.value for c in at.caption)
 
 
 def test_upload_shows_every_view_and_downloads(app_env):
@@ -453,7 +453,7 @@ def test_default_model_is_the_shipped_cifar10_attention_checkpoint(monkeypatch):
         pytest.skip("the shipped checkpoint is not in this checkout")
     at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60).run()
     assert at.selectbox(key="model_label").value == "cifar10-wrn16x4-ad3aw4 (shipped)"
-    assert any("cifar10 · WRN-16-4 · AD=3 AW=4" in c.value for c in at.caption)
+    assert any("cifar10 · WRN-16-4, AD=3, AW=4, 1x1 heads" in c.value for c in at.caption)
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
