@@ -65,9 +65,10 @@ def card(meta: dict[str, Any]) -> dict[str, str]:
         "validation accuracy by test-time augmentation":
             ", ".join(f"{name} {_pct(by_tta[name])}" for name in TTA_NAMES if name in by_tta) or None,
         "weights": weights(meta),
-        # the other weights' figure: the raw ones when the file holds their average, and vice versa
-        ("validation accuracy of the moving average (not saved)" if meta.get("saved_weights") == "raw"
-         else "validation accuracy of the raw weights (not saved)"): _pct(raw),
+        # what averaging gave: the raw weights' figure (same augmentation), when the file holds their average;
+        # a file of raw weights records only its own figure, already above
+        "validation accuracy of the raw weights (not saved)":
+            _pct(raw) if meta.get("saved_weights") == "moving average" else None,
         "validation split": f"{split.get('size')} images, {split.get('method', 'stratified')}, seed {split.get('seed')}"
         if split else None,
         "training images (SHA-256 of their content)": (split.get("train_digest") or "")[:16] or None,

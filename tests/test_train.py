@@ -297,6 +297,8 @@ def test_the_moving_average_is_shipped_only_when_it_beats_the_raw_weights(folder
         assert raw_wins
     assert meta["saved_weights"] == ("raw" if raw_wins else "moving average")
     assert meta["val_accuracy"] == max(last["val_accuracy_raw"], last["val_accuracy"])
+    # the header's raw-weights figure is the raw weights' whatever was saved (the card relies on it)
+    assert meta["val_accuracy_raw_weights"] == last["val_accuracy_raw"]
     full = D.load_image_folder(folder)
     val = full.subset(D.stratified_split(full.labels, VAL, 0)[1])
     assert evaluate(model, val, meta, amp="off")["accuracy"] == meta["val_accuracy"]
