@@ -342,6 +342,10 @@ def main(argv=None) -> dict:
             print(f"resuming at epoch {start_epoch} from {state_path}", file=sys.stderr)
         if recorder is not None:
             recorder.resume(start_epoch)
+        if main_process and log_path.is_file():  # a run stopped between logging an epoch and saving its state
+            kept_lines = [line for line in log_path.read_text().splitlines()
+                          if line.strip() and json.loads(line)["epoch"] <= start_epoch]
+            log_path.write_text("".join(line + "\n" for line in kept_lines))
     elif args.resume:
         legacy = out.with_name(out.name + ".state.pt")
         if legacy.is_file():

@@ -148,6 +148,8 @@ def test_resume_continues_exactly(folder, tmp_path):
     first = T.main(_args(folder, split, "--epochs", "3", "--max-steps", str(2 * STEPS_PER_EPOCH)))["history"]
     assert [h["epoch"] for h in first] == [1, 2]
     assert split.with_name(split.name + ".state.safetensors").is_file()
+    log = split.with_name(split.name + ".log.jsonl")  # stopped after logging epoch 3 but before saving its state
+    log.write_text(log.read_text() + json.dumps({**first[-1], "epoch": 3}) + "\n")
     second = T.main(_args(folder, split, "--epochs", "3", "--resume"))["history"]
     assert [h["epoch"] for h in second] == [3] and second[0]["step"] == 3 * STEPS_PER_EPOCH
     assert [h["epoch"] for h in _log(split)] == [1, 2, 3]
