@@ -330,6 +330,7 @@ def main(argv=None) -> dict:
                                     "validation_split": split_record})
 
     start_epoch, elapsed, step = 0, 0.0, 0
+    last_logged = {}  # the log's last epoch: what a run stopped after its last epoch finishes from
     # The code that trained each stretch of epochs: read now, since the tree may change while training.
     commits = [{"from_epoch": 1, "commit": git_commit()}]
     if args.resume and state_path.is_file():
@@ -337,7 +338,9 @@ def main(argv=None) -> dict:
         if state["args"]["epochs"] != args.epochs:
             raise SystemExit(f"{state_path} was made with --epochs {state['args']['epochs']}; resume with the same schedule")
         start_epoch, elapsed, step = state["epoch"], state["elapsed"], state["step"]
-        commits = state.get("code_commits", []) + [{"from_epoch": start_epoch + 1, "commit": commits[0]["commit"]}]
+        current, commits = commits[0]["commit"], state.get("code_commits", [])
+        if start_epoch < args.epochs:  # a finished schedule only writes its checkpoint: no code trains it
+            commits.append({"from_epoch": start_epoch + 1, "commit": current})
         if main_process:
             print(f"resuming at epoch {start_epoch} from {state_path}", file=sys.stderr)
         if recorder is not None:
@@ -346,6 +349,7 @@ def main(argv=None) -> dict:
             kept_lines = [line for line in log_path.read_text().splitlines()
                           if line.strip() and json.loads(line)["epoch"] <= start_epoch]
             log_path.write_text("".join(line + "\n" for line in kept_lines))
+            last_logged = json.loads(kept_lines[-1]) if kept_lines else {}
     elif args.resume:
         legacy = out.with_name(out.name + ".state.pt")
         if legacy.is_file():
@@ -446,7 +450,9 @@ def main(argv=None) -> dict:
             break
 
     if main_process:
-        final = history[-1] if history else {}
+        # a run stopped after saving its last epoch's state but before writing the checkpoint
+        # trains nothing on --resume: its last logged epoch is the one the checkpoint reports
+        final = history[-1] if history else last_logged
         chosen, by_tta, saved = ("flip" if args.tta == "best" else args.tta), {}, kept
         if len(val) and final:
             if ema is not None and final["val_accuracy_raw"] > final["val_accuracy"]:

@@ -166,6 +166,25 @@ def test_resume_continues_exactly(folder, tmp_path):
         T.main(_args(folder, split, "--epochs", "4", "--resume"))
 
 
+def test_a_run_stopped_before_writing_its_checkpoint_finishes_on_resume(folder, tmp_path):
+    """Every epoch trained and its state saved, then stopped before the checkpoint was written:
+    --resume trains nothing and writes the checkpoint the uninterrupted run wrote."""
+    out = tmp_path / "run" / "m.safetensors"
+    T.main(_args(folder, out, "--epochs", "2", "--ema", "0.9", "--ema-bn-images", "16"))
+    model_a, meta_a = load_checkpoint(out)
+    out.unlink()
+    assert T.main(_args(folder, out, "--epochs", "2", "--ema", "0.9", "--ema-bn-images", "16",
+                        "--resume"))["history"] == []
+    model_b, meta_b = load_checkpoint(out)
+    for (name, ta), (_, tb) in zip(model_a.state_dict().items(), model_b.state_dict().items()):
+        assert torch.equal(ta, tb), name
+    for key in ("epochs_trained", "val_accuracy", "val_accuracy_by_tta", "val_source_accuracy",
+                "val_accuracy_raw_weights", "saved_weights", "code_commits"):
+        assert meta_b[key] == meta_a[key], key
+    assert meta_b["epochs_trained"] == 2 and meta_b["val_accuracy"] is not None
+    assert [h["epoch"] for h in _log(out)] == [1, 2]
+
+
 def test_resume_says_what_it_found(folder, tmp_path, capsys):
     out = tmp_path / "fresh" / "m.safetensors"
     T.main(_args(folder, out, "--epochs", "1", "--max-steps", "1", "--resume"))
