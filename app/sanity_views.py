@@ -25,14 +25,13 @@ def image_sanity(res: dict):
         methods = st.multiselect("Maps to check", options, default=[m for m in options if m != "integrated_gradients"],
                                  format_func=LABELS.get, key="sanity_methods")
         go = st.form_submit_button("Run the sanity check", key="sanity_go")
-    key = (res["name"], res["path"], res["device"], tuple(methods))
+    key = (*state.result_key(res), tuple(methods))
     store = st.session_state.setdefault("sanity", {})
     if go and methods:
-        from ar_core.inference import preprocess, to_uint8
-        from PIL import Image
+        from ar_core.inference import from_hwc, preprocess
 
         model, meta = state.get_model(res["path"], res["device"])
-        x = preprocess(to_uint8(Image.fromarray(res["image"])).unsqueeze(0), meta)
+        x = preprocess(from_hwc(res["image"]), meta)
         with st.spinner("Randomising the weights stage by stage and recomputing the maps…"):
             if len(store) >= 4:
                 store.pop(next(iter(store)))

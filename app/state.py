@@ -127,6 +127,13 @@ def tta_note(meta: dict) -> str | None:
             f"{own.views // used.views}x sooner. Choose {own.name} in the sidebar for the checkpoint's own figures.")
 
 
+def result_key(res: dict) -> tuple:
+    """What a cached result for the inspected image depends on: the model input's pixels (the image's content
+    after the fit), the checkpoint, the device and the test-time augmentation. Never the file name: every camera
+    shot is `camera.jpg`, and two uploads may share a name."""
+    return res["digest"], res["fit"], res["path"], res["device"], res["tta"]
+
+
 def cached_inspection(model, meta, key: tuple, images: torch.Tensor) -> Inspection:
     """A trace is computed once per (image, checkpoint, device, augmentation) and kept in the session."""
     aug = use_tta(meta)

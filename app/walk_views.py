@@ -5,18 +5,18 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app import figures
+from app import figures, state
 
-POS_KEY = "walk_pos"  # (image name, step) so a new image starts the walk from the beginning
-
-
-def _move(name: str, step: int, n: int):
-    _, pos = st.session_state.get(POS_KEY, (name, 0))
-    st.session_state[POS_KEY] = (name, int(np.clip(pos + step, 0, n - 1)))
+POS_KEY = "walk_pos"  # (image's result key, step) so a new image starts the walk from the beginning
 
 
-def _start(name: str):
-    st.session_state[POS_KEY] = (name, 0)
+def _move(image: tuple, step: int, n: int):
+    _, pos = st.session_state.get(POS_KEY, (image, 0))
+    st.session_state[POS_KEY] = (image, int(np.clip(pos + step, 0, n - 1)))
+
+
+def _start(image: tuple):
+    st.session_state[POS_KEY] = (image, 0)
 
 
 @st.fragment
@@ -24,21 +24,21 @@ def guided_walk(res: dict, trace, classes: list[str]):
     """Step by step, each step's text next to its figure; Previous/Next rerun this fragment only."""
     from ar_core.walk import walk
 
-    name = res["name"]
+    image = state.result_key(res)
     current = st.session_state.get(POS_KEY)
-    if current is None or current[0] != name:
+    if current is None or current[0] != image:
         st.write("A step-by-step story of this prediction, told with this image's own numbers: what the network "
                  "thought, where each attention head looked and what it believed, whom the gates trusted, and how "
                  "the final answer came about. No need to have read the paper.")
-        st.button("Walk me through this prediction", key="walk_start", on_click=_start, args=(name,), type="primary")
+        st.button("Walk me through this prediction", key="walk_start", on_click=_start, args=(image,), type="primary")
         return
     steps = walk(trace, classes, res.get("label"))
     n = len(steps)
     pos = min(current[1], n - 1)
     c1, c2, c3 = st.columns([1, 4, 1])
-    c1.button("← Previous", key="walk_prev", disabled=pos == 0, on_click=_move, args=(name, -1, n))
+    c1.button("← Previous", key="walk_prev", disabled=pos == 0, on_click=_move, args=(image, -1, n))
     c2.progress((pos + 1) / n, text=f"Step {pos + 1} of {n}")
-    c3.button("Next →", key="walk_next", disabled=pos == n - 1, on_click=_move, args=(name, 1, n))
+    c3.button("Next →", key="walk_next", disabled=pos == n - 1, on_click=_move, args=(image, 1, n))
     step = steps[pos]
     left, right = st.columns([3, 2])
     with left:

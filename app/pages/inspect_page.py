@@ -202,12 +202,6 @@ def _averaged(trace) -> str:
     return TTA.parse(trace.augmentation).describe()
 
 
-def result_key(res) -> tuple:
-    """What a cached result depends on: the model input's pixels (the image's content after the fit),
-    the checkpoint, the device and the test-time augmentation."""
-    return res["digest"], res["fit"], res["path"], res["device"], res["tta"]
-
-
 def _export_view(res):
     ins, base = res["ins"], res["name"].rsplit(".", 1)[0].replace("#", "-").replace(":", "-")
     trace, classes = ins.trace, ins.classes
@@ -248,7 +242,7 @@ def _attribution_view(res):
         cam_layer = c3.selectbox("Grad-CAM layer", layer_names, index=len(layer_names) - 1, key="attr_layer")
         tunnel = c4.checkbox("NoiseTunnel (SmoothGrad) on IG and Saliency", key="attr_nt")
         go = st.form_submit_button("Compute attributions", key="attr_go")
-    key = (*result_key(res), target, cam_layer, tunnel)
+    key = (*state.result_key(res), target, cam_layer, tunnel)
     store = st.session_state.setdefault("attributions", {})
     if go and methods:
         from ar_core.attribution import attribute
@@ -285,10 +279,10 @@ def _attribution_view(res):
                          "top-20 % overlap": round(sc["top20_overlap"], 3), "time (ms)": round(a.seconds * 1000)})
     if rows:
         st.dataframe(rows, hide_index=True)
-    _faithfulness_view(res, target, results)
+    _faithfulness_view(res, key, target, results)
 
 
-def _faithfulness_view(res, target, results):
+def _faithfulness_view(res, attribution_key: tuple, target: int, results):
     """Deletion/insertion curves of this image for the attention and each computed attribution."""
     from ar_core.attribution import METHODS, gated_attention
     from ar_core.faithfulness import curves_for_maps, random_saliency
@@ -298,7 +292,7 @@ def _faithfulness_view(res, target, results):
     st.write("Delete the pixels a map ranks highest first (blurred away) and watch the class probability: a "
              "faithful map makes it fall fast (low deletion area); reveal them first and it should rise fast (high "
              "insertion area). The random order is the bar to beat.")
-    key = ("faith", *result_key(res), target, tuple(results))
+    key = ("faith", *attribution_key, tuple(results))  # the maps depend on the class, Grad-CAM layer and tunnel
     store = st.session_state.setdefault("faith_curves", {})
     if key not in store:
         if not st.button("Compute deletion and insertion curves", key="faith_go"):
