@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attribution import attribute, layer_attention, spearman
+from .attribution import attribute, gated_attention, spearman
 from .model import AttendAndRectify
 from .wrn import WideResNet
 
@@ -106,12 +106,11 @@ def randomized_cascade(model: AttendAndRectify, seed: int = 0) -> list[tuple[str
     return out
 
 
-def gated_attention(net: AttendAndRectify, x: torch.Tensor) -> np.ndarray:
-    """Every attended layer's map (heads mixed by their confidence gates), weighted by its global gate."""
+def traced_attention(net: AttendAndRectify, x: torch.Tensor) -> np.ndarray:
+    """The gated attention map (:func:`ar_core.attribution.gated_attention`) of ``net`` for one image."""
     with torch.no_grad():
         t = net.trace(x).map(lambda v: v.float().cpu())
-    size = x.shape[-1]
-    return sum(float(t.global_gates[0, l]) * layer_attention(t, 0, l, size) for l in range(len(t.layers)))
+    return gated_attention(t, 0, x.shape[-1])
 
 
 def explanation_maps(net: AttendAndRectify, x: torch.Tensor, target: int, methods: Sequence[str],
@@ -124,7 +123,7 @@ def explanation_maps(net: AttendAndRectify, x: torch.Tensor, target: int, method
         elif m == "attention":
             if not net.attend:
                 raise ValueError("a baseline (AD = 0) has no attention maps; check the attributions only")
-            maps[m] = gated_attention(net, x)
+            maps[m] = traced_attention(net, x)
         else:
             layer = net.attend[-1] if net.attend else "last"
             maps[m] = attribute(net, x, target, m, layer=layer, ig_steps=ig_steps, copy_model=False).map
