@@ -72,9 +72,13 @@ def _open_dataset(kind: str, size: int):
         loopback = is_loopback(st.get_option("server.address"))
         roots = data_roots(loopback)
         default = os.environ.get(state.DATASET_ENV, "")
-        path = st.text_input("Folder (root/<class>/<image>)", default, key="folder",
-                             help=f"Also settable with the {state.DATASET_ENV} environment variable.")
-        if loopback:  # the server's own paths are shown to the operator only, never over the network
+        # The server's own paths are shown to the operator only, never over the network: there, an empty
+        # field stands for the operator's folder without printing where it lives.
+        typed = st.text_input("Folder (root/<class>/<image>)", default if loopback else "", key="folder",
+                              placeholder="" if loopback or not default else "empty: the folder this server offers",
+                              help=f"Also settable with the {state.DATASET_ENV} environment variable.")
+        path = typed or ("" if loopback else default)
+        if loopback:
             st.caption("Readable folders: " + ", ".join(f"`{r}`" for r in roots))
         if not path:
             st.info("Enter the path of an ImageFolder directory: one sub-folder per class, images inside.")
@@ -86,7 +90,8 @@ def _open_dataset(kind: str, size: int):
             st.error(f"Refused: {e}" if loopback else "Refused: this folder is not among those the operator "
                      "allowed this server to read (AR_DATA_ROOTS).")
         except (FileNotFoundError, OSError, ValueError) as e:
-            st.error(f"Cannot read {path}: {e}")
+            st.error(f"Cannot read {path}: {e}" if loopback or typed else "Cannot read the folder this server "
+                     "offers: ask its operator to check AR_IMAGE_FOLDER.")
         return None, None
     name = "cifar10" if kind.startswith("CIFAR-10 ") else "cifar100"
     root = str(cache_dir() / "torchvision")
