@@ -563,11 +563,13 @@ def test_home_folder_and_root_paths_only_on_loopback(app_env, monkeypatch, addre
         at.radio(key="source").set_value("Dataset").run()
         at.selectbox(key="dataset_kind").set_value("ImageFolder directory").run()
         assert not at.exception and not _errors(at)  # AR_IMAGE_FOLDER is readable either way
-        shown = " ".join(c.value for c in at.sidebar.caption)
+        shown = " ".join(c.value for c in at.sidebar.caption) + at.text_input(key="folder").value
+        browsable = any("true label" in c.value for c in at.caption)
         at.text_input(key="folder").input(str(app_env / "private")).run()
         refused = [e for e in _errors(at) if e.startswith("Refused")]
     finally:
         config.set_option("server.address", before)
+    assert browsable  # the operator's folder is offered on either address
     if address == "127.0.0.1":
         assert str(app_env) in shown and not refused
     else:
@@ -602,6 +604,43 @@ def test_results_follow_the_image_content_not_its_file_name(app_env):
     open_tab(at, "5 · Attributions")
     at.radio(key="fit").set_value("pad").run()
     assert any("Compute attributions" in i.value for i in at.info)
+
+
+def test_sanity_check_and_walk_follow_the_image_content_not_its_file_name(app_env):
+    """A second photo under the first one's name starts its own sanity check and its own walk."""
+    at = _start()
+    for seed in (1, 2):
+        at.file_uploader(key="images").set_value([("camera.jpg", _png(seed), "image/png")]).run()
+        open_tab(at, "Sanity check")
+        assert any("Run the sanity check" in i.value for i in at.info), f"upload {seed}: stale sanity check"
+        at.multiselect(key="sanity_methods").set_value(["attention"])
+        at.button(key="sanity_go").click().run()
+        assert not at.exception and not any("Run the sanity check" in i.value for i in at.info)
+        open_tab(at, "Walk me through")
+        assert [b.key for b in at.button if b.key == "walk_start"], f"upload {seed}: the walk went on"
+        at.button(key="walk_start").click().run()
+        at.button(key="walk_next").click().run()
+        assert not at.exception and "Step 2 of" in at.get("progress")[0].proto.text
+    assert len(at.session_state["sanity"]) == 2
+
+
+def test_faithfulness_curves_follow_the_maps_they_rank(app_env):
+    """Another Grad-CAM layer or NoiseTunnel makes other maps: their curves are computed again."""
+    at = _start()
+    at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()
+    open_tab(at, "5 · Attributions")
+    at.multiselect(key="attr_methods").set_value(["gradcam"])
+    at.selectbox(key="attr_layer").set_value("group2")
+    at.button(key="attr_go").click().run()
+    at.button(key="faith_go").click().run()
+    assert not at.exception and any("deletion area (lower is better)" in d.value for d in at.dataframe)
+    for change in (lambda: at.selectbox(key="attr_layer").set_value("group1"),
+                   lambda: at.checkbox(key="attr_nt").check()):
+        change()
+        at.button(key="attr_go").click().run()
+        assert any(b.key == "faith_go" for b in at.button), "curves of other maps shown"
+        at.button(key="faith_go").click().run()
+    assert len(at.session_state["faith_curves"]) == 3
 
 
 @pytest.fixture
