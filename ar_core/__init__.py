@@ -9,11 +9,12 @@ from . import data, inference, precision
 
 from .attention import AttentionModule, GlobalGate, fuse, fusion_contributions, inter_head_regularizer
 from .checkpoint import CheckpointError, available_checkpoints, load_checkpoint, save_checkpoint
+from .history import History, history_path, load_history
 from .model import AttendAndRectify, LayerTrace, ModelConfig, Trace, build_model
 from .wrn import WideResNet
 
 __all__ = [
-    "AttendAndRectify", "AttentionModule", "CheckpointError", "GlobalGate", "LayerTrace", "ModelConfig",
-    "Trace", "WideResNet", "available_checkpoints", "build_model", "fuse", "fusion_contributions",
-    "inter_head_regularizer", "load_checkpoint", "save_checkpoint",
+    "AttendAndRectify", "AttentionModule", "CheckpointError", "GlobalGate", "History", "LayerTrace", "ModelConfig",
+    "Trace", "WideResNet", "available_checkpoints", "build_model", "fuse", "fusion_contributions", "history_path",
+    "inter_head_regularizer", "load_checkpoint", "load_history", "save_checkpoint",
 ]

@@ -7,6 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import ar_core
+
 from ar_core import data as D
 from ar_core import load_checkpoint
 from ar_core import train as T
@@ -81,7 +83,7 @@ def test_load_history_says_what_is_wrong(tmp_path):
 def test_the_trainer_records_what_the_model_computed_each_epoch(folder, tmp_path):
     out = tmp_path / "run" / "m.safetensors"
     T.main(_args(folder, out, "--epochs", "2"))
-    h = load_history(history_path(out))
+    h = ar_core.load_history(ar_core.history_path(out))  # the library's top level, as README shows it
     log = _log(out)
     assert h.epochs == [1, 2] and h.sources == ["group1", "group2", "group3", "network"]
     assert h.outputs[-1] == "fused" and h.classes == sorted(CLASSES)
