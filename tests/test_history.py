@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 
 import ar_core
-
 from ar_core import data as D
 from ar_core import load_checkpoint
 from ar_core import train as T
