@@ -83,8 +83,10 @@ def main(argv=None) -> dict[str, Any]:
         raise SystemExit("the two checkpoints have different classes; they cannot be compared image by image")
     dataset = D.load_image_folder(args.data)
     if args.validation_split:
-        keys = ("size", "seed", "train_size")
         split_a, split_b = meta_a.get("validation_split") or {}, meta_b.get("validation_split") or {}
+        # the digests name the training images and the split itself; older checkpoints record neither
+        keys = ["size", "seed", "train_size", *(k for k in ("train_digest", "index_digest")
+                                                if split_a.get(k) and split_b.get(k))]
         if {k: split_a.get(k) for k in keys} != {k: split_b.get(k) for k in keys}:
             raise SystemExit("the two checkpoints record different validation splits; compare them on a "
                              "held-out folder instead")

@@ -72,3 +72,24 @@ def test_cli_compares_two_checkpoints_image_by_image(tmp_path, monkeypatch):
     assert r["mcnemar_p"] == pytest.approx(mcnemar_exact(r["only_a_right"], r["only_b_right"]))
     same = main(["--a", str(paths[0]), "--b", str(paths[0]), "--data", str(folder), "--tta", "none"])
     assert same["only_a_right"] == same["only_b_right"] == 0 and same["mcnemar_p"] == 1.0
+
+
+def test_cli_refuses_checkpoints_trained_on_other_images(tmp_path, monkeypatch):
+    """Same split size and seed but another training set (content digest): not the same validation images."""
+    monkeypatch.setenv("AR_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "toy"
+    make_image_folder(folder, classes=("a", "b", "c"), per_class=8)
+    ds = D.load_image_folder(folder)
+    _, val = D.stratified_split(ds.labels, 6, 0)
+    split = {"size": 6, "seed": 0, "method": "stratified", "train_size": 18,
+             "train_digest": D.content_digest(ds), "index_digest": D.index_digest(val)}
+    paths = []
+    for name, digest in (("a", split["train_digest"]), ("b", "0" * 64)):
+        meta = {"classes": ["a", "b", "c"], "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3},
+                "validation_split": {**split, "train_digest": digest}}
+        model = randomize_bn(ar_core.build_model(ar_core.ModelConfig(num_classes=3, depth=10, width=1)))
+        paths.append(ar_core.save_checkpoint(model.eval(), tmp_path / f"{name}.safetensors", meta))
+    args = ["--data", str(folder), "--validation-split", "--tta", "none"]
+    assert main(["--a", str(paths[0]), "--b", str(paths[0]), *args])["n"] == len(val)
+    with pytest.raises(SystemExit, match="different validation splits"):
+        main(["--a", str(paths[0]), "--b", str(paths[1]), *args])
