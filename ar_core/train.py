@@ -444,7 +444,7 @@ def main(argv=None) -> dict:
                 f.write(json.dumps(record) + "\n")
             if finished:  # resumable state marks whole epochs only; a partial one would be skipped on resume
                 save_state(state_path, model, optimizer, scheduler,
-                           {"epoch": epoch + 1, "step": step, "elapsed": elapsed, "args": vars(args),
+                           {"epoch": epoch + 1, "step": step, "elapsed": elapsed, "args": recipe(args),
                             "code_commits": commits}, ema)
         if args.max_steps and step >= args.max_steps:
             break
