@@ -205,6 +205,28 @@ def test_augment_without_padding_is_identity_or_flip(batch):
     assert 0 < flipped < len(batch)
 
 
+def test_cutout_blanks_one_clipped_square_per_image(batch):
+    """With cutout, each image is the plain augmentation (same draws) with one square set to 0: a
+    ``size``-pixel square when it lies inside, clipped at the border otherwise, and nothing else changed."""
+    size, images = 4, batch.clamp(min=1)  # no pixel is 0 before the cutout
+    plain = D.augment(images, torch.Generator().manual_seed(7))
+    cut = D.augment(images, torch.Generator().manual_seed(7), cutout=size)
+    h, w = images.shape[-2:]
+    sides = set()
+    for p, c in zip(plain, cut):
+        zero = (c == 0).all(0)
+        assert torch.equal(zero, (c == 0).any(0)), "all channels blanked together"
+        assert torch.equal(c[:, ~zero], p[:, ~zero]), "pixels outside the square are untouched"
+        ys, xs = torch.nonzero(zero, as_tuple=True)
+        y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+        assert zero[y0:y1, x0:x1].all() and int(zero.sum()) == (y1 - y0) * (x1 - x0), "one rectangle"
+        assert y1 - y0 == size or y0 == 0 or y1 == h, "a shorter side only where the square meets the border"
+        assert x1 - x0 == size or x0 == 0 or x1 == w
+        assert y1 - y0 <= size and x1 - x0 <= size
+        sides.add((y1 - y0, x1 - x0))
+    assert (size, size) in sides and len(sides) > 1  # whole squares and clipped ones both occur
+
+
 # ---------------------------------------------------------------- normalize
 
 def test_normalize():

@@ -157,10 +157,27 @@ def test_ema_saves_the_averaged_weights_with_their_own_batchnorm_statistics(fold
     assert torch.equal(saved[conv], state[f"ema.module.{conv}"])  # the averaged weights, not the raw ones
     assert not torch.equal(saved[conv], state[f"model.{conv}"])
     bn = next(k for k in saved if k.endswith("running_mean"))
-    assert not torch.equal(saved[bn], state[f"model.{bn}"])  # statistics recomputed for the average
+    assert torch.equal(saved[bn], state[f"ema.module.{bn}"])  # the average's own statistics (next test)
     assert meta["val_accuracy_raw_weights"] is not None and meta["recipe"]["ema"] == 0.5
     assert json.dumps(meta)  # a JSON object throughout
     assert "val_accuracy_raw" in _log(out)[-1]
+
+
+def test_batchnorm_statistics_for_the_average_are_a_plain_mean_over_the_drawn_images():
+    """A cumulative mean over the drawn images, not a running estimate that keeps what other weights left:
+    on images of one colour each (a reflect-padded crop or flip leaves them as they are), a BatchNorm on
+    the input ends with the mean normalised colour of all of them, whatever it held before."""
+    import contextlib
+
+    colours = torch.randint(0, 256, (12, 3, 1, 1), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    images = colours.expand(12, 3, 8, 8).contiguous()
+    bn = torch.nn.BatchNorm2d(3)
+    bn.running_mean.fill_(100.0)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    T.recompute_bn_statistics(torch.nn.Sequential(bn), images, mean, std, torch.device("cpu"), contextlib.nullcontext,
+                              seed=0, n=12, batch_size=4)  # three equal batches: their mean is the images' mean
+    torch.testing.assert_close(bn.running_mean, D.normalize(colours, mean, std).mean(dim=(0, 2, 3)))
+    assert bn.momentum == 0.1  # the usual running estimate is back for whoever trains it next
 
 
 def test_a_history_of_the_average_says_so_when_the_file_holds_the_raw_weights(folder, tmp_path):

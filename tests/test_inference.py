@@ -77,8 +77,13 @@ def test_fit_image_crop_and_pad():
     crop = I.fit_image(img, 32, "center-crop")
     assert crop.size == (32, 32)
     np.testing.assert_array_equal(np.asarray(crop), np.asarray(img)[:, 16:48])
-    pad = I.fit_image(img, 32, "pad")
-    assert pad.size == (32, 32)
+    pad = np.asarray(I.fit_image(img, 32, "pad"))
+    assert pad.shape == (32, 32, 3)
+    # a 64x32 image shrinks to 32x16 and sits in the middle rows; the rest is its mean colour
+    small = np.asarray(img.resize((32, 16), Image.BICUBIC))
+    np.testing.assert_array_equal(pad[8:24], small)
+    fill = small.reshape(-1, 3).mean(0).astype(int)
+    assert (pad[:8] == fill).all() and (pad[24:] == fill).all()
     with pytest.raises(ValueError):
         I.fit_image(img, 32, "stretch")
 
