@@ -30,6 +30,7 @@ from . import data as D
 from .checkpoint import CheckpointError, load_checkpoint
 from .atlas import head_atlas
 from .gates import gate_statistics
+from .inference import outcome_masks
 from .evaluate import (ClassMismatchError, align_labels, calibration_bins, collect, confusion_matrix, summarize,
                        validation_split)
 from .precision import autocast_for
@@ -81,9 +82,8 @@ def dataset_story(cat: dict[str, torch.Tensor], labels: torch.Tensor, classes: S
                   sources: Sequence[str]) -> dict[str, Any]:
     """Everything beyond the evaluator's numbers, from the per-image arrays of ``collect``."""
     m = len(classes)
-    fused_right = cat["pred"] == labels
-    net_right = cat["net_pred"] == labels
-    count, conf, acc = calibration_bins(cat["confidence"], fused_right, 15)
+    outcome = outcome_masks(labels, cat["pred"], cat["net_pred"])
+    count, conf, acc = calibration_bins(cat["confidence"], outcome["correct"], 15)
     story: dict[str, Any] = {
         "reliability": {"count": count.tolist(), "confidence": conf.tolist(), "accuracy": acc.tolist()},
         "net_confusion_matrix": confusion_matrix(cat["net_pred"], labels, m).tolist(),
@@ -91,14 +91,15 @@ def dataset_story(cat: dict[str, torch.Tensor], labels: torch.Tensor, classes: S
     layers = [s for s in sources if s != "network"]
     if not layers:
         return story
-    table = {"network right, fused right": int((net_right & fused_right).sum()),
-             "network right, fused wrong (spoiled)": int((net_right & ~fused_right).sum()),
-             "network wrong, fused right (rectified)": int((~net_right & fused_right).sum()),
-             "network wrong, fused wrong": int((~net_right & ~fused_right).sum())}
+    net_right = outcome["network right"]
+    table = {"network right, fused right": int((net_right & outcome["correct"]).sum()),
+             "network right, fused wrong (spoiled)": int(outcome["spoiled"].sum()),
+             "network wrong, fused right (rectified)": int(outcome["rectified"].sum()),
+             "network wrong, fused wrong": int((~net_right & outcome["wrong"]).sum())}
     story["rectification"] = table
     story["rectification_per_class"] = {
-        c: {"rectified": int(((labels == j) & ~net_right & fused_right).sum()),
-            "spoiled": int(((labels == j) & net_right & ~fused_right).sum())} for j, c in enumerate(classes)}
+        c: {"rectified": int(((labels == j) & outcome["rectified"]).sum()),
+            "spoiled": int(((labels == j) & outcome["spoiled"]).sum())} for j, c in enumerate(classes)}
     g = cat["global_gates"]
     story["global_gates_per_class"] = per_class_mean(g, labels, m)
     story["global_gate_entropy"] = float(entropy(g).mean())

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from . import data as D
 from .checkpoint import CheckpointError, load_checkpoint
-from .inference import preprocess
+from .inference import outcome_masks, preprocess
 from .tta import NAMES as TTA_NAMES
 from .tta import TTA, TTALike
 from .tta import resolve as resolve_tta
@@ -192,11 +192,11 @@ def summarize(cat: dict[str, torch.Tensor], labels: torch.Tensor, classes: Seque
     if layers:
         source_pred = {name: cat[f"pred/{name}"] for name in layers}
         source_pred["network"] = cat["net_pred"]
-        net_right = cat["net_pred"] == labels
+        outcome = outcome_masks(labels, cat["pred"], cat["net_pred"])
         result["source_accuracy"] = {**{s: float((source_pred[s] == labels).double().mean()) for s in sources},
                                      FUSED: result["accuracy"]}
-        result["rectified"] = int((~net_right & correct).sum())
-        result["spoiled"] = int((net_right & ~correct).sum())
+        result["rectified"] = int(outcome["rectified"].sum())
+        result["spoiled"] = int(outcome["spoiled"].sum())
         g_mean, g_std = mean_std(cat["global_gates"])
         result["global_gates"] = {s: {"mean": m, "std": sd} for s, m, sd in zip(sources, g_mean, g_std)}
         result["confidence_gates"] = {}

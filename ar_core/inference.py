@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .data import normalize
 from .model import LAYER_FIELDS, AttendAndRectify, Trace
 from .tta import TTALike
 from .tta import resolve as resolve_tta
@@ -113,9 +114,7 @@ def image_digest(images: torch.Tensor) -> str:
 def preprocess(images: torch.Tensor, meta: dict[str, Any]) -> torch.Tensor:
     """uint8 (B, 3, H, W) → the normalised float input the checkpoint was trained on."""
     norm = meta.get("normalization") or {"mean": [0.5] * 3, "std": [0.25] * 3}
-    mean = torch.tensor(norm["mean"], device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(norm["std"], device=images.device).view(1, 3, 1, 1)
-    return (images.float() / 255.0 - mean) / std
+    return normalize(images, norm["mean"], norm["std"])
 
 
 @dataclass
@@ -258,6 +257,15 @@ def predict_all(model: AttendAndRectify, images: torch.Tensor, meta: dict[str, A
 OUTCOMES = ("all", "correct", "wrong", "rectified", "spoiled")
 
 
+def outcome_masks(labels, fused_pred, net_pred) -> dict:
+    """Per image, the one definition of each outcome: 'correct' / 'wrong' (the fused output), 'rectified'
+    (network wrong, fused right), 'spoiled' (network right, fused wrong), and 'network right'.
+    NumPy arrays or tensors alike; the evaluator, the analysis and the app's filters all count with it."""
+    fused_ok, net_ok = fused_pred == labels, net_pred == labels
+    return {"correct": fused_ok, "wrong": ~fused_ok, "rectified": fused_ok & ~net_ok, "spoiled": ~fused_ok & net_ok,
+            "network right": net_ok}
+
+
 def filter_indices(labels: np.ndarray, preds: dict[str, np.ndarray] | None, class_index: int | None = None,
                    outcome: str = "all") -> np.ndarray:
     """Indices of images of one class (or any) with one outcome.
@@ -271,7 +279,5 @@ def filter_indices(labels: np.ndarray, preds: dict[str, np.ndarray] | None, clas
     if outcome != "all":
         if preds is None:
             raise ValueError(f"filtering by {outcome!r} needs the model's predictions")
-        fused_ok, net_ok = preds["fused"] == labels, preds["net"] == labels
-        keep &= {"correct": fused_ok, "wrong": ~fused_ok, "rectified": fused_ok & ~net_ok,
-                 "spoiled": ~fused_ok & net_ok}[outcome]
+        keep &= outcome_masks(labels, preds["fused"], preds["net"])[outcome]
     return np.nonzero(keep)[0]

@@ -216,3 +216,14 @@ def test_image_digest_is_the_pixels_and_shape_and_from_hwc_round_trips():
     other[0, 1, 3, 0] ^= 1
     assert image_digest(other) != image_digest(x)
     assert image_digest(x.reshape(1, 3, 6, 4)) != image_digest(x)  # same bytes, another image
+
+
+@pytest.mark.parametrize("as_array", [np.asarray, torch.tensor])
+def test_outcome_masks_name_each_pair_of_verdicts(as_array):
+    """The four (network, fused) verdict pairs, one image each: the one definition everything counts with."""
+    labels = as_array([0, 0, 0, 0])
+    fused, net = as_array([0, 0, 1, 1]), as_array([0, 1, 0, 1])
+    got = {k: [bool(v) for v in m] for k, m in I.outcome_masks(labels, fused, net).items()}
+    assert got == {"correct": [True, True, False, False], "wrong": [False, False, True, True],
+                   "rectified": [False, True, False, False], "spoiled": [False, False, True, False],
+                   "network right": [True, False, True, False]}
