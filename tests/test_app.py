@@ -125,6 +125,14 @@ def test_a_checkpoint_measured_with_shifts_is_inspected_with_them_and_says_when_
     trace = at.session_state["result"]["ins"].trace
     assert trace.augmentation == "flip-shift2" and len(trace.views) == 18
     assert any("flip-shift2 test-time augmentation: the mean over 18 views" in c.value for c in at.caption)
+    at.radio(key="source").set_value("Dataset").run()
+    at.selectbox(key="dataset_kind").set_value("ImageFolder directory").run()
+    note = "The outcome filter judges every image with flip test-time augmentation"
+    assert not any(note in c.value for c in at.caption)  # no filter, no pass over the folder
+    at.selectbox(key="browse_outcome").set_value("correct").run()
+    assert any(note in c.value and "own flip-shift2" in c.value for c in at.caption)
+    at.selectbox(key="tta").set_value("flip-shift2").run()
+    assert not any(note in c.value for c in at.caption)
 
     at = _analysed_dataset_page()
     assert not at.exception and not _errors(at)

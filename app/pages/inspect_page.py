@@ -58,6 +58,11 @@ def _dataset_browser(model, meta, size: int, ckpt_key: tuple):
                            help="correct/wrong: the fused answer; rectified: the network alone was wrong and "
                                 "the fused answer is right; spoiled: the reverse")
     preds = state.dataset_predictions(model, meta, ds, (ds_key, *ckpt_key)) if outcome != "all" else None
+    if preds is not None and state.tta_note(meta):
+        used, own = state.use_tta(meta, dataset_wide=True), state.use_tta(meta)
+        st.caption(f"The outcome filter judges every image with {used.name} test-time augmentation (a pass over "
+                   f"the whole folder); the image below is traced with the checkpoint's own {own.name}, so on a "
+                   f"borderline image its verdict can differ. Choose {own.name} in the sidebar to filter with it.")
     idx = filter_indices(labels, preds, cls, outcome)
     if len(idx) == 0:
         st.info("No image matches these filters.")
