@@ -115,9 +115,12 @@ class GlobalGate(nn.Module):
         self.bn = nn.BatchNorm1d(num_sources)
 
     def forward(self, last_features: torch.Tensor) -> GlobalGateOutput:
-        pooled = last_features.mean(dim=(2, 3))  # GAP(Z^L)
-        pre_tanh = self.bn(self.linear(pooled))
-        return GlobalGateOutput(F.softmax(torch.tanh(pre_tanh).float(), dim=1), pre_tanh.float())
+        # float32 under autocast too, as the modules' gates: it costs one C x (N+1) product per image,
+        # and bf16 would round tanh's argument (|x| ~ 3 here) to about 0.01.
+        with torch.autocast(last_features.device.type, enabled=False):
+            pooled = last_features.float().mean(dim=(2, 3))  # GAP(Z^L)
+            pre_tanh = self.bn(self.linear(pooled))
+            return GlobalGateOutput(F.softmax(torch.tanh(pre_tanh), dim=1), pre_tanh)
 
 
 def fusion_contributions(global_gates: torch.Tensor, source_scores: torch.Tensor) -> torch.Tensor:

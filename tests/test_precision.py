@@ -70,3 +70,23 @@ def test_attention_arithmetic_stays_float32_under_bf16_autocast(kernel_size):
     torch.testing.assert_close(out.head_hypotheses.double(), heads, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out.confidence_gates.double(), gates, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out.hypothesis.double(), hyp, rtol=1e-5, atol=1e-5)
+
+
+def test_the_global_gate_stays_float32_under_bf16_autocast():
+    """g_O = softmax(tanh(BN(W_G · GAP(Z^L)))) from bf16 features: the same numbers as float32 arithmetic."""
+    from ar_core.attention import GlobalGate
+
+    torch.manual_seed(0)
+    gate = GlobalGate(64, 4).eval()
+    gate.bn.running_mean.uniform_(-1, 1)
+    gate.bn.running_var.uniform_(0.05, 0.2)  # |pre-tanh| of a few units, as in the trained models
+    z = torch.randn(8, 64, 8, 8).bfloat16()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = gate(z)
+    bn = gate.bn  # the reference in float64, written out
+    linear = z.double().mean(dim=(2, 3)) @ gate.linear.weight.double().T
+    pre = (linear - bn.running_mean.double()) / (bn.running_var.double() + bn.eps).sqrt() * bn.weight.double() \
+        + bn.bias.double()
+    assert out.pre_tanh.dtype == out.gates.dtype == torch.float32 and pre.abs().max() > 2
+    torch.testing.assert_close(out.pre_tanh.double(), pre, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.gates.double(), F.softmax(torch.tanh(pre), dim=1), rtol=1e-5, atol=1e-6)
