@@ -51,3 +51,20 @@ def test_the_cuda_marker_is_registered():
 
     markers = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["markers"]
     assert any(m.startswith("cuda:") for m in markers)
+
+
+def test_every_gpu_check_command_in_the_readme_parses():
+    """Each `.ci/gpu-check ...` line of README.md: its sub-command and flags are ones the script's --help lists."""
+    import re
+    import subprocess
+    import sys
+
+    lines = re.findall(r"\.ci/gpu-check( [^`#\n]*)?(?:#|\n|`)", (ROOT / "README.md").read_text())
+    words = [line.split() for line in lines]  # [] for the plain run: its --help must answer too
+    assert any(w[:1] == ["download"] for w in words), "README shows no download step"
+    for w in words:
+        sub = ["download"] if w[:1] == ["download"] else []
+        usage = subprocess.run([sys.executable, str(ROOT / ".ci" / "gpu-check"), *sub, "--help"], capture_output=True,
+                               text=True, timeout=60, check=True).stdout
+        for flag in (x for x in w if x.startswith("--")):
+            assert flag in usage, (w, flag)
