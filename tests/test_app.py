@@ -385,6 +385,45 @@ def test_dataset_page_analyses_and_opens_an_image(app_env):
     assert at.session_state["source"] == "Dataset"
 
 
+def _listed(at, title: str) -> set[int]:
+    """The image indices a data-set page list titled ``title`` offers to open (its "Inspect" buttons)."""
+    prefix = f"open_{title}_"
+    return {int(b.key[len(prefix):]) for b in at.button if b.key and b.key.startswith(prefix)}
+
+
+def test_dataset_page_lists_hold_exactly_the_images_they_name(app_env):
+    """Each list (a source right or wrong, a dominant source, a class's rectified and spoiled images)
+    offers exactly the images whose per-image results say so, counted here from a float32 trace."""
+    at = _analysed_dataset_page()
+    model, meta = ar_core.load_checkpoint(app_env / "tiny-ad3.safetensors")
+    ds = ar_core.data.load_image_folder(app_env / "folder")
+    with torch.no_grad():
+        t = model.trace(ar_core.inference.preprocess(ds.images, meta), flip=True)
+    y = ds.labels.numpy()
+    (_, arrays), = at.session_state["analyses"].values()
+    assert (arrays["pred"] == t.output.argmax(1).numpy()).mean() >= 0.9  # bf16 may flip a near tie, no more
+    for src, right in (("group1", "right"), ("group2", "wrong"), ("network", "right")):
+        at.selectbox(key="src_pick").set_value(src).run()
+        at.radio(key="src_right").set_value(right).run()
+        pred = arrays["net_pred"] if src == "network" else arrays[f"pred/{src}"]
+        assert _listed(at, f"{src} {right}") == set(np.nonzero((pred == y) == (right == "right"))[0]), (src, right)
+    assert (arrays["dominant"] == t.global_gates.argmax(1).numpy()).mean() >= 0.9
+    for j, src in enumerate(t.sources):
+        at.selectbox(key="dom_pick").set_value(src).run()
+        assert _listed(at, f"{src} dominant") == set(np.nonzero(arrays["dominant"] == j)[0]), src
+    rows = [r for r in at.dataframe if "rectified" in r.value.columns]
+    assert rows, "no per-class rectification table"
+    masks = {"rectified": (arrays["pred"] == y) & (arrays["net_pred"] != y),
+             "spoiled": (arrays["pred"] != y) & (arrays["net_pred"] == y)}
+    changed = [int(((masks["rectified"] | masks["spoiled"]) & (y == k)).sum()) for k in range(4)]
+    c = int(np.argmax(changed))
+    assert changed[c], "no class has a rectified or spoiled image: the lists below would be empty either way"
+    at.session_state["rect_table"] = {"selection": {"rows": [c], "columns": []}}  # click the class's row
+    at.run()
+    for outcome, mask in masks.items():
+        assert _listed(at, f"{outcome} {CLASSES[c]}") == set(np.nonzero(mask & (y == c))[0]), outcome
+
+
 def test_dataset_page_lists_where_baseline_and_attention_disagree(app_env):
     from ar_core.data import load_image_folder
     from ar_core.inference import predict_all
