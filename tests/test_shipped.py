@@ -6,6 +6,7 @@ import re
 import pytest
 import torch
 
+import ar_core
 import ar_core.card
 
 from ar_core.checkpoint import CHECKPOINT_DIR, SHIPPED, available_checkpoints, load_checkpoint
@@ -47,6 +48,54 @@ def test_shipped_checkpoint_loads_and_its_card_is_complete(name):
     with torch.no_grad():
         out = model(torch.zeros(2, 3, 32, 32))
     assert out.shape == (2, cfg["num_classes"]) and torch.isfinite(out).all()
+
+
+FINISHED_RUNS = sorted(p for p in (ROOT / "runs").glob("*.safetensors")  # finished v2 runs, to land as pairs
+                       if not p.name.endswith((".state.safetensors", ".history.safetensors")))
+
+
+def v2_card_problems(path) -> list[str]:
+    """What a retrained (v2) checkpoint's header, log and history get wrong; empty when all agree.
+
+    Every header key is one the trainer writes; the validation split names its images by content; no
+    path of the training machine is stored; the single-view figure is the last logged epoch's, of the
+    weights the file holds (the moving average, or the raw weights when they won); the history covers
+    every epoch."""
+    from test_train import TRAINER_META_KEYS, header_meta
+
+    meta, problems = header_meta(path), []
+    if set(meta) != TRAINER_META_KEYS:
+        problems.append(f"header keys differ from the trainer's: {sorted(set(meta) ^ TRAINER_META_KEYS)}")
+    split = meta.get("validation_split") or {}
+    if not (len(split.get("train_digest", "")) == len(split.get("index_digest", "")) == 64):
+        problems.append(f"the validation split records no content digests: {split}")
+    if "/root/" in json.dumps(meta) or "/home/" in json.dumps(meta):
+        problems.append("an absolute path of the training machine is stored")
+    log = [json.loads(line) for line in path.with_name(path.name + ".log.jsonl").read_text().splitlines()]
+    if [r["epoch"] for r in log] != list(range(1, meta["epochs_trained"] + 1)):
+        problems.append("the log does not hold each epoch once")
+    figure = log[-1].get("val_accuracy_raw" if meta.get("saved_weights") == "raw" else "val_accuracy")
+    by_tta = meta.get("val_accuracy_by_tta") or {"none": None}
+    if meta["val_accuracy_single_view"] != figure or by_tta["none"] != figure:
+        problems.append(f"single view {meta['val_accuracy_single_view']} is not the last epoch's {figure}")
+    if by_tta.get(meta["test_time_augmentation"]) != meta["val_accuracy"] or \
+            meta["val_accuracy"] != max(v for v in by_tta.values() if v is not None):
+        problems.append("the recorded augmentation is not the best measured one")
+    if not ar_core.history_path(path).is_file():
+        return [*problems, "no history beside it"]
+    history = ar_core.load_history(ar_core.history_path(path))
+    if history.epochs != list(range(1, meta["epochs_trained"] + 1)):
+        problems.append(f"the history holds epochs {history.epochs[:3]}…{history.epochs[-1:]}")
+    if path.stat().st_size + ar_core.history_path(path).stat().st_size > 12 * 2**20:
+        problems.append("checkpoint and history exceed 12 MB")
+    return problems
+
+
+@pytest.mark.parametrize("path", FINISHED_RUNS, ids=lambda p: p.stem)
+def test_finished_v2_runs_carry_complete_consistent_cards(path):
+    assert not v2_card_problems(path)
+    _, meta = load_checkpoint(path)  # and it loads
+    assert meta["recipe"]["epochs"] == meta["epochs_trained"] == 45 and meta["recipe"]["ema"] == 0.999
 
 
 def _paragraph(starting: str) -> str:
