@@ -21,6 +21,22 @@ def test_every_method_gives_an_input_sized_map(tiny_model, x, method):
     assert a.method == method and a.target == 2 and a.seconds >= 0
 
 
+def test_integrated_gradients_is_the_path_integral_of_the_gradient_from_zero(tiny_model, x):
+    """IG written out: x · Σ_i w_i ∂score/∂x at α_i·x, with Captum's default Gauss-Legendre nodes α_i and
+    weights w_i on [0, 1] and the all-zero baseline; |·| summed over RGB. Completeness ties the reference to
+    that path: its signed sum is score(x) − score(0) within 10 %, as the ReLU network's gradient jumps
+    along the path and 16 nodes leave a quadrature error (about 6 % here)."""
+    nodes, weights = np.polynomial.legendre.leggauss(16)
+    path = torch.cat([float(a) * x for a in (nodes + 1) / 2]).requires_grad_(True)
+    grad, = torch.autograd.grad(tiny_model(path)[:, 2].sum(), path)
+    signed = x[0] * (torch.tensor(weights / 2, dtype=torch.float32).view(-1, 1, 1, 1) * grad).sum(0)
+    with torch.no_grad():
+        gap = float(tiny_model(x)[0, 2] - tiny_model(torch.zeros_like(x))[0, 2])
+    assert abs(float(signed.sum()) - gap) < 0.1 * abs(gap)
+    got = attribute(tiny_model, x, 2, "integrated_gradients", ig_steps=16).map
+    np.testing.assert_allclose(got, signed.abs().sum(0).numpy(), rtol=1e-4, atol=1e-7)
+
+
 def test_saliency_is_the_gradient_of_the_fused_score(tiny_model, x):
     xi = x.clone().requires_grad_(True)
     tiny_model(xi)[0, 2].backward()
@@ -54,10 +70,17 @@ def test_gradcam_on_a_torchvision_stage():
     assert attribute(model, torch.randn(1, 3, 64, 64), 0, "gradcam", layer="layer3").map.shape == (64, 64)
 
 
-def test_noise_tunnel(tiny_model, x):
-    plain = attribute(tiny_model, x, 2, "saliency").map
-    smooth = attribute(tiny_model, x, 2, "saliency", noise_tunnel=True, nt_samples=4).map
-    assert smooth.shape == plain.shape and not np.allclose(smooth, plain)
+def test_noise_tunnel_is_the_mean_saliency_over_noisy_copies(tiny_model, x):
+    """SmoothGrad written out: the mean over 12 copies x + N(0, 0.15²) of |∂score/∂x|, summed over RGB.
+    Captum draws the noise from torch's global generator, so the same seed gives the same copies; 12
+    samples in batches of 8 also cover the smaller last batch."""
+    torch.manual_seed(7)
+    got = attribute(tiny_model, x, 2, "saliency", noise_tunnel=True, nt_samples=12).map
+    torch.manual_seed(7)
+    noisy = (x + 0.15 * torch.randn(12, 3, 32, 32)).requires_grad_(True)
+    grad, = torch.autograd.grad(tiny_model(noisy)[:, 2].sum(), noisy)
+    np.testing.assert_allclose(got, grad.abs().sum(1).mean(0).numpy(), rtol=1e-5, atol=1e-8)
+    assert not np.allclose(got, attribute(tiny_model, x, 2, "saliency").map, rtol=0.05)  # the noise matters
 
 
 def test_the_shared_model_is_never_hooked(tiny_model, x):

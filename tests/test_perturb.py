@@ -49,6 +49,12 @@ def test_clutter_places_the_shrunken_object_on_other_images():
         P.clutter(img, others, 0)
 
 
+def _accuracy(model, meta, images, labels):
+    """Fused accuracy by hand: one forward pass per image (the test checkpoints record no test-time views)."""
+    with torch.no_grad():
+        return float((model(ar_core.inference.preprocess(images, meta)).argmax(1) == labels).double().mean())
+
+
 def test_sweep_cli(tmp_path, monkeypatch):
     monkeypatch.setenv("AR_CACHE_DIR", str(tmp_path / "cache"))
     root = tmp_path / "data"
@@ -64,14 +70,30 @@ def test_sweep_cli(tmp_path, monkeypatch):
                 "--n", "6", "--out", str(out)])
     assert r["n"] == 6 and len(r["clutter"]["attention"]) == len(r["clutter"]["scales"])
     assert set(r["occlusion"]) == {"sizes", "attention", "baseline"}
-    # scale 1 and a 0-pixel square leave the images as they are: the plain accuracy, re-computed here
+    # Every point re-computed here with the sweep's randomness: the CLI's subset (seed 0) in its order, then
+    # the sweep's generator (seed 0) draws the clutter pool's order and the squares' centres; image i's
+    # clutter is seeded by i. Scale 1 and a 0-pixel square leave the images as they are.
     ds = ar_core.data.load_image_folder(root)
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))
+    images, labels = ds.images[idx], ds.labels[idx]
+    g = torch.Generator().manual_seed(0)
+    others = images[torch.randperm(len(idx), generator=g)]
+    centres = torch.randint(0, 32, (len(idx), 2), generator=g)
+    perturbed = {"clutter": lambda s: [P.clutter(img, others, s, seed=i) for i, img in enumerate(images)],
+                 "occlusion": lambda k: [P.occlude(img, int(c[0]) - k // 2, int(c[1]) - k // 2, k)
+                                         for img, c in zip(images, centres)]}
+    moved = set()
     for name, key in (("att", "attention"), ("base", "baseline")):
         model, meta = ar_core.load_checkpoint(paths[name])
-        with torch.no_grad():
-            plain = float((model(ar_core.inference.preprocess(ds.images, meta)).argmax(1) == ds.labels).double().mean())
+        plain = _accuracy(model, meta, images, labels)
         assert r["clutter"]["scales"][0] == 1.0 and r["occlusion"]["sizes"][0] == 0
         assert r["clutter"][key][0] == r["occlusion"][key][0] == pytest.approx(plain), key
+        for kind, axis in (("clutter", "scales"), ("occlusion", "sizes")):
+            for s, reported in zip(r[kind][axis][1:], r[kind][key][1:]):
+                want = _accuracy(model, meta, torch.stack(perturbed[kind](s)), labels)
+                assert reported == pytest.approx(want), (key, kind, s)
+                moved |= {kind} if want != plain else set()
+    assert moved == {"clutter", "occlusion"}  # each sweep moves off the plain accuracy somewhere: the check bites
     assert json.loads((out / "perturbation.json").read_text()) == r
     assert (out / "perturbation.png").stat().st_size > 1000
 
