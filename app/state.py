@@ -127,6 +127,13 @@ def tta_note(meta: dict) -> str | None:
             f"{own.views // used.views}x sooner. Choose {own.name} in the sidebar for the checkpoint's own figures.")
 
 
+def dataset_image_name(ds_key: str, index: int) -> str:
+    """How image ``index`` of a data set is named on screen and in exports: a folder by its own name,
+    never by its path on the server (a data-set key holds the path, to tell folders apart)."""
+    kind, _, where = ds_key.partition(":")
+    return f"{kind}:{Path(where).name}#{index}" if kind == "folder" else f"{ds_key}#{index}"
+
+
 def result_key(res: dict) -> tuple:
     """What a cached result for the inspected image depends on: the model input's pixels (the image's content
     after the fit), the checkpoint, the device and the test-time augmentation. Never the file name: every camera

@@ -612,11 +612,13 @@ def test_home_folder_and_root_paths_only_on_loopback(app_env, monkeypatch, addre
         assert not at.exception and not _errors(at)  # AR_IMAGE_FOLDER is readable either way
         shown = " ".join(c.value for c in at.sidebar.caption) + at.text_input(key="folder").value
         browsable = any("true label" in c.value for c in at.caption)
+        named = at.session_state["result"]["name"]  # on screen and in exports
         at.text_input(key="folder").input(str(app_env / "private")).run()
         refused = [e for e in _errors(at) if e.startswith("Refused")]
     finally:
         config.set_option("server.address", before)
     assert browsable  # the operator's folder is offered on either address
+    assert named == "folder:folder#0"  # the folder's own name: never its path on the server
     if address == "127.0.0.1":
         assert str(app_env) in shown and not refused
     else:

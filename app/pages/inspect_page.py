@@ -78,7 +78,7 @@ def _dataset_browser(model, meta, size: int, ckpt_key: tuple):
     img = Image.fromarray(ds.images[i].permute(1, 2, 0).numpy())
     label = int(labels[i])
     st.caption(f"Image #{i} · true label: **{ds.classes[label]}**")
-    return [(f"{ds_key}#{i}", img, label)]
+    return [(state.dataset_image_name(ds_key, i), img, label)]
 
 
 def render():
