@@ -7,6 +7,7 @@ from typing import Callable
 import streamlit as st
 
 from app import figures_v2, state
+from ar_core.inference import to_hwc
 
 MEAN_SAMPLE = 128  # images averaged for the mean maps (on request: a model run over each)
 
@@ -57,7 +58,7 @@ def head_atlas(model, meta, ds, r: dict, store_key: tuple, open_image: Callable[
         cache[key] = atlas.head_maps(model, ds.images, meta, indices, layer, k, tta=aug)
     maps = cache[key]
     n = len(h["top_indices"])
-    images = ds.images[h["top_indices"] + h["bottom_indices"]].permute(0, 2, 3, 1).numpy()
+    images = to_hwc(ds.images[h["top_indices"] + h["bottom_indices"]])
     overlays = figures_v2.map_overlays(images, maps)
     _grid(ds, h["top_indices"], h["top_gates"], overlays[:n], classes,
           f"{layer} head {k + 1}: highest confidence gate", open_image, "top")

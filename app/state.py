@@ -49,7 +49,7 @@ def warm_up(model, meta: dict) -> None:
     trace, classes = ins.trace, ins.classes
     built = [figures.prediction_figure(trace, 0, classes)]
     if trace.layers:
-        figures.overlay_panels(x[0].permute(1, 2, 0).numpy(), trace, 0, 0.55, "jet")
+        figures.overlay_panels(inference.to_hwc(x[0]), trace, 0, 0.55, "jet")
         built += [figures.confidence_gates_figure(trace, 0, classes), figures.attention_heatmap(trace, 0, 0, 0, classes),
                   figures.global_gates_figure(trace, 0), figures.contributions_figure(trace, 0, classes, [0])]
     for fig in built:

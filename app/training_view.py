@@ -11,6 +11,7 @@ import streamlit as st
 from app import figures_training as ft
 from app import state
 from ar_core.history import traced_other_weights
+from ar_core.inference import to_hwc
 
 
 def render(source: str, key: str, dataset=None, dataset_key: str | None = None) -> None:
@@ -48,7 +49,7 @@ def _explorer(history, images, key: str) -> None:
         st.info("This is a baseline (AD = 0): it has no attention maps or gates; its answers and accuracy are "
                 "shown per epoch below.")
     else:
-        image = images[probe].permute(1, 2, 0).numpy() if images is not None else None
+        image = to_hwc(images[probe]) if images is not None else None
         st.pyplot(ft.probe_maps_figure(history, probe, epoch, image), dpi=110, width="content")
     c3, c4 = st.columns(2)
     c3.plotly_chart(ft.probe_belief_curves(history, probe, epoch), key=f"{key}_belief")

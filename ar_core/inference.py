@@ -98,6 +98,11 @@ def to_uint8(img) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
+def to_hwc(images: torch.Tensor) -> np.ndarray:
+    """uint8 (3, H, W) or (B, 3, H, W) → (H, W, 3) or (B, H, W, 3) array, as the app keeps and shows images."""
+    return images.movedim(-3, -1).numpy()
+
+
 def from_hwc(image: np.ndarray) -> torch.Tensor:
     """An (H, W, 3) uint8 array, as the app keeps and shows images → a (1, 3, H, W) uint8 batch."""
     return torch.from_numpy(np.ascontiguousarray(image, dtype=np.uint8)).permute(2, 0, 1).unsqueeze(0)

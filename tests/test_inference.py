@@ -227,3 +227,11 @@ def test_outcome_masks_name_each_pair_of_verdicts(as_array):
     assert got == {"correct": [True, True, False, False], "wrong": [False, False, True, True],
                    "rectified": [False, True, False, False], "spoiled": [False, False, True, False],
                    "network right": [True, False, True, False]}
+
+
+def test_to_hwc_undoes_from_hwc_for_one_image_and_a_batch():
+    image = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    batch = I.from_hwc(image)
+    assert batch.shape == (1, 3, 5, 7)
+    np.testing.assert_array_equal(I.to_hwc(batch[0]), image)
+    np.testing.assert_array_equal(I.to_hwc(batch)[0], image)

@@ -8,7 +8,7 @@ import streamlit as st
 from app import atlas_views, figures, gate_views, share, sidebar, state, training_view
 from ar_core.analyze import DEFAULT_FAITHFULNESS_IMAGES, dominant_source
 from ar_core.evaluate import ClassMismatchError
-from ar_core.inference import filter_indices
+from ar_core.inference import filter_indices, to_hwc
 
 
 def _run(model, meta, ds, n_faith: int, methods: list[str]):
@@ -48,7 +48,7 @@ def _image_list(ds, indices: np.ndarray, classes, arrays, title: str, pred: np.n
     cols = st.columns(8)
     for j, i in enumerate(indices[:24]):
         with cols[j % 8]:
-            st.image(ds.images[i].permute(1, 2, 0).numpy(), width=64,
+            st.image(to_hwc(ds.images[i]), width=64,
                      caption=caption(i) if caption else f"#{i} {classes[int(ds.labels[i])]}→{classes[int(shown[i])]}")
             st.button("Inspect", key=f"open_{title}_{i}", on_click=_open_in_inspector, args=(int(i),))
 

@@ -11,7 +11,7 @@ import streamlit as st
 from app import figures, gate_views, samples, sanity_views, share, sidebar, state, training_view, walk_views, widgets
 from app.pages.about import EQUATIONS
 from ar_core.inference import (OUTCOMES, ImageError, ablate, filter_indices, fit_image, from_hwc, image_digest,
-                               load_image, rectification, to_uint8, topk, trace_to_json, trace_to_npz)
+                               load_image, rectification, to_hwc, to_uint8, topk, trace_to_json, trace_to_npz)
 from ar_core.tta import TTA
 
 CMAPS = ["jet", "viridis", "inferno", "magma", "gray"]
@@ -75,7 +75,7 @@ def _dataset_browser(model, meta, size: int, ckpt_key: tuple):
     i = int(idx[pos])
     from PIL import Image
 
-    img = Image.fromarray(ds.images[i].permute(1, 2, 0).numpy())
+    img = Image.fromarray(to_hwc(ds.images[i]))
     label = int(labels[i])
     st.caption(f"Image #{i} · true label: **{ds.classes[label]}**")
     return [(state.dataset_image_name(ds_key, i), img, label)]
@@ -111,7 +111,7 @@ def render():
         x = to_uint8(fit_image(original, size, fit)).unsqueeze(0)
         digest = image_digest(x)  # what the model sees: the file's content after the fit
         result = state.cached_inspection(model, meta, (digest, fit, path, device), x)
-        st.session_state["result"] = {"name": name, "image": x[0].permute(1, 2, 0).numpy(), "ins": result,
+        st.session_state["result"] = {"name": name, "image": to_hwc(x[0]), "ins": result,
                                       "digest": digest, "fit": fit, "tta": result.trace.augmentation,
                                       "label": true_label, "path": path, "device": device,
                                       "wall_ms": (time.perf_counter() - t0) * 1000, "source": source,

@@ -6,7 +6,7 @@ import streamlit as st
 
 from app import figures, samples, state, widgets
 from ar_core import perturb as P
-from ar_core.inference import from_hwc, image_digest, rectification, topk
+from ar_core.inference import from_hwc, image_digest, rectification, to_hwc, topk
 
 
 def _perturbation() -> P.Perturbation:
@@ -52,7 +52,7 @@ def render():
     classes = ins.classes
     model, meta = state.get_model(res["path"], res["device"])
     now = state.cached_inspection(model, meta, (f"lab-{digest}", "lab", res["path"], res["device"]), x[None])
-    image = x.permute(1, 2, 0).numpy()
+    image = to_hwc(x)
     c1, c2, c3 = st.columns([1, 2, 2])
     c1.image(image, caption="perturbed input", width=160)
     before, after = topk(ins.trace.output[0], classes, 1)[0], topk(now.trace.output[0], classes, 1)[0]
