@@ -172,11 +172,8 @@ def rectification(trace: Trace, i: int, label: int | None = None) -> str:
     fused = int(trace.output[i].argmax())
     if label is None:
         return "changed" if net != fused else "agrees"
-    if net != label and fused == label:
-        return "rectified"
-    if net == label and fused != label:
-        return "spoiled"
-    return "both right" if fused == label else "both wrong"
+    verdicts = {k: bool(v) for k, v in outcome_masks(np.asarray(label), np.asarray(fused), np.asarray(net)).items()}
+    return next((k for k in ("rectified", "spoiled") if verdicts[k]), "both right" if verdicts["correct"] else "both wrong")
 
 
 def ablate(trace: Trace, sources_on: Sequence[bool], heads_on: Sequence[Sequence[bool]] | None = None) -> torch.Tensor:

@@ -135,21 +135,12 @@ def apply(img: torch.Tensor, p: Perturbation, others: torch.Tensor | None = None
     return x
 
 
-@torch.inference_mode()
 def accuracy(model, images: torch.Tensor, labels: torch.Tensor, meta: dict, batch_size: int = 250) -> dict:
     """Fused and network-only accuracy on uint8 images (with the checkpoint's test-time augmentation)."""
-    from .inference import preprocess
-    from .tta import of_checkpoint
+    from .inference import predict_all
 
-    aug = of_checkpoint(meta)
-
-    fused = net = 0
-    for i in range(0, len(labels), batch_size):
-        t = model.trace(preprocess(images[i:i + batch_size], meta), flip=aug.flip, shift=aug.shift)
-        y = labels[i:i + batch_size]
-        fused += int((t.output.argmax(1) == y).sum())
-        net += int((t.net_output.argmax(1) == y).sum())
-    return {"fused": fused / len(labels), "network": net / len(labels)}
+    preds, y = predict_all(model, images, meta, batch_size=batch_size), labels.numpy()
+    return {"fused": float((preds["fused"] == y).mean()), "network": float((preds["net"] == y).mean())}
 
 
 def sweep(models: dict[str, tuple], images: torch.Tensor, labels: torch.Tensor,

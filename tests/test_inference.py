@@ -155,7 +155,16 @@ def test_topk_and_rectification(traced):
     assert top[0][2] == int(traced.output[0].argmax())
     net, fused = int(traced.net_output[0].argmax()), int(traced.output[0].argmax())
     assert I.rectification(traced, 0) == ("agrees" if net == fused else "changed")
-    assert I.rectification(traced, 0, fused) in ("rectified", "both right")
+
+
+def test_rectification_names_each_pair_of_verdicts():
+    """Image i's network answer is class (1, 0, 0, 1)[i], its fused answer class (0, 1, 0, 1)[i]; the label is 0."""
+    from types import SimpleNamespace
+
+    one_hot = torch.eye(3)
+    trace = SimpleNamespace(net_output=one_hot[[1, 0, 0, 1]], output=one_hot[[0, 1, 0, 1]])
+    assert [I.rectification(trace, i, 0) for i in range(4)] == ["rectified", "spoiled", "both right", "both wrong"]
+    assert [I.rectification(trace, i) for i in range(4)] == ["changed", "changed", "agrees", "agrees"]
 
 
 def test_filter_indices():
