@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .attention import fuse
 from .data import normalize
 from .model import LAYER_FIELDS, AttendAndRectify, Trace
 from .tta import TTALike
@@ -204,9 +205,7 @@ def ablate(trace: Trace, sources_on: Sequence[bool], heads_on: Sequence[Sequence
     scores.append(trace.net_output)
     on = torch.tensor(sources_on, dtype=torch.float32)
     gates = trace.global_gates * on
-    gates = gates / gates.sum(1, keepdim=True)
-    logp = F.log_softmax(torch.stack(scores, 1), dim=2)
-    return (gates.unsqueeze(2) * logp).sum(1)
+    return fuse(gates / gates.sum(1, keepdim=True), torch.stack(scores, 1))  # [6] over the sources left on
 
 
 def trace_arrays(trace: Trace, i: int | None = None) -> dict[str, np.ndarray]:
