@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ar_core.attribution import unit_range
 from ar_core.inference import probabilities
 from ar_core.model import Trace
 
@@ -29,6 +30,15 @@ def upsample(maps: torch.Tensor, size: int) -> np.ndarray:
     x = maps.reshape(-1, 1, *maps.shape[-2:]).float()
     x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     return x.reshape(*lead, size, size).numpy()
+
+
+def blend(images: np.ndarray, maps: np.ndarray, alpha: float, cmap: str) -> np.ndarray:
+    """RGB uint8 overlays: each map (rescaled to [0, 1]) colour-mapped and blended over its image, both
+    already at the display size; ``images`` (..., H, W, 3) broadcasts against ``maps`` (..., H, W)."""
+    import matplotlib
+
+    heat = matplotlib.colormaps[cmap](unit_range(maps))[..., :3] * 255.0
+    return ((1 - alpha) * np.asarray(images, dtype=np.float32) + alpha * heat).clip(0, 255).astype(np.uint8)
 
 
 def attention_grid(image: np.ndarray, trace: Trace, i: int, classes: Sequence[str], alpha: float = 0.6,
@@ -57,9 +67,7 @@ def attention_grid(image: np.ndarray, trace: Trace, i: int, classes: Sequence[st
         for k in range(cols):
             ax = axes[r][k]
             ax.imshow(big)
-            m = maps[k]
-            m = (m - m.min()) / (m.max() - m.min() + 1e-12)
-            ax.imshow(m, cmap=cmap, alpha=alpha, vmin=0, vmax=1)
+            ax.imshow(unit_range(maps[k]), cmap=cmap, alpha=alpha, vmin=0, vmax=1)
             top = int(layer.head_hypotheses[i, k].argmax())
             gate = float(layer.confidence_gates[i, k])
             ax.set_title(f"{classes[top]}\ng={gate:.2f}", fontsize=9)
@@ -77,20 +85,10 @@ def overlay_panels(image: np.ndarray, trace: Trace, i: int, alpha: float = 0.6, 
     The fast path for the page (no figure rendering); ``attention_grid`` draws the same panels as
     one matplotlib figure for export.
     """
-    import matplotlib
     from PIL import Image
 
-    lut = matplotlib.colormaps[cmap]
-    base = np.asarray(Image.fromarray(image).resize((display_size, display_size), Image.BICUBIC), dtype=np.float32)
-    panels = []
-    for layer in trace.layers:
-        maps = upsample(layer.attention_maps[i], display_size)
-        lo = maps.min(axis=(1, 2), keepdims=True)
-        hi = maps.max(axis=(1, 2), keepdims=True)
-        heat = lut((maps - lo) / (hi - lo + 1e-12))[..., :3] * 255.0
-        blended = (1 - alpha) * base[None] + alpha * heat
-        panels.append([p for p in blended.clip(0, 255).astype(np.uint8)])
-    return panels
+    base = np.asarray(Image.fromarray(image).resize((display_size, display_size), Image.BICUBIC))
+    return [list(blend(base, upsample(layer.attention_maps[i], display_size), alpha, cmap)) for layer in trace.layers]
 
 
 def attention_heatmap(trace: Trace, i: int, layer: int, head: int, classes: Sequence[str]):
@@ -214,9 +212,7 @@ def attribution_figure(image: np.ndarray, attention: dict[str, np.ndarray], attr
     axes[0].imshow(big)
     axes[0].set_title("input", fontsize=9)
     for ax, (title, m) in zip(axes[1:], panels):
-        m = np.asarray(m, dtype=np.float64)
-        m = (m - m.min()) / (m.max() - m.min() + 1e-12)
-        ax.imshow(m, cmap=cmap, vmin=0, vmax=1)
+        ax.imshow(unit_range(m), cmap=cmap, vmin=0, vmax=1)
         ax.set_title(title, fontsize=9)
     for ax in axes:
         ax.set_xticks([])

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from app.figures import SOURCE_COLORS
+from ar_core.attribution import unit_range
 
 
 def _saturation_bands(fig, threshold: float, lo: float, hi: float, **where):
@@ -77,10 +78,8 @@ def sanity_strip_figure(image: np.ndarray, stages: Sequence[str], maps: dict[str
         axes[r][0].imshow(image)
         axes[r][0].set_ylabel(method.replace("_", " "), fontsize=8)
         for c, m in enumerate(per_stage, start=1):
-            m = np.asarray(m, dtype=float)
-            span = m.max() - m.min()
             axes[r][c].imshow(image)
-            axes[r][c].imshow((m - m.min()) / span if span > 0 else np.zeros_like(m), cmap=cmap, alpha=0.6,
+            axes[r][c].imshow(unit_range(m), cmap=cmap, alpha=0.6,
                               vmin=0, vmax=1, extent=(-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5))
     for c, title in enumerate(["input", *stages]):
         axes[0][c].set_title(title if c < 2 else f"+ {title}", fontsize=8)
@@ -110,18 +109,12 @@ def sanity_curve_figure(stages: Sequence[str], scores: dict[str, dict[str, list[
 
 def map_overlays(images: np.ndarray, maps, alpha: float = 0.55, cmap: str = "jet", size: int = 96) -> list[np.ndarray]:
     """RGB uint8 panels: each (h, w) map, bilinear-upsampled and rescaled, blended over its (H, W, 3) image."""
-    import matplotlib
     from PIL import Image
 
-    from app.figures import upsample
+    from app.figures import blend, upsample
 
-    lut = matplotlib.colormaps[cmap]
-    up = upsample(maps, size)
-    lo, hi = up.min(axis=(1, 2), keepdims=True), up.max(axis=(1, 2), keepdims=True)
-    heat = lut((up - lo) / (hi - lo + 1e-12))[..., :3] * 255.0
-    base = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC), dtype=np.float32)
-                     for im in images])
-    return list(((1 - alpha) * base + alpha * heat).clip(0, 255).astype(np.uint8))
+    base = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC)) for im in images])
+    return list(blend(base, upsample(maps, size), alpha, cmap))
 
 
 def mean_maps_figure(means: dict, layer: str):

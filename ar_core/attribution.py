@@ -145,6 +145,15 @@ def compare_maps(baseline: AttendAndRectify, base_trace: Trace, base_x: torch.Te
             "attention: Grad-CAM": attribute(attentive, att_x, a_pred, "gradcam").map}
 
 
+def unit_range(maps) -> np.ndarray:
+    """Each map (the last two axes) rescaled to [0, 1], its minimum to 0 and maximum to 1; a constant map
+    becomes zeros. How maps are compared by eye (overlays) and by SSIM, whatever their own scale."""
+    m = np.asarray(maps, dtype=np.float64)
+    lo, hi = m.min(axis=(-2, -1), keepdims=True), m.max(axis=(-2, -1), keepdims=True)
+    span = hi - lo
+    return np.divide(m - lo, span, out=np.zeros_like(m), where=span > 0)
+
+
 def _ranks(v: np.ndarray) -> np.ndarray:
     order = np.argsort(v, kind="stable")
     ranks = np.empty(len(v), dtype=np.float64)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attribution import attribute, gated_attention, spearman
+from .attribution import attribute, gated_attention, spearman, unit_range
 from .model import AttendAndRectify
 from .wrn import WideResNet
 
@@ -57,15 +57,9 @@ def ssim(a: np.ndarray, b: np.ndarray, window: int = 11, sigma: float = 1.5) -> 
     return float(s.mean())
 
 
-def _unit(m: np.ndarray) -> np.ndarray:
-    m = np.asarray(m, dtype=np.float64)
-    span = m.max() - m.min()
-    return (m - m.min()) / span if span > 0 else np.zeros_like(m)
-
-
 def similarity(original: np.ndarray, other: np.ndarray) -> dict[str, float]:
     """Spearman rank correlation (NaN if either map is constant) and SSIM of maps rescaled to [0, 1]."""
-    return {"spearman": spearman(original, other), "ssim": ssim(_unit(original), _unit(other))}
+    return {"spearman": spearman(original, other), "ssim": ssim(unit_range(original), unit_range(other))}
 
 
 # ---------------------------------------------------------------- the cascade

@@ -168,3 +168,10 @@ def test_occlusion_is_the_mean_score_drop_of_the_windows_covering_a_pixel(tiny_m
     want = 3 * (total / count).abs()
     got = attribute(tiny_model, x, 2, "occlusion").map
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_unit_range_rescales_each_map_on_its_own():
+    from ar_core.attribution import unit_range
+
+    maps = np.array([[[1.0, 3.0], [5.0, 9.0]], [[2.0, 2.0], [2.0, 2.0]]])  # a ramp and a constant map
+    np.testing.assert_allclose(unit_range(maps), [[[0, 0.25], [0.5, 1]], [[0, 0], [0, 0]]])

@@ -97,3 +97,16 @@ def test_heatmap_and_attribution_figure(traced):
     np.testing.assert_allclose(np.asarray(hm.data[0].z), t.layers[1].attention_maps[0, 1].numpy())
     fig = figures.attribution_figure(image, {"group3": np.random.rand(32, 32)}, {"Saliency": np.random.rand(32, 32)})
     assert len(fig.get_axes()) == 3
+
+
+def test_blend_mixes_each_rescaled_map_over_its_image():
+    import matplotlib
+
+    image = np.full((2, 2, 3), 100, dtype=np.uint8)
+    maps = np.array([[[0.0, 1.0], [2.0, 4.0]], [[5.0, 5.0], [5.0, 5.0]]])
+    np.testing.assert_array_equal(figures.blend(image, maps, 0.0, "gray"), np.broadcast_to(image, (2, 2, 2, 3)))
+    top = figures.blend(image, maps, 1.0, "jet")
+    want = (matplotlib.colormaps["jet"](np.array([[0, 0.25], [0.5, 1]]))[..., :3] * 255).astype(np.uint8)
+    np.testing.assert_array_equal(top[0], want)
+    half = figures.blend(image, maps, 0.5, "gray")[1]  # a constant map is 0 everywhere: black at half strength
+    np.testing.assert_array_equal(half, np.full((2, 2, 3), 50, dtype=np.uint8))
