@@ -491,6 +491,21 @@ def test_perturbation_lab(app_env):
     assert not at.exception
     assert len(at.session_state["traces"]) > calls  # each new perturbation was traced
     assert "was " + before in at.metric[0].delta
+    # what is shown is the model's answer on the image perturbed as the controls say, re-done here
+    from ar_core import perturb as P
+    from ar_core.inference import from_hwc, image_digest, preprocess
+    from ar_core.tta import of_checkpoint
+
+    ss = at.session_state
+    x = P.apply(from_hwc(ss["result"]["image"])[0],
+                P.Perturbation(occlusion=(ss["lab_ox"], ss["lab_oy"], 12), shift=(3, 0), clutter_scale=0.5, noise=0.1,
+                               brightness=0.2, contrast=1.5))  # no data set browsed: the image's own tiles
+    assert any(k[0] == f"lab-{image_digest(x)}" for k in ss["traces"])
+    model, meta = ar_core.load_checkpoint(app_env / "tiny-ad3.safetensors")
+    aug = of_checkpoint(meta)
+    with torch.no_grad():
+        out = model.trace(preprocess(x[None], meta), flip=aug.flip, shift=aug.shift).output[0]
+    assert at.metric[0].value == CLASSES[int(out.argmax())]
     assert any("No baseline" in i.value for i in at.info)
 
 
