@@ -85,7 +85,8 @@ def _open_dataset(kind: str, size: int):
             return None, None
         try:
             real = resolve_under(path, roots)
-            return state.load_folder(str(real), size), f"folder:{real}"
+            signature = state.folder_signature(str(real))  # every result from the folder is keyed by it too
+            return state.load_folder(str(real), size, signature), f"folder:{real}@{signature}"
         except PermissionError as e:
             st.error(f"Refused: {e}" if loopback else "Refused: this folder is not among those the operator "
                      "allowed this server to read (AR_DATA_ROOTS).")

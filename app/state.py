@@ -131,7 +131,7 @@ def dataset_image_name(ds_key: str, index: int) -> str:
     """How image ``index`` of a data set is named on screen and in exports: a folder by its own name,
     never by its path on the server (a data-set key holds the path, to tell folders apart)."""
     kind, _, where = ds_key.partition(":")
-    return f"{kind}:{Path(where).name}#{index}" if kind == "folder" else f"{ds_key}#{index}"
+    return f"{kind}:{Path(where.rpartition('@')[0]).name}#{index}" if kind == "folder" else f"{ds_key}#{index}"
 
 
 def result_key(res: dict) -> tuple:
@@ -156,9 +156,18 @@ def cached_inspection(model, meta, key: tuple, images: torch.Tensor) -> Inspecti
 DATASET_ENV = "AR_IMAGE_FOLDER"
 
 
+@st.cache_data(ttl=5, show_spinner=False)
+def folder_signature(path: str) -> str:
+    """:func:`ar_core.data.folder_signature`, looked at most every few seconds (it stats every file)."""
+    from ar_core.data import folder_signature as signature
+
+    return signature(path)
+
+
 @st.cache_resource(show_spinner="Reading images…", max_entries=4)
-def load_folder(path: str, size: int):
-    """An ImageFolder directory as uint8 tensors, shared by all sessions (read-only)."""
+def load_folder(path: str, size: int, signature: str):
+    """An ImageFolder directory as uint8 tensors, shared by all sessions (read-only); ``signature``
+    (:func:`folder_signature`) makes a changed folder a new entry."""
     from ar_core.data import load_image_folder
 
     return load_image_folder(path, size)

@@ -169,6 +169,21 @@ def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 4, cuto
     return out.to(torch.uint8)
 
 
+def folder_signature(root: str | Path) -> str:
+    """A cheap fingerprint of a folder's files (relative paths, sizes, modification times), read from
+    their metadata alone: whatever is cached from the folder's images is keyed by it, so a folder changed
+    while a server runs is read again instead of being matched with stale results."""
+    root = Path(root)
+    h = hashlib.sha256()
+    for where, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(where) / name
+            info = path.stat()
+            h.update(f"{path.relative_to(root)}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
 def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
     """uint8 (B, 3, H, W) → float, scaled to [0, 1] and standardised per channel."""
     mean = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)

@@ -272,6 +272,29 @@ def test_dataset_browser_filters(app_env):
     assert not at.exception and at.metric
 
 
+def test_a_folder_changed_while_the_app_runs_is_read_again(app_env):
+    """Images added to the browsed folder: the browser lists them, and the outcome filter judges them
+    (the images and the predictions were cached under the folder's path alone)."""
+    import time
+
+    at = _start()
+    at.radio(key="source").set_value("Dataset").run()
+    at.selectbox(key="dataset_kind").set_value("ImageFolder directory").run()
+    assert at.number_input(key="browse_pos").max == 11  # 12 images
+    at.selectbox(key="browse_outcome").set_value("correct").run()  # predictions for the 12, cached
+    for c, name in enumerate(CLASSES):
+        (app_env / "folder" / name / "new.png").write_bytes(_png(100 + c, (32, 32)))
+    time.sleep(6)  # the folder's signature is looked at every few seconds
+    at.run()
+    assert not at.exception and not _errors(at)
+    model, meta = ar_core.load_checkpoint(app_env / "tiny-ad3.safetensors")
+    ds = ar_core.data.load_image_folder(app_env / "folder")
+    right = int((ar_core.inference.predict_all(model, ds.images, meta)["fused"] == ds.labels.numpy()).sum())
+    assert len(ds) == 16 and at.number_input(key="browse_pos").label == f"Image ({right} match)"
+    at.selectbox(key="browse_outcome").set_value("all").run()
+    assert at.number_input(key="browse_pos").max == 15
+
+
 def test_dataset_browser_without_data(app_env, monkeypatch):
     monkeypatch.delenv("AR_IMAGE_FOLDER")
     at = _start()

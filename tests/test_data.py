@@ -294,3 +294,18 @@ def test_is_loopback(address, loopback):
     from ar_core.data import is_loopback
 
     assert is_loopback(address) is loopback
+
+
+def test_folder_signature_follows_names_sizes_and_times(tmp_path):
+    import os
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "1.png").write_bytes(b"x" * 10)
+    first = D.folder_signature(tmp_path)
+    assert D.folder_signature(tmp_path) == first  # nothing changed
+    os.utime(tmp_path / "a" / "1.png", ns=(1, 1))
+    touched = D.folder_signature(tmp_path)
+    (tmp_path / "a" / "1.png").rename(tmp_path / "a" / "2.png")
+    renamed = D.folder_signature(tmp_path)
+    (tmp_path / "a" / "3.png").write_bytes(b"y")
+    assert len({first, touched, renamed, D.folder_signature(tmp_path)}) == 4
