@@ -170,17 +170,16 @@ def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 4, cuto
 
 
 def folder_signature(root: str | Path) -> str:
-    """A cheap fingerprint of a folder's files (relative paths, sizes, modification times), read from
-    their metadata alone: whatever is cached from the folder's images is keyed by it, so a folder changed
-    while a server runs is read again instead of being matched with stale results."""
+    """A cheap fingerprint of a folder tree: each directory's relative path, modification time and
+    number of entries (adding, removing or renaming a file changes its directory's time), from metadata
+    alone. Whatever is cached from the folder's images is keyed by it, so a folder changed while a server
+    runs is read again instead of being matched with stale results; a file overwritten in place under
+    the same name is not noticed."""
     root = Path(root)
     h = hashlib.sha256()
     for where, dirs, files in os.walk(root):
         dirs.sort()
-        for name in sorted(files):
-            path = Path(where) / name
-            info = path.stat()
-            h.update(f"{path.relative_to(root)}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+        h.update(f"{Path(where).relative_to(root)}\0{os.stat(where).st_mtime_ns}\0{len(files)}\n".encode())
     return h.hexdigest()[:16]
 
 

@@ -296,16 +296,19 @@ def test_is_loopback(address, loopback):
     assert is_loopback(address) is loopback
 
 
-def test_folder_signature_follows_names_sizes_and_times(tmp_path):
+def test_folder_signature_follows_added_removed_and_renamed_files(tmp_path):
     import os
 
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "1.png").write_bytes(b"x" * 10)
     first = D.folder_signature(tmp_path)
     assert D.folder_signature(tmp_path) == first  # nothing changed
-    os.utime(tmp_path / "a" / "1.png", ns=(1, 1))
-    touched = D.folder_signature(tmp_path)
-    (tmp_path / "a" / "1.png").rename(tmp_path / "a" / "2.png")
-    renamed = D.folder_signature(tmp_path)
-    (tmp_path / "a" / "3.png").write_bytes(b"y")
-    assert len({first, touched, renamed, D.folder_signature(tmp_path)}) == 4
+    seen = {first}
+    for change in (lambda: (tmp_path / "a" / "1.png").rename(tmp_path / "a" / "2.png"),
+                   lambda: (tmp_path / "a" / "3.png").write_bytes(b"y"),
+                   lambda: (tmp_path / "a" / "2.png").unlink(),
+                   lambda: (tmp_path / "b").mkdir()):
+        change()
+        os.utime(tmp_path / "a", ns=(len(seen), len(seen)))  # a distinct time even on coarse clocks
+        seen.add(D.folder_signature(tmp_path))
+    assert len(seen) == 5
