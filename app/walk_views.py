@@ -64,7 +64,8 @@ def on_original(res: dict, trace, classes: list[str]):
         return
     if not st.toggle("Show the maps on the original photo", key="on_photo",
                      help="The same maps, upsampled bilinearly onto the part of your photo the model saw "
-                          "(up to 512 pixels), instead of onto the 32x32 model input."):
+                          f"(up to 512 pixels), instead of onto the {len(res['image'])}x{len(res['image'])} "
+                          "model input."):
         return
     from ar_core.photo import model_view
 
