@@ -156,8 +156,8 @@ def global_gates_figure(trace: Trace, i: int):
                            marker_color=[SOURCE_COLORS[j % 6] for j in range(len(g))],
                            text=[f"{v:.2f}" for v in g], textposition="outside",
                            hovertemplate="%{x}: g_O=%{y:.3f}<extra></extra>"))
-    fig.update_layout(yaxis=dict(range=[0, 1.1], title="global gate g_O"), height=300,
-                      margin=dict(l=10, r=10, t=30, b=10))
+    title = "global gate g_O" if not trace.views else f"g_O, mean over {len(trace.views)} views"
+    fig.update_layout(yaxis=dict(range=[0, 1.1], title=title), height=300, margin=dict(l=10, r=10, t=30, b=10))
     return fig
 
 

@@ -89,6 +89,11 @@ def test_contributions_under_flip_are_labelled_as_the_mean_of_the_views(tiny_mod
     gate = (own.global_gates + mirror.global_gates)[0] / 2
     logp = torch.stack([v.contributions[0, :, 2] / v.global_gates[0] for v in (own, mirror)]).mean(0)
     assert not np.allclose(terms, (gate * logp).numpy(), atol=1e-6)
+    # the global gates shown are the views' mean, and say so
+    assert figures.global_gates_figure(single, 0).layout.yaxis.title.text == "global gate g_O"
+    gg = figures.global_gates_figure(flipped, 0)
+    assert gg.layout.yaxis.title.text == "g_O, mean over 2 views"
+    np.testing.assert_allclose(gg.data[0].y, gate.numpy(), atol=1e-6)
 
 
 def test_heatmap_and_attribution_figure(traced):
