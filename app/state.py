@@ -158,7 +158,7 @@ DATASET_ENV = "AR_IMAGE_FOLDER"
 
 @st.cache_data(ttl=5, show_spinner=False)
 def folder_signature(path: str) -> str:
-    """:func:`ar_core.data.folder_signature`, looked at most every few seconds (it stats every file)."""
+    """:func:`ar_core.data.folder_signature`, looked at most every few seconds (it lists every directory)."""
     from ar_core.data import folder_signature as signature
 
     return signature(path)

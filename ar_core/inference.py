@@ -173,8 +173,12 @@ def rectification(trace: Trace, i: int, label: int | None = None) -> str:
     fused = int(trace.output[i].argmax())
     if label is None:
         return "changed" if net != fused else "agrees"
-    verdicts = {k: bool(v) for k, v in outcome_masks(np.asarray(label), np.asarray(fused), np.asarray(net)).items()}
-    return next((k for k in ("rectified", "spoiled") if verdicts[k]), "both right" if verdicts["correct"] else "both wrong")
+    outcome = outcome_masks(np.asarray(label), np.asarray(fused), np.asarray(net))
+    if outcome["rectified"]:
+        return "rectified"
+    if outcome["spoiled"]:
+        return "spoiled"
+    return "both right" if outcome["correct"] else "both wrong"
 
 
 def ablate(trace: Trace, sources_on: Sequence[bool], heads_on: Sequence[Sequence[bool]] | None = None) -> torch.Tensor:
