@@ -143,22 +143,27 @@ def accuracy(model, images: torch.Tensor, labels: torch.Tensor, meta: dict, batc
     return {"fused": float((preds["fused"] == y).mean()), "network": float((preds["net"] == y).mean())}
 
 
+def occlusion_centres(n: int, h: int, w: int, g: torch.Generator) -> torch.Tensor:
+    """(n, 2) square centres as (x, y): x anywhere across the width, y anywhere down the height."""
+    return torch.stack([torch.randint(0, w, (n,), generator=g), torch.randint(0, h, (n,), generator=g)], 1)
+
+
 def sweep(models: dict[str, tuple], images: torch.Tensor, labels: torch.Tensor,
           clutter_scales: Sequence[float] = (1.0, 0.8, 0.6, 0.5, 0.4),
           occlusion_sizes: Sequence[int] = (0, 4, 8, 12, 16), seed: int = 0) -> dict:
     """Accuracy against strength for each model, on the same perturbed images."""
     g = torch.Generator().manual_seed(seed)
-    n, h = len(images), images.shape[-1]
+    n, (h, w) = len(images), images.shape[-2:]
     others = images[torch.randperm(n, generator=g)]
     out: dict = {"n": n, "clutter": {"scales": list(clutter_scales)}, "occlusion": {"sizes": list(occlusion_sizes)}}
-    positions = torch.randint(0, h, (n, 2), generator=g)
+    centres = occlusion_centres(n, h, w, g)
     for name, (model, meta) in models.items():
         model.eval()
         out["clutter"][name] = [accuracy(model, torch.stack([clutter(images[i], others, s, seed=i) for i in range(n)])
                                          , labels, meta)["fused"] for s in clutter_scales]
         occ = []
         for size in occlusion_sizes:
-            pert = torch.stack([occlude(images[i], int(positions[i, 0]) - size // 2, int(positions[i, 1]) - size // 2,
+            pert = torch.stack([occlude(images[i], int(centres[i, 0]) - size // 2, int(centres[i, 1]) - size // 2,
                                         size) for i in range(n)])
             occ.append(accuracy(model, pert, labels, meta)["fused"])
         out["occlusion"][name] = occ

@@ -78,7 +78,7 @@ def test_sweep_cli(tmp_path, monkeypatch):
     images, labels = ds.images[idx], ds.labels[idx]
     g = torch.Generator().manual_seed(0)
     others = images[torch.randperm(len(idx), generator=g)]
-    centres = torch.randint(0, 32, (len(idx), 2), generator=g)
+    centres = torch.stack([torch.randint(0, 32, (len(idx),), generator=g) for _ in range(2)], 1)  # x, then y
     perturbed = {"clutter": lambda s: [P.clutter(img, others, s, seed=i) for i, img in enumerate(images)],
                  "occlusion": lambda k: [P.occlude(img, int(c[0]) - k // 2, int(c[1]) - k // 2, k)
                                          for img, c in zip(images, centres)]}
@@ -125,3 +125,11 @@ def test_apply_composes_the_perturbations_in_order():
     others = torch.randint(0, 256, (5, 3, 32, 32), generator=torch.Generator().manual_seed(1)).to(torch.uint8)
     out = P.apply(img, P.Perturbation(clutter_scale=0.5), others)
     assert out.shape == img.shape and not torch.equal(out, P.apply(img, P.Perturbation(clutter_scale=0.5)))
+
+
+def test_occlusion_centres_span_both_axes_of_a_non_square_image():
+    # A wide image: x must reach past the height, y must stay inside it (x once ran over [0, width) on both axes).
+    c = P.occlusion_centres(4000, 8, 40, torch.Generator().manual_seed(0))
+    assert c.shape == (4000, 2)
+    assert int(c[:, 0].min()) == 0 and int(c[:, 0].max()) == 39
+    assert int(c[:, 1].min()) == 0 and int(c[:, 1].max()) == 7
