@@ -136,15 +136,17 @@ def dataset_image_name(ds_key: str, index: int) -> str:
 
 def result_key(res: dict) -> tuple:
     """What a cached result for the inspected image depends on: the model input's pixels (the image's content
-    after the fit), the checkpoint, the device and the test-time augmentation. Never the file name: every camera
-    shot is `camera.jpg`, and two uploads may share a name."""
-    return res["digest"], res["fit"], res["path"], res["device"], res["tta"]
+    after the fit), the checkpoint and its weights, the device and the test-time augmentation. Never a name
+    alone: every camera shot is `camera.jpg`, two uploads may share a name, and a checkpoint file may be
+    replaced under its name while the server runs."""
+    return res["digest"], res["fit"], res["path"], res["weights"], res["device"], res["tta"]
 
 
 def cached_inspection(model, meta, key: tuple, images: torch.Tensor) -> Inspection:
-    """A trace is computed once per (image, checkpoint, device, augmentation) and kept in the session."""
+    """A trace is computed once per (image, checkpoint, device, augmentation) and kept in the session; the
+    weights' digest is part of the key, so a checkpoint replaced under its name is traced again."""
     aug = use_tta(meta)
-    key = (*key, aug.name)
+    key = (*key, aug.name, meta["weights_sha256"])
     cache = st.session_state.setdefault("traces", {})
     if key not in cache:
         if len(cache) > 64:
@@ -181,9 +183,9 @@ def load_cifar_test(name: str, root: str, download: bool):
 
 
 def dataset_predictions(model, meta, dataset, key: tuple):
-    """Fused and network-only predictions for a dataset, once per (dataset, checkpoint) per process."""
+    """Fused and network-only predictions for a dataset, once per (dataset, checkpoint's weights) per process."""
     aug = use_tta(meta, dataset_wide=True)
-    key = (*key, aug.name)
+    key = (*key, aug.name, meta["weights_sha256"])
     store = _prediction_store()
     if key not in store:
         from ar_core.inference import predict_all

@@ -1,6 +1,7 @@
 """The Streamlit app, driven headlessly with AppTest on tiny checkpoints and a tiny ImageFolder."""
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 import ar_core
+from ar_core.inference import from_hwc
 from conftest import DATASET_APP, ROOT, open_tab, randomize_bn
 
 CLASSES = [f"class{i}" for i in range(4)]
@@ -687,6 +689,32 @@ def test_results_follow_the_image_content_not_its_file_name(app_env):
     open_tab(at, "5 · Attributions")
     at.radio(key="fit").set_value("pad").run()
     assert any("Compute attributions" in i.value for i in at.info)
+
+
+def test_a_checkpoint_replaced_under_its_name_is_traced_and_explained_again(app_env):
+    """Checkpoints are replaced in place (a new release pulled into a running server): the next rerun loads
+    the new weights, and no trace or attribution of the old ones is shown for them."""
+    at = _start()
+    at.file_uploader(key="images").set_value([("cat.png", _png(1), "image/png")]).run()
+    old = at.session_state["result"]["ins"].trace.output.clone()
+    open_tab(at, "5 · Attributions")
+    at.multiselect(key="attr_methods").set_value(["saliency"])
+    at.button(key="attr_go").click().run()
+    assert not any("Compute attributions" in i.value for i in at.info)
+    ckpt = app_env / "tiny-ad3.safetensors"
+    stamp = ckpt.stat().st_mtime + 10  # a later modification time, whatever the file system's resolution
+    _checkpoint(ckpt, seed=7)
+    os.utime(ckpt, (stamp, stamp))
+    at.run()
+    assert not at.exception and not _errors(at)
+    model, meta = ar_core.load_checkpoint(ckpt)
+    res = at.session_state["result"]
+    with torch.no_grad():
+        want = model(ar_core.inference.preprocess(from_hwc(res["image"]), meta))
+    shown = res["ins"].trace.output
+    assert not torch.allclose(shown, old) and torch.allclose(shown, want, atol=1e-4)  # the new model's answer
+    assert res["weights"] == meta["weights_sha256"]
+    assert any("Compute attributions" in i.value for i in at.info)  # the old weights' saliency is not shown
 
 
 def test_sanity_check_and_walk_follow_the_image_content_not_its_file_name(app_env):

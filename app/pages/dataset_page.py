@@ -117,7 +117,8 @@ def render():
                                                   "random"], default=["attention", "saliency", "gradcam", "random"],
                                  key="faith_methods")
         go = st.form_submit_button("Analyse the data set", key="analyse_go")
-    key = (ds_key, source, device, int(n_faith), tuple(methods), state.use_tta(meta, dataset_wide=True).name)
+    key = (ds_key, source, meta["weights_sha256"], device, int(n_faith), tuple(methods),
+           state.use_tta(meta, dataset_wide=True).name)
     store = st.session_state.setdefault("analyses", {})
     if go:
         try:

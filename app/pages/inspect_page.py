@@ -113,7 +113,8 @@ def render():
         result = state.cached_inspection(model, meta, (digest, fit, path, device), x)
         st.session_state["result"] = {"name": name, "image": to_hwc(x[0]), "ins": result,
                                       "digest": digest, "fit": fit, "tta": result.trace.augmentation,
-                                      "label": true_label, "path": path, "device": device,
+                                      "label": true_label, "path": path, "weights": meta["weights_sha256"],
+                                      "device": device,
                                       "wall_ms": (time.perf_counter() - t0) * 1000, "source": source,
                                       "index": int(name.rsplit("#", 1)[1]) if source == "Dataset" else None,
                                       "original": original if source != "Dataset" else None}
@@ -362,7 +363,7 @@ def _compare_maps(res, paths, runs):
     for t in {t.augmentation: t for _, _, t in runs if t.views}.values():
         st.caption(f"With {t.augmentation} test-time augmentation the gated attention and the answers are "
                    f"{_averaged(t)}; Grad-CAM explains the single, un-augmented pass.")
-    key = (res["digest"], res["fit"], *paths, res["device"], *augs)
+    key = (res["digest"], res["fit"], *paths, *(m["weights_sha256"] for _, m, _ in runs), res["device"], *augs)
     store = st.session_state.setdefault("compare_maps", {})
     if key not in store:
         if not st.button("Compute the maps of both models", key="cmp_maps_go"):
