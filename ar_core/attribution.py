@@ -54,6 +54,10 @@ def attribute(model: AttendAndRectify, x: torch.Tensor, target: int, method: str
     return Attribution(method, target, maps[0], time.perf_counter() - t0)
 
 
+SMOOTHGRAD_NOISE = 0.15  # the noise's standard deviation over the range of the (normalised) input
+SMOOTHGRAD_SEED = 0
+
+
 def attribute_batch(model: AttendAndRectify, x: torch.Tensor, targets, method: str, layer: str | None = None,
                     noise_tunnel: bool = False, nt_samples: int = 8, ig_steps: int = 32,
                     occlusion_window: int = 4, occlusion_stride: int = 2, copy_model: bool = True) -> np.ndarray:
@@ -89,8 +93,14 @@ def attribute_batch(model: AttendAndRectify, x: torch.Tensor, targets, method: s
         if method == "saliency":
             kwargs["abs"] = True
         if noise_tunnel:
-            result = NoiseTunnel(algo).attribute(x, target=targets, nt_type="smoothgrad", nt_samples=nt_samples,
-                                                 nt_samples_batch_size=min(nt_samples, 8), stdevs=0.15, **kwargs)
+            # SmoothGrad's noise level is a share of the input's range (Smilkov et al. 2017 find 10-20 % best);
+            # the copies are drawn from a fixed seed, so a map is reproducible and nobody else's draws move.
+            sigma = SMOOTHGRAD_NOISE * float(x.detach().max() - x.detach().min())
+            with torch.random.fork_rng(devices=[x.device] if x.device.type != "cpu" else []):
+                torch.manual_seed(SMOOTHGRAD_SEED)
+                result = NoiseTunnel(algo).attribute(x, target=targets, nt_type="smoothgrad", nt_samples=nt_samples,
+                                                     nt_samples_batch_size=min(nt_samples, 8), stdevs=sigma,
+                                                     **kwargs)
         else:
             result = algo.attribute(x, target=targets, **kwargs)
     amap = result.detach().float()

@@ -71,13 +71,17 @@ def test_gradcam_on_a_torchvision_stage():
 
 
 def test_noise_tunnel_is_the_mean_saliency_over_noisy_copies(tiny_model, x):
-    """SmoothGrad written out: the mean over 12 copies x + N(0, 0.15²) of |∂score/∂x|, summed over RGB.
-    Captum draws the noise from torch's global generator, so the same seed gives the same copies; 12
-    samples in batches of 8 also cover the smaller last batch."""
-    torch.manual_seed(7)
+    """SmoothGrad written out: the mean over 12 copies x + N(0, σ²) of |∂score/∂x|, summed over RGB, with σ
+    15 % of the input's range. The copies come from a fixed seed: the same map every time, and the caller's
+    random stream is left where it was. 12 samples in batches of 8 also cover the smaller last batch."""
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
     got = attribute(tiny_model, x, 2, "saliency", noise_tunnel=True, nt_samples=12).map
-    torch.manual_seed(7)
-    noisy = (x + 0.15 * torch.randn(12, 3, 32, 32)).requires_grad_(True)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    np.testing.assert_array_equal(got, attribute(tiny_model, x, 2, "saliency", noise_tunnel=True, nt_samples=12).map)
+    sigma = 0.15 * float(x.max() - x.min())
+    assert sigma > 0.5  # a normalised image spans several units: the noise is not the 0.15 of a [0, 1] image
+    noisy = (x + sigma * torch.randn(12, 3, 32, 32, generator=torch.Generator().manual_seed(0))).requires_grad_(True)
     grad, = torch.autograd.grad(tiny_model(noisy)[:, 2].sum(), noisy)
     np.testing.assert_allclose(got, grad.abs().sum(1).mean(0).numpy(), rtol=1e-5, atol=1e-8)
     assert not np.allclose(got, attribute(tiny_model, x, 2, "saliency").map, rtol=0.05)  # the noise matters
