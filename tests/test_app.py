@@ -542,27 +542,31 @@ def test_default_model_is_the_shipped_cifar10_attention_checkpoint(monkeypatch):
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
-def test_shipped_pair_compares_side_by_side_with_the_recipes_flip(monkeypatch, dataset):
-    """View 6 on a shipped pair: the baseline and the attention model of one dataset, both as trained."""
+def test_shipped_pair_compares_side_by_side_with_the_recipes_augmentation(monkeypatch, dataset):
+    """View 6 on a shipped pair: the baseline and the attention model of one dataset, each with the test-time
+    augmentation its card records."""
     monkeypatch.delenv("AR_CHECKPOINT", raising=False)
-    assert {f"{dataset}-wrn16x4-ad3aw4", f"{dataset}-wrn16x4-baseline"} <= set(ar_core.available_checkpoints())
+    names = (f"{dataset}-wrn16x4-baseline", f"{dataset}-wrn16x4-ad3aw4")
+    assert set(names) <= set(ar_core.available_checkpoints())
+    base_aug, att_aug = (ar_core.tta.of_checkpoint(ar_core.load_checkpoint(n)[1]) for n in names)
+    assert att_aug.flip and base_aug.flip  # every shipped recipe mirrors at least
     at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60).run()
     at.selectbox(key="model_label").set_value(f"{dataset}-wrn16x4-ad3aw4 (shipped)").run()
-    assert at.selectbox(key="tta").options[0] == "as trained (flip)"
+    assert at.selectbox(key="tta").options[0] == f"as trained ({att_aug.name})"
     at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()
     open_tab(at, "6 · Baseline vs attention")
     assert not at.exception and not _errors(at)
     assert at.selectbox(key="cmp_base").value == f"{dataset}-wrn16x4-baseline (shipped)"
     assert at.selectbox(key="cmp_att").value == f"{dataset}-wrn16x4-ad3aw4 (shipped)"
     traces = [ins.trace for key, ins in at.session_state["traces"].items() if key[1] == "cmp"]
-    assert len(traces) == 2 and all(len(t.views) == 2 for t in traces)  # both checkpoints' recipes use flip
-    assert sorted(len(t.layers) for t in traces) == [0, 3]
+    assert len(traces) == 2 and sorted(len(t.layers) for t in traces) == [0, 3]
+    assert [len(t.views) for t in sorted(traces, key=lambda t: len(t.layers))] == [base_aug.views, att_aug.views]
     shown = [m.value for m in at.markdown if "→" in m.value]
     assert len(shown) == 2 and all(c in " ".join(shown) for c in ("baseline", "ad3aw4"))
     at.button(key="cmp_maps_go").click().run()
     assert not at.exception and not _errors(at)
     (key, (maps, _)), = at.session_state["compare_maps"].items()
-    assert key[-2:] == ("flip", "flip")  # keyed by each checkpoint's test-time augmentation
+    assert key[-2:] == (base_aug.name, att_aug.name)  # keyed by each checkpoint's test-time augmentation
     from ar_core.attribution import gated_attention
 
     att = next(t for t in traces if t.layers)
