@@ -198,6 +198,14 @@ def cache_key(meta: dict[str, Any], dataset: D.TensorDataset, extra: str = "") -
     return h.hexdigest()[:24]
 
 
+def predictions_cache(meta: dict[str, Any], dataset: D.TensorDataset, aug, precision: str) -> Path:
+    """Where the per-image arrays of ``collect`` (one checkpoint, these images, this augmentation and
+    precision) are kept: analyze and compare share them, so the second to ask costs nothing."""
+    # "-v2": the per-image arrays gained the gates' pre-tanh values; older caches lack them.
+    views = "" if aug.views == 1 else f"-{aug.name}"
+    return D.cache_dir() / "analysis" / f"{cache_key(meta, dataset)}{views}-{precision}-v2.safetensors"
+
+
 def _load_partial(path: Path) -> tuple[dict[str, torch.Tensor], int]:
     from safetensors import safe_open
     from safetensors.torch import load_file
@@ -341,8 +349,7 @@ def analyze(model: AttendAndRectify, dataset: D.TensorDataset, meta: dict[str, A
     aug = resolve_tta(tta, meta)
     key = cache_key(meta, dataset)
     _, precision = autocast_for(next(model.parameters()).device, amp)
-    # "-v2": the per-image arrays gained the gates' pre-tanh values; older caches lack them.
-    cache = D.cache_dir() / "analysis" / f"{key}{'' if aug.views == 1 else '-' + aug.name}-{precision}-v2.safetensors" if use_cache else None
+    cache = predictions_cache(meta, dataset, aug, precision) if use_cache else None
     t0 = time.perf_counter()
     n = len(dataset)
     cat = collect_cached(model, dataset, meta, cache, batch_size=batch_size, amp=amp,

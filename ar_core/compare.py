@@ -71,11 +71,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="test-time augmentation (auto: each checkpoint's own)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--no-cache", action="store_true",
+                   help="predict again instead of reading (and filling) the per-image cache analyze also uses")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> dict[str, Any]:
-    from .evaluate import align_labels, collect, validation_split
+    from .analyze import collect_cached, predictions_cache
+    from .evaluate import align_labels, validation_split
+    from .precision import autocast_for
+    from .tta import resolve as resolve_tta
 
     args = parse_args(argv)
     (model_a, meta_a), (model_b, meta_b) = (load_checkpoint(p, device=args.device) for p in (args.a, args.b))
@@ -94,8 +99,11 @@ def main(argv=None) -> dict[str, Any]:
     dataset = align_labels(dataset, meta_a["classes"])
     correct = []
     for model, meta in ((model_a, meta_a), (model_b, meta_b)):
-        model.to(memory_format=torch.channels_last)
-        cat, _ = collect(model, dataset.images, dataset.labels, meta, tta=None if args.tta == "auto" else args.tta)
+        model.to(memory_format=torch.channels_last).eval()
+        aug = resolve_tta(None if args.tta == "auto" else args.tta, meta)
+        _, precision = autocast_for(next(model.parameters()).device, "auto")
+        cache = None if args.no_cache else predictions_cache(meta, dataset, aug, precision)
+        cat = collect_cached(model, dataset, meta, cache, tta=aug)  # resumable: saved chunk by chunk
         correct.append(cat["pred"] == dataset.labels)
     result = {"a": args.a, "b": args.b, **paired(*correct)}
     if args.json:

@@ -93,3 +93,34 @@ def test_cli_refuses_checkpoints_trained_on_other_images(tmp_path, monkeypatch):
     assert main(["--a", str(paths[0]), "--b", str(paths[0]), *args])["n"] == len(val)
     with pytest.raises(SystemExit, match="different validation splits"):
         main(["--a", str(paths[0]), "--b", str(paths[1]), *args])
+
+
+def test_cli_reads_and_fills_the_per_image_cache_that_analyze_uses(tmp_path, monkeypatch):
+    """compare after analyze predicts only the model analyze has not seen; a second compare predicts
+    nothing; --no-cache predicts both again, with the same result."""
+    from ar_core import analyze as A
+
+    monkeypatch.setenv("AR_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "toy"
+    make_image_folder(folder, classes=("a", "b", "c"), per_class=8)
+    meta = {"classes": ["a", "b", "c"], "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}}
+    paths = []
+    for seed, ad in ((0, 3), (1, 0)):
+        torch.manual_seed(seed)
+        model = randomize_bn(ar_core.build_model(ar_core.ModelConfig(num_classes=3, depth=10, width=1,
+                                                                     attention_depth=ad, attention_width=2)))
+        paths.append(str(ar_core.save_checkpoint(model.eval(), tmp_path / f"m{seed}.safetensors", meta)))
+    A.main(["--checkpoint", paths[0], "--data", str(folder), "--out", str(tmp_path / "report"),
+            "--faithfulness", "0", "--tta", "flip"])
+    predicted = []
+    real = A.collect
+    monkeypatch.setattr(A, "collect", lambda model, images, *a, **k: (predicted.append(len(images)),
+                                                                      real(model, images, *a, **k))[1])
+    args = ["--a", paths[0], "--b", paths[1], "--data", str(folder), "--tta", "flip"]
+    first = main(args)
+    assert predicted == [24]  # the baseline only: the attention model's answers came from analyze's pass
+    assert main(args) == first and predicted == [24]
+    assert main([*args, "--no-cache"]) == first and predicted == [24, 24, 24]
+    accs = [evaluate(ar_core.load_checkpoint(p)[0], D.load_image_folder(folder), meta, tta="flip")["accuracy"]
+            for p in paths]
+    assert (first["accuracy_a"], first["accuracy_b"]) == pytest.approx(accs)
