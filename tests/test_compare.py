@@ -53,24 +53,32 @@ def test_disagreements_list_exactly_one_right_and_both_wrong_differently():
     assert d["both wrong, different answers"].tolist() == [5]  # image 4: both wrong with the same answer
 
 
-def test_cli_compares_two_checkpoints_image_by_image(tmp_path, monkeypatch):
+META = {"classes": ["a", "b", "c"], "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}}
+
+
+def _two_models(tmp_path, monkeypatch):
+    """A toy folder of 24 images, and an attention model and a baseline for its three classes."""
     monkeypatch.setenv("AR_CACHE_DIR", str(tmp_path / "cache"))
     folder = tmp_path / "toy"
     make_image_folder(folder, classes=("a", "b", "c"), per_class=8)
-    meta = {"classes": ["a", "b", "c"], "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}}
     paths = []
     for seed, ad in ((0, 3), (1, 0)):
         torch.manual_seed(seed)
         model = randomize_bn(ar_core.build_model(ar_core.ModelConfig(num_classes=3, depth=10, width=1,
                                                                      attention_depth=ad, attention_width=2)))
-        paths.append(ar_core.save_checkpoint(model.eval(), tmp_path / f"m{seed}.safetensors", meta))
-    r = main(["--a", str(paths[0]), "--b", str(paths[1]), "--data", str(folder), "--tta", "none", "--json"])
+        paths.append(str(ar_core.save_checkpoint(model.eval(), tmp_path / f"m{seed}.safetensors", META)))
+    return folder, paths
+
+
+def test_cli_compares_two_checkpoints_image_by_image(tmp_path, monkeypatch):
+    folder, paths = _two_models(tmp_path, monkeypatch)
+    r = main(["--a", paths[0], "--b", paths[1], "--data", str(folder), "--tta", "none", "--json"])
     ds = D.load_image_folder(folder)
-    accs = [evaluate(ar_core.load_checkpoint(p)[0], ds, meta, tta="none", amp="auto")["accuracy"] for p in paths]
+    accs = [evaluate(ar_core.load_checkpoint(p)[0], ds, META, tta="none", amp="auto")["accuracy"] for p in paths]
     assert r["n"] == 24 and r["accuracy_a"] == pytest.approx(accs[0]) and r["accuracy_b"] == pytest.approx(accs[1])
     assert r["both_right"] + r["only_a_right"] == round(accs[0] * 24)
     assert r["mcnemar_p"] == pytest.approx(mcnemar_exact(r["only_a_right"], r["only_b_right"]))
-    same = main(["--a", str(paths[0]), "--b", str(paths[0]), "--data", str(folder), "--tta", "none"])
+    same = main(["--a", paths[0], "--b", paths[0], "--data", str(folder), "--tta", "none"])
     assert same["only_a_right"] == same["only_b_right"] == 0 and same["mcnemar_p"] == 1.0
 
 
@@ -100,16 +108,7 @@ def test_cli_reads_and_fills_the_per_image_cache_that_analyze_uses(tmp_path, mon
     nothing; --no-cache predicts both again, with the same result."""
     from ar_core import analyze as A
 
-    monkeypatch.setenv("AR_CACHE_DIR", str(tmp_path / "cache"))
-    folder = tmp_path / "toy"
-    make_image_folder(folder, classes=("a", "b", "c"), per_class=8)
-    meta = {"classes": ["a", "b", "c"], "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}}
-    paths = []
-    for seed, ad in ((0, 3), (1, 0)):
-        torch.manual_seed(seed)
-        model = randomize_bn(ar_core.build_model(ar_core.ModelConfig(num_classes=3, depth=10, width=1,
-                                                                     attention_depth=ad, attention_width=2)))
-        paths.append(str(ar_core.save_checkpoint(model.eval(), tmp_path / f"m{seed}.safetensors", meta)))
+    folder, paths = _two_models(tmp_path, monkeypatch)
     A.main(["--checkpoint", paths[0], "--data", str(folder), "--out", str(tmp_path / "report"),
             "--faithfulness", "0", "--tta", "flip"])
     predicted = []
@@ -121,6 +120,6 @@ def test_cli_reads_and_fills_the_per_image_cache_that_analyze_uses(tmp_path, mon
     assert predicted == [24]  # the baseline only: the attention model's answers came from analyze's pass
     assert main(args) == first and predicted == [24]
     assert main([*args, "--no-cache"]) == first and predicted == [24, 24, 24]
-    accs = [evaluate(ar_core.load_checkpoint(p)[0], D.load_image_folder(folder), meta, tta="flip")["accuracy"]
+    accs = [evaluate(ar_core.load_checkpoint(p)[0], D.load_image_folder(folder), META, tta="flip")["accuracy"]
             for p in paths]
     assert (first["accuracy_a"], first["accuracy_b"]) == pytest.approx(accs)
