@@ -21,6 +21,10 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .tta import NAMES as TTA_NAMES
+from .tta import TTALike
+from .tta import resolve as resolve_tta
+
 
 def occlude(img: torch.Tensor, x: int, y: int, size: int, value: int = 127) -> torch.Tensor:
     """A size x size grey square with its top-left corner at (x, y), clipped to the image."""
@@ -135,11 +139,12 @@ def apply(img: torch.Tensor, p: Perturbation, others: torch.Tensor | None = None
     return x
 
 
-def accuracy(model, images: torch.Tensor, labels: torch.Tensor, meta: dict, batch_size: int = 250) -> dict:
-    """Fused and network-only accuracy on uint8 images (with the checkpoint's test-time augmentation)."""
+def accuracy(model, images: torch.Tensor, labels: torch.Tensor, meta: dict, batch_size: int = 250,
+             tta: TTALike | None = None) -> dict:
+    """Fused and network-only accuracy on uint8 images (``tta``: None for the checkpoint's own augmentation)."""
     from .inference import predict_all
 
-    preds, y = predict_all(model, images, meta, batch_size=batch_size), labels.numpy()
+    preds, y = predict_all(model, images, meta, batch_size=batch_size, tta=tta), labels.numpy()
     return {"fused": float((preds["fused"] == y).mean()), "network": float((preds["net"] == y).mean())}
 
 
@@ -150,22 +155,24 @@ def occlusion_centres(n: int, h: int, w: int, g: torch.Generator) -> torch.Tenso
 
 def sweep(models: dict[str, tuple], images: torch.Tensor, labels: torch.Tensor,
           clutter_scales: Sequence[float] = (1.0, 0.8, 0.6, 0.5, 0.4),
-          occlusion_sizes: Sequence[int] = (0, 4, 8, 12, 16), seed: int = 0) -> dict:
-    """Accuracy against strength for each model, on the same perturbed images."""
+          occlusion_sizes: Sequence[int] = (0, 4, 8, 12, 16), seed: int = 0, tta: TTALike | None = None) -> dict:
+    """Accuracy against strength for each model, on the same perturbed images (``tta``: one augmentation for
+    every model, or None for each checkpoint's own)."""
     g = torch.Generator().manual_seed(seed)
     n, (h, w) = len(images), images.shape[-2:]
     others = images[torch.randperm(n, generator=g)]
-    out: dict = {"n": n, "clutter": {"scales": list(clutter_scales)}, "occlusion": {"sizes": list(occlusion_sizes)}}
+    out: dict = {"n": n, "clutter": {"scales": list(clutter_scales)}, "occlusion": {"sizes": list(occlusion_sizes)},
+                 "test_time_augmentation": {name: resolve_tta(tta, meta).name for name, (_, meta) in models.items()}}
     centres = occlusion_centres(n, h, w, g)
     for name, (model, meta) in models.items():
         model.eval()
-        out["clutter"][name] = [accuracy(model, torch.stack([clutter(images[i], others, s, seed=i) for i in range(n)])
-                                         , labels, meta)["fused"] for s in clutter_scales]
+        out["clutter"][name] = [accuracy(model, torch.stack([clutter(images[i], others, s, seed=i) for i in range(n)]),
+                                         labels, meta, tta=tta)["fused"] for s in clutter_scales]
         occ = []
         for size in occlusion_sizes:
             pert = torch.stack([occlude(images[i], int(centres[i, 0]) - size // 2, int(centres[i, 1]) - size // 2,
                                         size) for i in range(n)])
-            occ.append(accuracy(model, pert, labels, meta)["fused"])
+            occ.append(accuracy(model, pert, labels, meta, tta=tta)["fused"])
         out["occlusion"][name] = occ
     return out
 
@@ -202,6 +209,8 @@ def main(argv=None) -> dict:
     p.add_argument("--validation-split", action="store_true",
                    help="DIR is the training set: use the validation split the checkpoint recorded")
     p.add_argument("--n", type=int, default=500, help="images (a fixed random subset)")
+    p.add_argument("--tta", choices=["auto", *TTA_NAMES], default="auto",
+                   help="test-time augmentation for both models (auto: each checkpoint's own)")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     try:
@@ -219,7 +228,7 @@ def main(argv=None) -> dict:
     except (CheckpointError, ClassMismatchError, OSError, ValueError) as e:
         sys.exit(f"error: {e}")
     idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:a.n]
-    result = sweep(models, ds.images[idx], ds.labels[idx])
+    result = sweep(models, ds.images[idx], ds.labels[idx], tta=None if a.tta == "auto" else a.tta)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "perturbation.json").write_text(json.dumps(result, indent=1))

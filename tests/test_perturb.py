@@ -70,6 +70,7 @@ def test_sweep_cli(tmp_path, monkeypatch):
                 "--n", "6", "--out", str(out)])
     assert r["n"] == 6 and len(r["clutter"]["attention"]) == len(r["clutter"]["scales"])
     assert set(r["occlusion"]) == {"sizes", "attention", "baseline"}
+    assert r["test_time_augmentation"] == {"attention": "none", "baseline": "none"}  # as the checkpoints record
     # Every point re-computed here with the sweep's randomness: the CLI's subset (seed 0) in its order, then
     # the sweep's generator (seed 0) draws the clutter pool's order and the squares' centres; image i's
     # clutter is seeded by i. Scale 1 and a 0-pixel square leave the images as they are.
@@ -133,3 +134,25 @@ def test_occlusion_centres_span_both_axes_of_a_non_square_image():
     assert c.shape == (4000, 2)
     assert int(c[:, 0].min()) == 0 and int(c[:, 0].max()) == 39
     assert int(c[:, 1].min()) == 0 and int(c[:, 1].max()) == 7
+
+
+def test_sweep_with_one_augmentation_for_both_models():
+    """--tta flip: every point is the accuracy of the mean log-score over each perturbed image and its mirror.
+    Labels are the single view's answers, so an unmirrored sweep would score 1 where this one does not."""
+    torch.manual_seed(1)
+    model = randomize_bn(ar_core.build_model(ar_core.ModelConfig(num_classes=3, depth=10, width=1,
+                                                                 attention_depth=3, attention_width=2))).eval()
+    meta = {"classes": ["a", "b", "c"], "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}}
+    g = torch.Generator().manual_seed(1)
+    colour, power = torch.rand(24, 3, 1, 1, generator=g), 4 * torch.rand(24, 1, 1, 1, generator=g)
+    ramps = 255 * colour * torch.linspace(0, 1, 32).view(1, 1, 1, 32).pow(power)  # left-right asymmetric images
+    images = ramps.expand(24, 3, 32, 32).to(torch.uint8)
+    with torch.no_grad():
+        x = ar_core.inference.preprocess(images, meta)
+        labels, flip = model(x).argmax(1), (model(x) + model(x.flip(-1))).argmax(1)
+    want = float((flip == labels).double().mean())
+    assert want < 1
+    r = P.sweep({"attention": (model, meta)}, images, labels, clutter_scales=(1.0,), occlusion_sizes=(0, 8),
+                tta="flip")
+    assert r["test_time_augmentation"] == {"attention": "flip"}
+    assert r["clutter"]["attention"] == [pytest.approx(want)] and r["occlusion"]["attention"][0] == pytest.approx(want)
