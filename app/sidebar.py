@@ -54,10 +54,11 @@ def model_picker():
 
 
 def model_card(meta: dict):
-    acc = meta.get("val_accuracy")
+    acc, aug = meta.get("val_accuracy"), of_checkpoint(meta)
+    views = f" with {aug.name} test-time augmentation" if aug.views > 1 else ""
     st.caption(
         f"{meta.get('dataset', '?')} · {architecture(meta)}"
-        + (f" · validation accuracy {acc:.2%} (measured at the end of training)" if acc is not None else ""))
+        + (f" · validation accuracy {acc:.2%}{views} (measured at the end of training)" if acc is not None else ""))
     with st.expander("Model card"):
         st.table(card(meta))
         if meta.get("recipe"):

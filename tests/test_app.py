@@ -538,7 +538,10 @@ def test_default_model_is_the_shipped_cifar10_attention_checkpoint(monkeypatch):
     monkeypatch.delenv("AR_CHECKPOINT", raising=False)  # a missing shipped file fails here, as in test_shipped
     at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60).run()
     assert at.selectbox(key="model_label").value == "cifar10-wrn16x4-ad3aw4 (shipped)"
-    assert any("cifar10 · WRN-16-4, AD=3, AW=4, 1x1 heads" in c.value for c in at.caption)
+    meta = ar_core.load_checkpoint("cifar10-wrn16x4-ad3aw4")[1]
+    want = (f"cifar10 · WRN-16-4, AD=3, AW=4, 1x1 heads · validation accuracy {meta['val_accuracy']:.2%} with "
+            f"{meta['test_time_augmentation']} test-time augmentation")
+    assert any(c.value.startswith(want) for c in at.caption), want
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
