@@ -190,11 +190,12 @@ def contributions_figure(trace: Trace, i: int, classes: Sequence[str], class_ind
     return fig
 
 
-def figure_to_png(fig, scale: float = 2.0) -> bytes:
-    """PNG bytes of a matplotlib figure (plotly figures export through kaleido when installed)."""
+def figure_to_png(fig, scale: float = 2.0, tight: bool = False) -> bytes:
+    """PNG bytes of a matplotlib figure at 72 x ``scale`` dpi, cropped to its content when ``tight``
+    (plotly figures export through kaleido when installed)."""
     buf = io.BytesIO()
     if hasattr(fig, "savefig"):
-        fig.savefig(buf, format="png", dpi=int(72 * scale))
+        fig.savefig(buf, format="png", dpi=int(72 * scale), bbox_inches="tight" if tight else None)
         return buf.getvalue()
     return fig.to_image(format="png", scale=scale)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import figures, figures_v2, state
+from app import figures, figures_v2, state, widgets
 
 LABELS = {"attention": "Attention (gated)", "saliency": "Saliency", "integrated_gradients": "Integrated Gradients",
           "gradcam": "Grad-CAM"}
@@ -45,7 +45,7 @@ def image_sanity(res: dict):
                f"computed in {r.seconds:.1f} s. Predictions per stage: "
                + ", ".join(f"{s}: {classes[p]}" for s, p in zip(r.stages, r.predictions)) + ".")
     fig = figures_v2.sanity_strip_figure(res["image"], r.stages, {LABELS[m]: v for m, v in r.maps.items()})
-    st.pyplot(fig, dpi=110)
+    widgets.show_figure(fig)
     st.download_button("Sanity strip as PNG", lambda: figures.figure_to_png(fig), "sanity-strip.png",
                        mime="image/png", key="dl_sanity_png")
     st.plotly_chart(figures_v2.sanity_curve_figure(r.stages, {LABELS[m]: s for m, s in r.scores.items()}),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app import figures_training as ft
-from app import state
+from app import state, widgets
 from ar_core.history import traced_other_weights
 from ar_core.inference import to_hwc
 
@@ -50,7 +50,7 @@ def _explorer(history, images, key: str) -> None:
                 "shown per epoch below.")
     else:
         image = to_hwc(images[probe]) if images is not None else None
-        st.pyplot(ft.probe_maps_figure(history, probe, epoch, image), dpi=110, width="content")
+        widgets.show_figure(ft.probe_maps_figure(history, probe, epoch, image), width="content")
     c3, c4 = st.columns(2)
     c3.plotly_chart(ft.probe_belief_curves(history, probe, epoch), key=f"{key}_belief")
     if history.layers:

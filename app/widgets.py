@@ -7,6 +7,12 @@ import streamlit as st
 from app import figures
 
 
+def show_figure(fig, dpi: int = 110, width="stretch") -> None:
+    """A matplotlib figure as a PNG at ``dpi`` (st.pyplot no longer takes savefig options; its 200 dpi
+    default makes three times the pixels these panels need)."""
+    st.image(figures.figure_to_png(fig, dpi / 72, tight=True), width=width)
+
+
 def attention_panels(trace, classes, image, alpha: float = 0.55, cmap: str = "jet", i: int = 0,
                      captions: bool = True):
     """One row per attended layer, one overlay per head, captioned with its top class and gate."""

@@ -1,5 +1,7 @@
 """Figure builders, called directly (no Streamlit)."""
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -38,6 +40,20 @@ def test_attention_grid_layout_and_png(traced):
     assert axes[0].get_title().startswith(top) and "g=" in axes[0].get_title()
     png = figures.figure_to_png(fig, scale=0.5)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_figure_png_is_72_dpi_per_scale_and_cropped_when_tight():
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    fig = Figure(figsize=(4, 2))
+    ax = fig.add_axes((0.4, 0.4, 0.2, 0.2))  # a small panel in a wide empty figure
+    ax.imshow(np.zeros((8, 8)))
+    ax.set_axis_off()
+    full = Image.open(io.BytesIO(figures.figure_to_png(fig, scale=110 / 72)))
+    tight = Image.open(io.BytesIO(figures.figure_to_png(fig, scale=110 / 72, tight=True)))
+    assert full.size == (440, 220)  # 4 x 2 inches at 110 dpi
+    assert tight.size[0] < 0.4 * full.size[0] and tight.size[1] < 0.6 * full.size[1]
 
 
 def test_attention_grid_refuses_baseline(traced):

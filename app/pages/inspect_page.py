@@ -274,7 +274,7 @@ def _attribution_view(res):
 
     att_maps = {l.name: layer_attention(trace, 0, j, res["image"].shape[0]) for j, l in enumerate(trace.layers)}
     fig = figures.attribution_figure(res["image"], att_maps, {METHODS[m]: a.map for m, a in results.items()})
-    st.pyplot(fig, dpi=110)
+    widgets.show_figure(fig)
     st.download_button("Attributions as PNG", lambda: figures.figure_to_png(fig), "attributions.png",
                        mime="image/png", key="dl_attr_png")
     rows = []
@@ -374,7 +374,7 @@ def _compare_maps(res, paths, runs):
         maps = compare_maps(*inputs[0], *inputs[1])
         store[key] = (maps, time.perf_counter() - t0)
     maps, seconds = store[key]
-    st.pyplot(figures.attribution_figure(res["image"], {}, maps), dpi=110)
+    widgets.show_figure(figures.attribution_figure(res["image"], {}, maps))
     st.caption(f"Computed in {seconds * 1000:.0f} ms.")
 
 
