@@ -28,6 +28,14 @@ def dataset_gates(r: dict):
                    + "; ".join(f"{gate} gate → {unit} (tanh ≈ {sign:+.0f})" for gate, unit, sign in pinned) + ".")
     else:
         st.success("No gate unit is saturated on most images: every gate responds to the image.")
+    for gate in stats["gates"]:
+        corner = G.pinned_corner(stats, gate)
+        if corner is not None:
+            st.info(f"Every unit of the {gate} gate is pinned, so its weights are the same for every image: "
+                    f"softmax of the tanh signs, {' / '.join(f'{w:.3f}' for w in corner)} "
+                    f"({', '.join(stats['gates'][gate]['units'])}). That is a corner of what softmax(tanh(x)) can "
+                    f"express: no unit can get more than e² ≈ 7.4 times another's weight, so the gate cannot lean "
+                    f"further, whatever the image.")
     rows = []
     for gate, s in stats["gates"].items():
         for u, unit in enumerate(s["units"]):

@@ -75,6 +75,20 @@ def pinned_units(stats: dict[str, Any]) -> list[tuple[str, str, float]]:
     return out
 
 
+def pinned_corner(stats: dict[str, Any], gate: str) -> list[float] | None:
+    """The weights of ``gate`` when every one of its units is pinned: softmax of their tanh signs (±1).
+
+    softmax(tanh(x)) can never give one unit more than e² ≈ 7.4 times another's weight; with every
+    unit saturated the gate sits at a corner of what it can express and no image moves it. None
+    while any unit of the gate still responds to the image.
+    """
+    s = stats["gates"][gate]
+    if min(s["saturated_fraction"]) < PINNED:
+        return None
+    signs = torch.tensor([1.0 if m > 0 else -1.0 for m in s["mean"]], dtype=torch.float64)
+    return torch.softmax(signs, 0).tolist()
+
+
 def describe(stats: dict[str, Any]) -> list[str]:
     """One plain sentence per gate unit, for reports and the app."""
     lines = []
@@ -86,6 +100,10 @@ def describe(stats: dict[str, Any]) -> list[str]:
             if sat >= PINNED:
                 line += f": its tanh is pinned at {'+1' if s['mean'][u] > 0 else '-1'}, a constant"
             lines.append(line)
+        corner = pinned_corner(stats, gate)
+        if corner is not None:
+            lines.append(f"{gate} gate: every unit is pinned, so its weights are the constant "
+                         f"{' / '.join(f'{w:.3f}' for w in corner)}, a corner of what softmax(tanh) can express")
     return lines
 
 

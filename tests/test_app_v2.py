@@ -64,6 +64,30 @@ def test_dataset_page_measures_gate_behaviour(app_env):
     assert fig is not None
 
 
+def test_gate_tab_says_when_a_gate_sits_at_its_corner():
+    """Every global unit pinned (-1, -1, +1, +1): the tab says the weights are that constant corner; the
+    layers' gates, with a head in tanh's linear range, get no such note."""
+    def page():
+        import torch
+
+        from app import gate_views
+        from ar_core import gates as G
+
+        sources, heads = ["g1", "g2", "g3", "network"], torch.tensor([[2.5, 0.3], [3.0, -0.4]])
+        cat = {"global_pre_tanh": torch.tensor([[-3.9, -3.2, 3.9, 3.5], [-4.1, -2.9, 3.6, 2.1]]),
+               **{f"gate_pre_tanh/{g}": heads for g in sources[:3]}}
+        gate_views.dataset_gates({"gate_pre_tanh": G.gate_statistics(cat, sources),
+                                  "global_gates": {s: {"mean": 0.25, "std": 0.0} for s in sources},
+                                  "confidence_gates": {g: {"mean": [0.5, 0.5], "std": [0.0, 0.0]}
+                                                       for g in sources[:3]}})
+
+    at = AppTest.from_function(page).run()
+    assert not at.exception
+    (note,) = [i.value for i in at.info if "is pinned, so its weights" in i.value]
+    assert note.startswith("Every unit of the global gate is pinned")
+    assert "0.060 / 0.060 / 0.440 / 0.440 (g1, g2, g3, network)" in note
+
+
 def test_inspector_sanity_check_runs_on_request(app_env):
     at = _start()
     at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()

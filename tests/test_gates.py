@@ -31,6 +31,27 @@ def test_statistics_on_hand_made_values():
     assert len(lines) == 4 and "pinned at -1" in lines[0] and "pinned" not in lines[1]
 
 
+def test_a_gate_whose_units_are_all_pinned_sits_at_a_corner():
+    """Four global units pinned at tanh = -1, -1, +1, +1 (as on the retrained CIFAR-10 model): the weights are
+    e^-1 / (2e^-1 + 2e) and e / (2e^-1 + 2e) for every image; one unit in the linear range frees the gate."""
+    import math
+
+    glob = torch.tensor([[-3.9, -3.2, 3.9, 3.5], [-4.1, -2.9, 3.6, 2.1], [-3.7, -3.5, 4.2, 8.0]])
+    heads = torch.tensor([[2.5, 0.3], [3.0, -0.4], [2.2, 0.1]])
+    s = G.gate_statistics({"global_pre_tanh": glob, "gate_pre_tanh/g1": heads, "gate_pre_tanh/g2": heads,
+                           "gate_pre_tanh/g3": heads}, ["g1", "g2", "g3", "network"])
+    e = math.e
+    low, high = 1 / e / (2 / e + 2 * e), e / (2 / e + 2 * e)
+    assert G.pinned_corner(s, "global") == pytest.approx([low, low, high, high])
+    assert (round(low, 3), round(high, 3)) == (0.060, 0.440) and high / low == pytest.approx(e ** 2)
+    with torch.no_grad():  # the model's own gate at those inputs lands on the corner to within tanh's 4 %
+        assert torch.softmax(torch.tanh(glob), 1).mean(0).tolist() == pytest.approx([low, low, high, high], abs=0.01)
+    assert G.pinned_corner(s, "g1") is None  # head 2 stays in tanh's linear range
+    corner = [line for line in G.describe(s) if "corner" in line]
+    assert corner == ["global gate: every unit is pinned, so its weights are the constant 0.060 / 0.060 / 0.440 / "
+                      "0.440, a corner of what softmax(tanh) can express"]
+
+
 def test_a_baseline_has_no_gate_statistics():
     assert G.gate_statistics({"pred": torch.zeros(3)}, ["network"]) == {}
     assert G.gate_units(["network"], 4) == {}
