@@ -467,6 +467,8 @@ def main(argv=None) -> dict[str, Any]:
     result["figures"] = save_figures(result, out)
     result["checkpoint"] = str(a.checkpoint)
     (out / "analysis.json").write_text(json.dumps(result, indent=1))
+    for line in result.get("gate_pre_tanh", {}).get("summary", []):
+        print(line)
     print(f"accuracy {100 * result['accuracy']:.2f} %; wrote {out / 'analysis.json'} and {len(result['figures'])} figures")
     return result
 

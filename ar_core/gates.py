@@ -59,10 +59,11 @@ def gate_statistics(cat: dict[str, torch.Tensor], sources: Sequence[str]) -> dic
     width = cat[f"gate_pre_tanh/{layers[0]}"].shape[1]
     arrays = {"global": cat["global_pre_tanh"], **{name: cat[f"gate_pre_tanh/{name}"] for name in layers}}
     lo, hi = HIST_RANGE
-    return {"saturation_threshold": SATURATION, "pinned_share": PINNED, "n": int(len(cat["global_pre_tanh"])),
-            "bin_edges": torch.linspace(lo, hi, HIST_BINS + 1).tolist(),
-            "gates": {gate: {"units": units, **unit_statistics(arrays[gate])}
-                      for gate, units in gate_units(sources, width).items()}}
+    stats = {"saturation_threshold": SATURATION, "pinned_share": PINNED, "n": int(len(cat["global_pre_tanh"])),
+             "bin_edges": torch.linspace(lo, hi, HIST_BINS + 1).tolist(),
+             "gates": {gate: {"units": units, **unit_statistics(arrays[gate])}
+                       for gate, units in gate_units(sources, width).items()}}
+    return {**stats, "summary": describe(stats)}
 
 
 def pinned_units(stats: dict[str, Any]) -> list[tuple[str, str, float]]:

@@ -110,12 +110,15 @@ def test_interrupted_collection_resumes(tiny_setup, tmp_path):
         assert torch.equal(resumed[k], full[k]), k
 
 
-def test_cli_writes_json_and_figures(tiny_setup, tmp_path):
+def test_cli_writes_json_and_figures(tiny_setup, tmp_path, capsys):
     root, ckpt = tiny_setup
     out = tmp_path / "report"
     A.main(["--checkpoint", str(ckpt), "--data", str(root), "--out", str(out), "--faithfulness", "2",
             "--methods", "attention", "gradcam", "random", "--batch-size", "4"])
     result = json.loads((out / "analysis.json").read_text())
+    printed = capsys.readouterr().out.splitlines()
+    summary = result["gate_pre_tanh"]["summary"]
+    assert len(summary) >= 4 + 3 * 2 and printed[:len(summary)] == summary  # one line per gate unit, printed
     assert 0 <= result["accuracy"] <= 1 and result["n"] == 12
     for name in ("reliability.png", "confusion_matrix.png", "net_confusion_matrix.png", "source_accuracy.png",
                  "global_gates_per_class.png", "head_class_mi.png", "faithfulness.png", "gate_pre_tanh.png"):

@@ -29,6 +29,7 @@ def test_statistics_on_hand_made_values():
     assert G.pinned_units(s) == [("global", "g", -1.0)]  # 75 % saturated is not pinned
     lines = G.describe(s)
     assert len(lines) == 4 and "pinned at -1" in lines[0] and "pinned" not in lines[1]
+    assert s["summary"] == lines  # kept in analysis.json, printed by the analysis
 
 
 def test_a_gate_whose_units_are_all_pinned_sits_at_a_corner():
