@@ -93,19 +93,29 @@ def attribute_batch(model: AttendAndRectify, x: torch.Tensor, targets, method: s
         if method == "saliency":
             kwargs["abs"] = True
         if noise_tunnel:
-            # SmoothGrad's noise level is a share of the input's range (Smilkov et al. 2017 find 10-20 % best);
-            # the copies are drawn from a fixed seed, so a map is reproducible and nobody else's draws move.
-            sigma = SMOOTHGRAD_NOISE * float(x.detach().max() - x.detach().min())
-            with torch.random.fork_rng(devices=[x.device] if x.device.type != "cpu" else []):
-                torch.manual_seed(SMOOTHGRAD_SEED)
-                result = NoiseTunnel(algo).attribute(x, target=targets, nt_type="smoothgrad", nt_samples=nt_samples,
-                                                     nt_samples_batch_size=min(nt_samples, 8), stdevs=sigma,
-                                                     **kwargs)
+            # One image at a time: its noise level and its noisy copies then depend on that image alone.
+            result = torch.cat([_smoothgrad(NoiseTunnel(algo), x[i:i + 1], targets[i:i + 1], nt_samples, kwargs)
+                                for i in range(b)])
         else:
             result = algo.attribute(x, target=targets, **kwargs)
     amap = result.detach().float()
     amap = amap.abs().sum(1) if method != "gradcam" else amap.sum(1).clamp(min=0)
     return amap.cpu().numpy()
+
+
+def _smoothgrad(tunnel, x: torch.Tensor, target: torch.Tensor, nt_samples: int, kwargs: dict) -> torch.Tensor:
+    """SmoothGrad of one image: noise of 15 % of its range (Smilkov et al. 2017 find 10-20 % best), drawn
+    from a fixed seed on the image's device, so a map is reproducible and no other random stream moves."""
+    sigma = SMOOTHGRAD_NOISE * float(x.detach().max() - x.detach().min())
+    cuda = x.device.type == "cuda"
+    with torch.random.fork_rng(devices=[x.device] if cuda else [], device_type="cuda"):
+        if cuda:
+            with torch.cuda.device(x.device):
+                torch.cuda.manual_seed(SMOOTHGRAD_SEED)  # this device's generator only
+        else:
+            torch.random.default_generator.manual_seed(SMOOTHGRAD_SEED)
+        return tunnel.attribute(x, target=target, nt_type="smoothgrad", nt_samples=nt_samples,
+                                nt_samples_batch_size=min(nt_samples, 8), stdevs=sigma, **kwargs)
 
 
 def layer_attention(trace: Trace, i: int, layer: int, size: int | None = None) -> np.ndarray:

@@ -87,6 +87,18 @@ def test_noise_tunnel_is_the_mean_saliency_over_noisy_copies(tiny_model, x):
     assert not np.allclose(got, attribute(tiny_model, x, 2, "saliency").map, rtol=0.05)  # the noise matters
 
 
+def test_smoothgrad_of_a_batch_is_each_image_on_its_own(tiny_model):
+    """An image's SmoothGrad map does not depend on the other images of its batch (noise level, noisy copies)."""
+    from ar_core.attribution import attribute_batch
+
+    scale = torch.tensor([1.0, 3.0]).view(2, 1, 1, 1)  # unequal ranges: a batch-wide noise level would differ
+    xs = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3)) * scale
+    both = attribute_batch(tiny_model, xs, [1, 2], "saliency", noise_tunnel=True)
+    for i, target in enumerate([1, 2]):
+        alone = attribute_batch(tiny_model, xs[i:i + 1], [target], "saliency", noise_tunnel=True)
+        np.testing.assert_allclose(both[i], alone[0], rtol=1e-5, atol=1e-8)
+
+
 def test_the_shared_model_is_never_hooked(tiny_model, x):
     attribute(tiny_model, x, 0, "gradcam")
     attribute(tiny_model, x, 0, "integrated_gradients", ig_steps=4)
