@@ -24,7 +24,8 @@ def dataset_gates(r: dict):
     st.write(EXPLAIN.format(t=t))
     pinned = G.pinned_units(stats)
     if pinned:
-        st.warning("Saturated on at least {:.0%} of the images, so in effect constants: ".format(stats["pinned_share"])
+        st.warning("Saturated at the same end of tanh on at least {:.0%} of the images, so in effect constants: "
+                   .format(stats["pinned_share"])
                    + "; ".join(f"{gate} gate → {unit} (tanh ≈ {sign:+.0f})" for gate, unit, sign in pinned) + ".")
     else:
         st.success("No gate unit is saturated on most images: every gate responds to the image.")

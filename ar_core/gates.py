@@ -44,6 +44,8 @@ def unit_statistics(x: torch.Tensor) -> dict[str, list]:
             "min": x.amin(0).tolist(), "max": x.amax(0).tolist(),
             "p05": q[0].tolist(), "p95": q[1].tolist(),
             "saturated_fraction": (x.abs() > SATURATION).double().mean(0).tolist(),
+            "saturated_high_fraction": (x > SATURATION).double().mean(0).tolist(),
+            "saturated_low_fraction": (x < -SATURATION).double().mean(0).tolist(),
             "positive_fraction": (x > 0).double().mean(0).tolist(),
             "counts": counts.view(units, HIST_BINS).tolist()}
 
@@ -66,13 +68,24 @@ def gate_statistics(cat: dict[str, torch.Tensor], sources: Sequence[str]) -> dic
     return {**stats, "summary": describe(stats)}
 
 
+def pinned_sign(s: dict[str, Any], u: int) -> float | None:
+    """+1 or -1 where unit ``u`` of a gate's statistics is saturated at that end on at least ``PINNED`` of the
+    images (its tanh a constant); None where it responds to the image, or switches between the two ends."""
+    if s["saturated_high_fraction"][u] >= PINNED:
+        return 1.0
+    if s["saturated_low_fraction"][u] >= PINNED:
+        return -1.0
+    return None
+
+
 def pinned_units(stats: dict[str, Any]) -> list[tuple[str, str, float]]:
-    """(gate, unit, sign of its tanh) of every unit saturated on at least ``PINNED`` of the images."""
+    """(gate, unit, sign of its tanh) of every unit pinned at one end of tanh (:func:`pinned_sign`)."""
     out = []
     for gate, s in stats.get("gates", {}).items():
         for u, unit in enumerate(s["units"]):
-            if s["saturated_fraction"][u] >= PINNED:
-                out.append((gate, unit, 1.0 if s["mean"][u] > 0 else -1.0))
+            sign = pinned_sign(s, u)
+            if sign is not None:
+                out.append((gate, unit, sign))
     return out
 
 
@@ -84,10 +97,10 @@ def pinned_corner(stats: dict[str, Any], gate: str) -> list[float] | None:
     while any unit of the gate still responds to the image.
     """
     s = stats["gates"][gate]
-    if min(s["saturated_fraction"]) < PINNED:
+    signs = [pinned_sign(s, u) for u in range(len(s["units"]))]
+    if None in signs:
         return None
-    signs = torch.tensor([1.0 if m > 0 else -1.0 for m in s["mean"]], dtype=torch.float64)
-    return torch.softmax(signs, 0).tolist()
+    return torch.softmax(torch.tensor(signs, dtype=torch.float64), 0).tolist()
 
 
 def describe(stats: dict[str, Any]) -> list[str]:
@@ -98,8 +111,11 @@ def describe(stats: dict[str, Any]) -> list[str]:
             sat = s["saturated_fraction"][u]
             line = (f"{gate} gate, {unit}: pre-tanh {s['mean'][u]:+.2f} ± {s['std'][u]:.2f} "
                     f"(5-95 %: {s['p05'][u]:+.2f} … {s['p95'][u]:+.2f}), saturated on {sat:.1%} of images")
-            if sat >= PINNED:
-                line += f": its tanh is pinned at {'+1' if s['mean'][u] > 0 else '-1'}, a constant"
+            sign = pinned_sign(s, u)
+            if sign is not None:
+                line += f": its tanh is pinned at {sign:+.0f}, a constant"
+            elif sat >= PINNED:
+                line += ": saturated, but at both ends (a switch between them, not a constant)"
             lines.append(line)
         corner = pinned_corner(stats, gate)
         if corner is not None:

@@ -48,6 +48,13 @@ def test_a_gate_whose_units_are_all_pinned_sits_at_a_corner():
     with torch.no_grad():  # the model's own gate at those inputs lands on the corner to within tanh's 4 %
         assert torch.softmax(torch.tanh(glob), 1).mean(0).tolist() == pytest.approx([low, low, high, high], abs=0.01)
     assert G.pinned_corner(s, "g1") is None  # head 2 stays in tanh's linear range
+    # saturated on every image, but at +3 on some and -3 on others: a switch, so no unit of it is a constant
+    flips = G.gate_statistics({**{f"gate_pre_tanh/g{i}": heads for i in (1, 2, 3)},
+                               "global_pre_tanh": glob * torch.tensor([[1.0, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, -1]])},
+                              ["g1", "g2", "g3", "network"])
+    assert flips["gates"]["global"]["saturated_fraction"][3] == 1.0
+    assert G.pinned_corner(flips, "global") is None and ("global", "network", 1.0) not in G.pinned_units(flips)
+    assert "at both ends" in flips["summary"][3]
     corner = [line for line in G.describe(s) if "corner" in line]
     assert corner == ["global gate: every unit is pinned, so its weights are the constant 0.060 / 0.060 / 0.440 / "
                       "0.440, a corner of what softmax(tanh) can express"]
