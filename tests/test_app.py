@@ -722,6 +722,18 @@ def test_a_checkpoint_replaced_under_its_name_is_traced_and_explained_again(app_
     assert not torch.allclose(shown, old) and torch.allclose(shown, want, atol=1e-4)  # the new model's answer
     assert res["weights"] == meta["weights_sha256"]
     assert any("Compute attributions" in i.value for i in at.info)  # the old weights' saliency is not shown
+    # With no image chosen any more the last result stays on screen: it too follows the replaced file.
+    at.file_uploader(key="images").set_value([]).run()
+    stamp += 10
+    _checkpoint(ckpt, seed=8)
+    os.utime(ckpt, (stamp, stamp))
+    at.run()
+    model, meta = ar_core.load_checkpoint(ckpt)
+    res = at.session_state["result"]
+    with torch.no_grad():
+        want = model(ar_core.inference.preprocess(from_hwc(res["image"]), meta))
+    assert not at.exception and res["weights"] == meta["weights_sha256"]
+    assert torch.allclose(res["ins"].trace.output, want, atol=1e-4)
 
 
 def test_sanity_check_and_walk_follow_the_image_content_not_its_file_name(app_env):

@@ -44,6 +44,27 @@ def _random_pos(n: int):
     st.session_state["browse_pos"] = int(np.random.default_rng().integers(n))
 
 
+def _follow_replaced_checkpoint(res: dict | None) -> dict | None:
+    """The shown result, traced again if its checkpoint file was replaced under its name since (a new release
+    pulled into a running server): every view loads the model by path, so none may mix old and new weights."""
+    if res is None:
+        return None
+    try:
+        model, meta = state.get_model(res["path"], res["device"])
+    except OSError:
+        st.session_state.pop("result", None)
+        st.warning(f"The checkpoint of the last result ({os.path.basename(res['path'])}) is gone. Pick an image "
+                   f"and a model again.")
+        return None
+    if res.get("weights") == meta["weights_sha256"]:
+        return res
+    ins = state.cached_inspection(model, meta, (res["digest"], res["fit"], res["path"], res["device"]),
+                                  from_hwc(res["image"]))
+    res = st.session_state["result"] = {**res, "ins": ins, "weights": meta["weights_sha256"],
+                                        "tta": ins.trace.augmentation}
+    return res
+
+
 def _dataset_browser(model, meta, size: int, ckpt_key: tuple):
     ds, ds_key = sidebar.dataset_picker(size, meta.get("classes"))  # labels in the checkpoint's class order
     if ds is None:
@@ -118,7 +139,7 @@ def render():
                                       "wall_ms": (time.perf_counter() - t0) * 1000, "source": source,
                                       "index": int(name.rsplit("#", 1)[1]) if source == "Dataset" else None,
                                       "original": original if source != "Dataset" else None}
-    res = st.session_state.get("result")
+    res = _follow_replaced_checkpoint(st.session_state.get("result"))
     share.show_notes(res)
     if res is None:
         st.info("Upload an image, take a picture, or browse a dataset to begin.")
