@@ -570,6 +570,7 @@ def test_shipped_pair_compares_side_by_side_with_the_recipes_augmentation(monkey
     assert not at.exception and not _errors(at)
     (key, (maps, _)), = at.session_state["compare_maps"].items()
     assert key[-2:] == (base_aug.name, att_aug.name)  # keyed by each checkpoint's test-time augmentation
+    assert all(ar_core.load_checkpoint(n)[1]["weights_sha256"] in key for n in names)  # and by its weights
     from ar_core.attribution import gated_attention
 
     att = next(t for t in traces if t.layers)
@@ -734,6 +735,27 @@ def test_a_checkpoint_replaced_under_its_name_is_traced_and_explained_again(app_
         want = model(ar_core.inference.preprocess(from_hwc(res["image"]), meta))
     assert not at.exception and res["weights"] == meta["weights_sha256"]
     assert torch.allclose(res["ins"].trace.output, want, atol=1e-4)
+
+
+def test_dataset_predictions_are_kept_per_weights(app_env):
+    """The process-wide store of data-set predictions tells two versions of one checkpoint apart."""
+    def page():
+        import os
+
+        import ar_core
+        from app import state
+        from ar_core.data import load_image_folder
+
+        model, meta = ar_core.load_checkpoint(os.environ["AR_CHECKPOINT"])
+        ds = load_image_folder(os.environ["AR_IMAGE_FOLDER"])
+        for weights in ("old-weights", "new-weights"):
+            state.dataset_predictions(model, {**meta, "weights_sha256": weights}, ds, ("folder:per-weights",))
+
+    assert not AppTest.from_function(page).run().exception
+    from app import state
+
+    kept = [key for key in state._prediction_store() if key[0] == "folder:per-weights"]
+    assert sorted(key[-1] for key in kept) == ["new-weights", "old-weights"]
 
 
 def test_sanity_check_and_walk_follow_the_image_content_not_its_file_name(app_env):

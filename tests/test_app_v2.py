@@ -1,10 +1,13 @@
 """The explorer's gate-behaviour, sanity-check and atlas views, driven headlessly with AppTest."""
 
+import os
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import torch
 from streamlit.testing.v1 import AppTest
+
+import ar_core
 
 from conftest import ROOT, open_tab
 from test_app import _analysed_dataset_page, _errors, _png, _start, app_env  # noqa: F401  (app_env is a fixture)
@@ -47,7 +50,8 @@ def test_inspector_shows_each_gates_pre_tanh_value(app_env):
 def test_dataset_page_measures_gate_behaviour(app_env):
     at = _analysed_dataset_page()
     assert not at.exception and not _errors(at)
-    (r, _), = at.session_state["analyses"].values()
+    (key, (r, _)), = at.session_state["analyses"].items()
+    assert ar_core.load_checkpoint(os.environ["AR_CHECKPOINT"])[1]["weights_sha256"] in key  # by weights, not path
     stats = r["gate_pre_tanh"]
     table = _frame(at, "pre-tanh mean")
     assert len(table) == 4 + 3 * 2  # the global gate's 4 sources, then 2 heads in each of 3 layers
