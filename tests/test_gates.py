@@ -83,3 +83,17 @@ def test_image_rows_follow_the_trace(tiny_model):
 def test_report_figure_draws_every_gate():
     fig = G.figure(G.gate_statistics(_cat(), ["g", "network"]))
     assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 2
+
+
+def test_the_how_it_works_page_states_the_global_gates_bounds():
+    """A weight of four sources' softmax(tanh) is least with its unit at -1 and the others at +1, greatest the
+    other way round; the page's figures are those."""
+    from app.pages.about import EQUATIONS
+
+    low = float(torch.softmax(torch.tensor([-1.0, 1.0, 1.0, 1.0]), 0)[0])
+    high = float(torch.softmax(torch.tensor([1.0, -1.0, -1.0, -1.0]), 0)[0])
+    grid = torch.cartesian_prod(*[torch.linspace(-1, 1, 5)] * 4)  # tanh values over a grid of the cube
+    weights = torch.softmax(grid, 1)
+    assert float(weights.min()) == pytest.approx(low) and float(weights.max()) == pytest.approx(high)
+    (text,) = [t for title, _, t in EQUATIONS if title == "Global gate"]
+    assert f"between {low:.3f} and {high:.3f}" in text

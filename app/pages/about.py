@@ -13,7 +13,11 @@ EQUATIONS = [
      "How much the module trusts each head for this image; the K weights sum to 1."),
     ("Module hypothesis", r"o^l = \sum_k g^l_k\, o^l_k", "The layer's answer: its heads mixed by their gates."),
     ("Global gate", r"g_O = \mathrm{softmax}\left(\tanh\left(\mathrm{BN}(W_G\,\mathrm{GAP}(Z^L))\right)\right)",
-     "One weight per attended layer and one for the network's own output, read off the last feature map."),
+     "One weight per attended layer and one for the network's own output, read off the last feature map. "
+     "tanh keeps every unit in [−1, 1], so no source can weigh more than e² ≈ 7.4 times another: with four "
+     "sources (three attended layers and the network) a weight stays between 0.043 and 0.711. The same bound "
+     "holds for the confidence gates over the K heads. The data-set page's Gate behaviour tab shows whether a "
+     "trained model's gates respond to the image or sit at the bound."),
     ("Fusion", r"\mathrm{output} = g_{net}\log\mathrm{softmax}(o_{net}) + \sum_l g_O^l \log\mathrm{softmax}(o^l)",
      "The prediction is the argmax. When the network alone is wrong and the fused output is right, "
      "attention has rectified the prediction."),
