@@ -55,7 +55,9 @@ def _image_list(ds, indices: np.ndarray, classes, arrays, title: str, pred: np.n
 
 def _disagreement_view(ds, ds_key, classes, source, device, arrays):
     """The images on which a baseline and an attention checkpoint of the same classes disagree."""
-    from ar_core.compare import disagreements
+    import torch
+
+    from ar_core.compare import disagreements, paired
 
     pairs, baselines, attentive = state.comparison_pairs(classes)
     if state.explain_missing_pair(pairs, baselines, attentive):
@@ -74,9 +76,12 @@ def _disagreement_view(ds, ds_key, classes, source, device, arrays):
         model, meta = state.get_model(pairs[label][0], device)
         preds[role] = state.dataset_predictions(model, meta, ds, (ds_key, pairs[label][0], device))["fused"]
     labels = ds.labels.numpy()
-    st.write(f"Baseline {(preds['baseline'] == labels).mean():.2%} right, attention model "
-             f"{(preds['attention'] == labels).mean():.2%} right, on {len(labels)} images; each caption gives "
-             "the true class, then the baseline's answer (B) and the attention model's (A).")
+    test = paired(*(torch.from_numpy(preds[role] == labels) for role in ("attention", "baseline")))
+    st.write(f"Baseline {test['accuracy_b']:.2%} right, attention model {test['accuracy_a']:.2%} right, on "
+             f"{test['n']} images. Only the attention model is right on {test['only_a_right']}, only the baseline "
+             f"on {test['only_b_right']}: McNemar's exact p = {test['mcnemar_p']:.3g}, the chance of so uneven a "
+             f"split if each of those images were a coin flip (`python -m ar_core.compare` gives the same). Each "
+             "caption gives the true class, then the baseline's answer (B) and the attention model's (A).")
 
     def caption(i):
         return (f"#{i} {classes[int(labels[i])]} · B {classes[int(preds['baseline'][i])]} · "
