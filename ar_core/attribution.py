@@ -22,6 +22,7 @@ METHODS = {
     "gradcam": "Grad-CAM",
     "occlusion": "Occlusion",
 }
+SMOOTHGRAD_METHODS = ("integrated_gradients", "saliency")  # the gradient maps NoiseTunnel averages
 
 
 @dataclass
@@ -70,6 +71,8 @@ def attribute_batch(model: AttendAndRectify, x: torch.Tensor, targets, method: s
 
     if method not in METHODS:
         raise ValueError(f"unknown attribution method {method!r}; choose one of {list(METHODS)}")
+    if noise_tunnel and method not in SMOOTHGRAD_METHODS:
+        raise ValueError(f"NoiseTunnel (SmoothGrad) applies to {', '.join(SMOOTHGRAD_METHODS)}, not {method!r}")
     if x.ndim != 4:
         raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(x.shape)}")
     targets = torch.as_tensor(targets, dtype=torch.long, device=x.device).view(-1)

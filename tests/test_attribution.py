@@ -110,6 +110,8 @@ def test_the_shared_model_is_never_hooked(tiny_model, x):
 def test_bad_requests(tiny_model, x):
     with pytest.raises(ValueError, match="unknown attribution method"):
         attribute(tiny_model, x, 0, "lime")
+    with pytest.raises(ValueError, match="NoiseTunnel .* not 'gradcam'"):
+        attribute(tiny_model, x, 0, "gradcam", noise_tunnel=True)  # it was ignored without a word
     with pytest.raises(ValueError, match="one image"):
         attribute(tiny_model, torch.cat([x, x]), 0, "saliency")
 

@@ -272,7 +272,7 @@ def _attribution_view(res):
     key = (*state.result_key(res), target, cam_layer, tunnel)
     store = st.session_state.setdefault("attributions", {})
     if go and methods:
-        from ar_core.attribution import attribute
+        from ar_core.attribution import SMOOTHGRAD_METHODS, attribute
         from ar_core.inference import preprocess
 
         model, meta = state.get_model(res["path"], res["device"])
@@ -284,7 +284,8 @@ def _attribution_view(res):
                 if m in done:
                     continue
                 st.write(f"{METHODS[m]}…")
-                done[m] = attribute(model, x, target, m, layer=cam_layer, noise_tunnel=tunnel)
+                done[m] = attribute(model, x, target, m, layer=cam_layer,
+                                    noise_tunnel=tunnel and m in SMOOTHGRAD_METHODS)
                 st.write(f"{METHODS[m]}: {done[m].seconds * 1000:.0f} ms")
             status.update(label="Attributions ready", state="complete")
     results = store.get(key, {})
