@@ -7,6 +7,10 @@ Two accuracies measured on the same images are not independent samples: what dec
 models is the images only one of them gets right. McNemar's test asks whether those two counts
 could come from a fair coin (exact binomial, two-sided), which a difference of accuracies alone
 cannot tell.
+
+Several pairs (one per seed: ``--a ATT0 ATT1 --b BASE0 BASE1``) are compared pair by pair, and when
+every A is an attention model and every B a baseline, the paper's claim is read by the rule fixed
+before the v2 runs ended (:func:`claim_verdict`).
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from typing import Any
 
 import numpy as np
@@ -47,6 +50,23 @@ def paired(correct_a: torch.Tensor, correct_b: torch.Tensor) -> dict[str, Any]:
             "only_a_right": only_a, "only_b_right": only_b, "mcnemar_p": mcnemar_exact(only_a, only_b)}
 
 
+CLAIM_ALPHA = 0.05
+
+
+def claim_verdict(pairs: list[dict[str, Any]]) -> str:
+    """The paper's claim (attention beats its baseline) read over the seeds of one data set: supported when
+    the attention model (A) is ahead on every pair and at least one pair has McNemar p < 0.05; ahead on
+    every pair without that is the paper's direction, unresolved; anything else is not supported."""
+    if not pairs:
+        raise ValueError("no pairs to read the claim from")
+    ahead = all(p["accuracy_a"] > p["accuracy_b"] for p in pairs)
+    if ahead and any(p["mcnemar_p"] < CLAIM_ALPHA for p in pairs):
+        return "supported"
+    if ahead:
+        return "the paper's direction, not resolved by these images"
+    return "not supported here"
+
+
 def disagreements(labels, baseline, attentive) -> dict[str, np.ndarray]:
     """Indices of the images on which two models' answers differ: exactly one right, or both wrong differently.
 
@@ -61,8 +81,8 @@ def disagreements(labels, baseline, attentive) -> dict[str, np.ndarray]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--a", required=True, help="first checkpoint (.safetensors)")
-    p.add_argument("--b", required=True, help="second checkpoint (.safetensors)")
+    p.add_argument("--a", required=True, nargs="+", help="first checkpoint (.safetensors); one per pair")
+    p.add_argument("--b", required=True, nargs="+", help="second checkpoint, paired with --a by position")
     p.add_argument("--data", required=True, help="ImageFolder tree with both models' classes")
     p.add_argument("--validation-split", action="store_true",
                    help="compare on the validation split both checkpoints record (carved from --data, the "
@@ -76,14 +96,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv=None) -> dict[str, Any]:
+def compare_pair(path_a: str, path_b: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One pair on the same images: each model's answers (from analyze's cache unless --no-cache), then
+    the paired counts and McNemar's test."""
     from .analyze import collect_cached, predictions_cache
     from .evaluate import align_labels, validation_split
     from .precision import autocast_for
     from .tta import resolve as resolve_tta
 
-    args = parse_args(argv)
-    (model_a, meta_a), (model_b, meta_b) = (load_checkpoint(p, device=args.device) for p in (args.a, args.b))
+    (model_a, meta_a), (model_b, meta_b) = (load_checkpoint(p, device=args.device) for p in (path_a, path_b))
     if list(meta_a.get("classes", [])) != list(meta_b.get("classes", [])):
         raise SystemExit("the two checkpoints have different classes; they cannot be compared image by image")
     dataset = D.load_image_folder(args.data)
@@ -105,16 +126,31 @@ def main(argv=None) -> dict[str, Any]:
         cache = None if args.no_cache else predictions_cache(meta, dataset, aug, precision)
         cat = collect_cached(model, dataset, meta, cache, tta=aug)  # resumable: saved chunk by chunk
         correct.append(cat["pred"] == dataset.labels)
-    result = {"a": args.a, "b": args.b, **paired(*correct)}
+    attention_vs_baseline = bool(model_a.attend) and not model_b.attend
+    return {"a": path_a, "b": path_b, **paired(*correct), "attention_vs_baseline": attention_vs_baseline}
+
+
+def main(argv=None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if len(args.a) != len(args.b):
+        raise SystemExit(f"{len(args.a)} checkpoints for --a and {len(args.b)} for --b: give one B for each A")
+    pairs = [compare_pair(a, b, args) for a, b in zip(args.a, args.b)]
+    claim = claim_verdict(pairs) if all(p["attention_vs_baseline"] for p in pairs) else None
+    result = {**pairs[0], "claim": claim} if len(pairs) == 1 else {"pairs": pairs, "claim": claim}
     if args.json:
         print(json.dumps(result, indent=2))
-    else:
-        print(f"{result['n']} images\n"
-              f"  A {args.a}: {100 * result['accuracy_a']:.2f} %\n"
-              f"  B {args.b}: {100 * result['accuracy_b']:.2f} %\n"
-              f"  only A right: {result['only_a_right']}, only B right: {result['only_b_right']}, "
-              f"both right: {result['both_right']}, both wrong: {result['both_wrong']}\n"
-              f"  McNemar's exact test: p = {result['mcnemar_p']:.4g}", file=sys.stdout)
+        return result
+    for r in pairs:
+        print(f"{r['n']} images\n"
+              f"  A {r['a']}: {100 * r['accuracy_a']:.2f} %\n"
+              f"  B {r['b']}: {100 * r['accuracy_b']:.2f} %\n"
+              f"  only A right: {r['only_a_right']}, only B right: {r['only_b_right']}, "
+              f"both right: {r['both_right']}, both wrong: {r['both_wrong']}\n"
+              f"  McNemar's exact test: p = {r['mcnemar_p']:.4g}")
+    if claim is not None:
+        print(f"the paper's claim (A, with attention, beats B, its baseline) over {len(pairs)} pair"
+              f"{'s' if len(pairs) > 1 else ''}: {claim} (ahead on every pair, and p < {CLAIM_ALPHA} on at "
+              f"least one, to count as supported)")
     return result
 
 

@@ -8,7 +8,7 @@ import torch
 
 import ar_core
 from ar_core import data as D
-from ar_core.compare import disagreements, main, mcnemar_exact, paired
+from ar_core.compare import claim_verdict, disagreements, main, mcnemar_exact, paired
 from ar_core.evaluate import evaluate
 from conftest import randomize_bn
 from test_data import make_image_folder
@@ -123,3 +123,28 @@ def test_cli_reads_and_fills_the_per_image_cache_that_analyze_uses(tmp_path, mon
     accs = [evaluate(ar_core.load_checkpoint(p)[0], D.load_image_folder(folder), META, tta="flip")["accuracy"]
             for p in paths]
     assert (first["accuracy_a"], first["accuracy_b"]) == pytest.approx(accs)
+
+
+def _pair(a, b, p):
+    return {"accuracy_a": a, "accuracy_b": b, "mcnemar_p": p}
+
+
+@pytest.mark.parametrize("pairs, verdict", [
+    ([_pair(0.95, 0.94, 0.01), _pair(0.95, 0.945, 0.30)], "supported"),
+    ([_pair(0.95, 0.94, 0.05), _pair(0.95, 0.945, 0.30)], "the paper's direction, not resolved by these images"),
+    ([_pair(0.95, 0.94, 0.001), _pair(0.94, 0.945, 0.30)], "not supported here"),  # behind on one seed
+    ([_pair(0.94, 0.94, 1.0)], "not supported here"),                                 # level is not ahead
+])
+def test_the_claim_is_read_by_the_rule_fixed_before_the_runs(pairs, verdict):
+    assert claim_verdict(pairs) == verdict
+
+
+def test_cli_reads_the_claim_over_several_pairs(tmp_path, monkeypatch, capsys):
+    folder, (att, base) = _two_models(tmp_path, monkeypatch)
+    r = main(["--a", att, att, "--b", base, base, "--data", str(folder), "--tta", "none"])
+    assert len(r["pairs"]) == 2 and r["pairs"][0] == r["pairs"][1]
+    assert r["pairs"][0]["attention_vs_baseline"] and r["claim"] == claim_verdict(r["pairs"])
+    assert f"over 2 pairs: {r['claim']}" in capsys.readouterr().out
+    assert main(["--a", base, "--b", att, "--data", str(folder), "--tta", "none"])["claim"] is None  # not A vs baseline
+    with pytest.raises(SystemExit, match="give one B for each A"):
+        main(["--a", att, att, "--b", base, "--data", str(folder)])
