@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ar_core.gates import weight_bounds
 from ar_core.history import History
 
 from .figures import SOURCE_COLORS, upsample
@@ -49,6 +50,12 @@ def global_gate_curves(history: History, epoch: int | None = None, probe: int | 
         if probe is not None:
             fig.add_scatter(x=history.epochs, y=history.global_gates[:, probe, j].numpy(), mode="lines+markers",
                             name=f"{name} (this image)", line={"color": color, "dash": "dot"})
+    if len(history.sources) > 1:  # the weights softmax(tanh) cannot reach, whatever the image
+        low, high = weight_bounds(len(history.sources))
+        for y0, y1 in ((0, low), (high, 1)):
+            fig.add_hrect(y0=y0, y1=y1, fillcolor="#bbb", opacity=0.3, line_width=0, layer="below")
+        fig.add_annotation(x=1, xref="paper", y=high, yanchor="bottom", xanchor="right", showarrow=False,
+                           text=f"grey: beyond softmax(tanh)'s reach ({low:.3f} … {high:.3f})", font={"size": 10})
     _mark_epoch(fig, epoch)
     fig.update_layout(title="Global gates g_O per epoch",
                       xaxis_title="epoch", yaxis_title="g_O", yaxis_range=[0, 1], height=340,

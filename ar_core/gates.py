@@ -89,6 +89,15 @@ def pinned_units(stats: dict[str, Any]) -> list[tuple[str, str, float]]:
     return out
 
 
+def weight_bounds(units: int) -> tuple[float, float]:
+    """The least and greatest weight softmax(tanh(x)) can give one of ``units`` units: its tanh at -1 and
+    every other at +1, or the other way round (0.043 and 0.711 for four sources)."""
+    import math
+
+    e = math.e
+    return 1 / e / (1 / e + (units - 1) * e), e / (e + (units - 1) / e)
+
+
 def pinned_corner(stats: dict[str, Any], gate: str) -> list[float] | None:
     """The weights of ``gate`` when every one of its units is pinned: softmax of their tanh signs (±1).
 

@@ -90,10 +90,11 @@ def test_the_how_it_works_page_states_the_global_gates_bounds():
     other way round; the page's figures are those."""
     from app.pages.about import EQUATIONS
 
-    low = float(torch.softmax(torch.tensor([-1.0, 1.0, 1.0, 1.0]), 0)[0])
-    high = float(torch.softmax(torch.tensor([1.0, -1.0, -1.0, -1.0]), 0)[0])
+    low, high = G.weight_bounds(4)
     grid = torch.cartesian_prod(*[torch.linspace(-1, 1, 5)] * 4)  # tanh values over a grid of the cube
     weights = torch.softmax(grid, 1)
     assert float(weights.min()) == pytest.approx(low) and float(weights.max()) == pytest.approx(high)
+    assert G.weight_bounds(2) == pytest.approx((float(torch.sigmoid(torch.tensor(-2.0))),
+                                                float(torch.sigmoid(torch.tensor(2.0)))))
     (text,) = [t for title, _, t in EQUATIONS if title == "Global gate"]
     assert f"between {low:.3f} and {high:.3f}" in text

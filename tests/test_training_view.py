@@ -12,6 +12,7 @@ from streamlit.testing.v1 import AppTest
 from app import figures_training as ft
 from ar_core import data as D
 from ar_core import train as T
+from ar_core.gates import weight_bounds
 from ar_core.history import history_path, load_history, probe_images
 from conftest import DATASET_APP, ROOT, open_tab
 from test_data import make_image_folder
@@ -56,6 +57,8 @@ def test_figures_plot_the_recorded_values(trained):
         assert list(t.x) == h.epochs and np.allclose(t.y, 100 * h.val_accuracy[:, j].numpy())
     gates = ft.global_gate_curves(h, probe=1)
     assert np.allclose(gates.data[1].y, h.global_gates[:, 1, 0].numpy())  # group1, this image
+    low, high = weight_bounds(len(h.sources))  # shaded: what softmax(tanh) cannot reach
+    assert [(s.y0, s.y1) for s in gates.layout.shapes] == [(0, low), (high, 1)]
     belief = ft.probe_belief_curves(h, 0)
     assert np.allclose(belief.data[-1].y, h.true_class_prob[:, 0, -1].numpy())
     assert belief.layout.title.text.endswith(f"(true class = {h.classes[h.probe_labels[0]]})")
