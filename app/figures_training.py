@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ar_core.gates import weight_bounds
+from ar_core.gates import lean, weight_bounds
 from ar_core.history import History
 
 from .figures import SOURCE_COLORS, upsample
@@ -60,6 +60,24 @@ def global_gate_curves(history: History, epoch: int | None = None, probe: int | 
     fig.update_layout(title="Global gates g_O per epoch",
                       xaxis_title="epoch", yaxis_title="g_O", yaxis_range=[0, 1], height=340,
                       margin={"t": 40, "b": 40}, legend={"orientation": "h"})
+    return fig
+
+
+def gate_lean_curves(history: History, epoch: int | None = None):
+    """How far the global gate leans per epoch, as a share of the most softmax(tanh) allows (100 %: two
+    sources' units at opposite ends of tanh): the mean, least and most over the probe images."""
+    import plotly.graph_objects as go
+
+    share = 100 * lean(history.global_gates)  # (epochs, probes)
+    fig = go.Figure()
+    for name, y, dash in (("most", share.amax(1), "dot"), ("mean", share.mean(1), "solid"),
+                          ("least", share.amin(1), "dot")):
+        fig.add_scatter(x=history.epochs, y=y.numpy(), mode="lines", name=f"{name} over the probe images",
+                        line={"color": "#444", "dash": dash, "width": 2.5 if name == "mean" else 1})
+    _mark_epoch(fig, epoch)
+    fig.update_layout(title="How far the global gate leans (100 %: at softmax(tanh)'s bound)", xaxis_title="epoch",
+                      yaxis_title="% of the most it can", yaxis_range=[0, 105], height=340, margin={"t": 40, "b": 40},
+                      legend={"orientation": "h"})
     return fig
 
 

@@ -98,6 +98,14 @@ def weight_bounds(units: int) -> tuple[float, float]:
     return 1 / e / (1 / e + (units - 1) * e), e / (e + (units - 1) / e)
 
 
+def lean(weights: torch.Tensor) -> torch.Tensor:
+    """How far softmax(tanh) gates lean, as a share of the most they can: (ln max - ln min) / 2 over the last
+    axis. A log-weight is tanh(x) minus a constant, so this is half the spread of the units' tanh values:
+    0 for equal weights, 1 when two units sit at opposite ends of tanh (weights e² apart, the bound)."""
+    logw = weights.double().clamp_min(1e-30).log()
+    return (logw.amax(-1) - logw.amin(-1)) / 2
+
+
 def pinned_corner(stats: dict[str, Any], gate: str) -> list[float] | None:
     """The weights of ``gate`` when every one of its units is pinned: softmax of their tanh signs (±1).
 

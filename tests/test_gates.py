@@ -85,6 +85,15 @@ def test_report_figure_draws_every_gate():
     assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 2
 
 
+def test_lean_is_half_the_spread_of_the_units_tanh_values():
+    x = torch.randn(50, 4, generator=torch.Generator().manual_seed(0)) * 3
+    t = torch.tanh(x.double())
+    assert torch.allclose(G.lean(torch.softmax(t, 1)), (t.amax(1) - t.amin(1)) / 2)
+    assert float(G.lean(torch.full((4,), 0.25))) == 0.0
+    assert float(G.lean(torch.softmax(torch.tensor([-1.0, 1.0, 1.0, 1.0]), 0))) == pytest.approx(1.0)
+    assert float(G.lean(torch.tensor([0.060, 0.060, 0.442, 0.438]))) == pytest.approx(1.0, abs=0.01)  # v2 C10
+
+
 def test_the_how_it_works_page_states_the_global_gates_bounds():
     """A weight of four sources' softmax(tanh) is least with its unit at -1 and the others at +1, greatest the
     other way round; the page's figures are those."""

@@ -59,6 +59,11 @@ def test_figures_plot_the_recorded_values(trained):
     assert np.allclose(gates.data[1].y, h.global_gates[:, 1, 0].numpy())  # group1, this image
     low, high = weight_bounds(len(h.sources))  # shaded: what softmax(tanh) cannot reach
     assert [(s.y0, s.y1) for s in gates.layout.shapes] == [(0, low), (high, 1)]
+    leaning = ft.gate_lean_curves(h)
+    logw = h.global_gates.double().log()
+    share = 100 * (logw.amax(2) - logw.amin(2)) / 2  # (epochs, probes)
+    assert [t.name for t in leaning.data] == [f"{n} over the probe images" for n in ("most", "mean", "least")]
+    assert np.allclose(leaning.data[1].y, share.mean(1).numpy()) and np.allclose(leaning.data[0].y, share.amax(1))
     belief = ft.probe_belief_curves(h, 0)
     assert np.allclose(belief.data[-1].y, h.true_class_prob[:, 0, -1].numpy())
     assert belief.layout.title.text.endswith(f"(true class = {h.classes[h.probe_labels[0]]})")
@@ -97,7 +102,9 @@ def test_dataset_page_steps_through_the_epochs_over_the_training_folder(env):
     at.selectbox(key="dataset_kind").set_value("ImageFolder directory").run()
     at.toggle(key="dataset_history").set_value(True).run()
     assert not at.exception and not at.error
-    assert len(at.get("image")) == 1 and len(at.get("plotly_chart")) == 4
+    assert len(at.get("image")) == 1
+    assert sorted(c.key for c in at.get("plotly_chart")) == [f"dataset_history_{k}" for k in
+                                                             ("acc", "belief", "gates", "lean", "probe_gates")]
     assert not any("not stored with the model" in c.value for c in at.caption)  # the folder supplied them
     slider = at.select_slider(key="dataset_history_epoch")
     assert slider.value == 3
