@@ -64,20 +64,23 @@ def global_gate_curves(history: History, epoch: int | None = None, probe: int | 
 
 
 def gate_lean_curves(history: History, epoch: int | None = None):
-    """How far the global gate leans per epoch, as a share of the most softmax(tanh) allows (100 %: two
-    sources' units at opposite ends of tanh): the mean, least and most over the probe images."""
+    """How far each gate leans per epoch, as a share of the most softmax(tanh) allows (100 %: two of its
+    units at opposite ends of tanh), mean over the probe images: the global gate, then each attended
+    layer's confidence gate over its heads."""
     import plotly.graph_objects as go
 
-    share = 100 * lean(history.global_gates)  # (epochs, probes)
+    gates = {"global gate": history.global_gates,
+             **{f"{name} confidence gate": g for name, g in history.confidence_gates.items()}}
     fig = go.Figure()
-    for name, y, dash in (("most", share.amax(1), "dot"), ("mean", share.mean(1), "solid"),
-                          ("least", share.amin(1), "dot")):
-        fig.add_scatter(x=history.epochs, y=y.numpy(), mode="lines", name=f"{name} over the probe images",
-                        line={"color": "#444", "dash": dash, "width": 2.5 if name == "mean" else 1})
+    for name, weights in gates.items():  # weights: (epochs, probes, units)
+        layer = name.split()[0]
+        fig.add_scatter(x=history.epochs, y=(100 * lean(weights)).mean(1).numpy(), mode="lines+markers", name=name,
+                        line={"color": "#222" if layer == "global" else _color(history, layer),
+                              "width": 3 if layer == "global" else 1.5})
     _mark_epoch(fig, epoch)
-    fig.update_layout(title="How far the global gate leans (100 %: at softmax(tanh)'s bound)", xaxis_title="epoch",
-                      yaxis_title="% of the most it can", yaxis_range=[0, 105], height=340, margin={"t": 40, "b": 40},
-                      legend={"orientation": "h"})
+    fig.update_layout(title="How far each gate leans (100 %: at softmax(tanh)'s bound)", xaxis_title="epoch",
+                      yaxis_title="% of the most it can (mean over probes)", yaxis_range=[0, 105], height=340,
+                      margin={"t": 40, "b": 40}, legend={"orientation": "h"})
     return fig
 
 

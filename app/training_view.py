@@ -37,7 +37,7 @@ def render(source: str, key: str, dataset=None, dataset_key: str | None = None) 
     c2.plotly_chart(ft.global_gate_curves(history), key=f"{key}_gates")
     if history.layers:
         c1.plotly_chart(ft.gate_lean_curves(history), key=f"{key}_lean")
-        c2.write("A gate that leans 100 % has two sources' units at opposite ends of tanh: their weights are "
+        c2.write("A gate that leans 100 % has two of its units at opposite ends of tanh: their weights are "
                  "e² ≈ 7.4 apart, the most softmax(tanh) allows, and the image can no longer move them. A gate "
                  "that decides per image stays below and moves from one image to the next.")
 

@@ -60,10 +60,10 @@ def test_figures_plot_the_recorded_values(trained):
     low, high = weight_bounds(len(h.sources))  # shaded: what softmax(tanh) cannot reach
     assert [(s.y0, s.y1) for s in gates.layout.shapes] == [(0, low), (high, 1)]
     leaning = ft.gate_lean_curves(h)
-    logw = h.global_gates.double().log()
-    share = 100 * (logw.amax(2) - logw.amin(2)) / 2  # (epochs, probes)
-    assert [t.name for t in leaning.data] == [f"{n} over the probe images" for n in ("most", "mean", "least")]
-    assert np.allclose(leaning.data[1].y, share.mean(1).numpy()) and np.allclose(leaning.data[0].y, share.amax(1))
+    assert [t.name for t in leaning.data] == ["global gate"] + [f"group{i} confidence gate" for i in (1, 2, 3)]
+    for t, weights in zip(leaning.data, [h.global_gates, *h.confidence_gates.values()]):
+        logw = weights.double().log()
+        assert np.allclose(t.y, (100 * (logw.amax(2) - logw.amin(2)) / 2).mean(1).numpy())  # mean over probes
     belief = ft.probe_belief_curves(h, 0)
     assert np.allclose(belief.data[-1].y, h.true_class_prob[:, 0, -1].numpy())
     assert belief.layout.title.text.endswith(f"(true class = {h.classes[h.probe_labels[0]]})")
