@@ -85,10 +85,17 @@ def overlay_panels(image: np.ndarray, trace: Trace, i: int, alpha: float = 0.6, 
     The fast path for the page (no figure rendering); ``attention_grid`` draws the same panels as
     one matplotlib figure for export.
     """
+    base = display_base(image, display_size)
+    return [list(blend(base, upsample(layer.attention_maps[i], display_size), alpha, cmap)) for layer in trace.layers]
+
+
+def display_base(image: np.ndarray | None, size: int) -> np.ndarray:
+    """The (size, size, 3) uint8 image maps are blended over: the input resized (bicubic), or black."""
     from PIL import Image
 
-    base = np.asarray(Image.fromarray(image).resize((display_size, display_size), Image.BICUBIC))
-    return [list(blend(base, upsample(layer.attention_maps[i], display_size), alpha, cmap)) for layer in trace.layers]
+    if image is None:
+        return np.zeros((size, size, 3), np.uint8)
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC))
 
 
 def attention_heatmap(trace: Trace, i: int, layer: int, head: int, classes: Sequence[str]):

@@ -11,7 +11,7 @@ import numpy as np
 from ar_core.gates import lean, weight_bounds
 from ar_core.history import History
 
-from .figures import SOURCE_COLORS, upsample
+from .figures import SOURCE_COLORS, blend, display_base, upsample
 
 
 def _output_label(name: str) -> str:
@@ -106,39 +106,27 @@ def _mark_epoch(fig, epoch: int | None) -> None:
         fig.add_vline(x=epoch, line={"color": "#888", "dash": "dash"})
 
 
-def probe_maps_figure(history: History, probe: int, epoch: int, image: np.ndarray | None = None,
-                      alpha: float = 0.55, cmap: str = "jet", panel_inches: float = 1.6):
-    """The probe image's attention maps at one epoch: attended layers in rows, heads in columns, each
-    captioned with the head's confidence gate; the row title gives the layer's global gate and what
-    the layer believed. ``image`` (H, W, 3) uint8 lies beneath the maps when given."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
+def probe_summary(history: History, probe: int, epoch: int) -> dict:
+    """What the page writes around a probe image's maps at one epoch: the fused and true answers, and per
+    attended layer its global gate, its belief and each head's confidence gate."""
     e = history.epochs.index(epoch)
-    layers = history.layers
-    k = history.attention_maps[layers[0]].shape[2]
-    fig = Figure(figsize=(panel_inches * k + 0.4, panel_inches * len(layers) + 0.5), layout="constrained")
-    axes = fig.subplots(len(layers), k, squeeze=False)
-    side = image.shape[0] if image is not None else 64
-    for r, layer in enumerate(layers):
-        maps = upsample(history.attention_maps[layer][e, probe], side)
-        gates = history.confidence_gates[layer][e, probe]
+    layers = []
+    for layer in history.layers:
         s = history.sources.index(layer)
-        belief = history.classes[int(history.predictions[e, probe, s])]
-        axes[r, 0].set_ylabel(f"{layer}\ng_O {history.global_gates[e, probe, s]:.2f}\n→ {belief}", fontsize=8)
-        for c in range(k):
-            ax = axes[r, c]
-            if image is not None:
-                ax.imshow(image)
-                ax.imshow(maps[c], cmap=cmap, alpha=alpha)
-            else:
-                ax.imshow(maps[c], cmap=cmap)
-            ax.set_title(f"head {c + 1} · g {gates[c]:.2f}", fontsize=8)
-            ax.set_xticks([])
-            ax.set_yticks([])
-    fused = history.classes[int(history.predictions[e, probe, -1])]
-    fig.suptitle(f"epoch {epoch}: fused answer {fused} (true {history.classes[history.probe_labels[probe]]})",
-                 fontsize=9)
-    return fig
+        layers.append({"name": layer, "global_gate": float(history.global_gates[e, probe, s]),
+                       "belief": history.classes[int(history.predictions[e, probe, s])],
+                       "head_gates": history.confidence_gates[layer][e, probe].float().tolist()})
+    return {"epoch": epoch, "fused": history.classes[int(history.predictions[e, probe, -1])],
+            "true": history.classes[history.probe_labels[probe]], "layers": layers}
+
+
+def probe_panels(history: History, probe: int, epoch: int, image: np.ndarray | None = None, alpha: float = 0.55,
+                 cmap: str = "jet", display_size: int = 96) -> list[list[np.ndarray]]:
+    """RGB uint8 panels [layer][head]: the probe's attention maps at one epoch, colour-mapped and blended over
+    the probe image (``image`` (H, W, 3) uint8), or alone without it. No figure is rendered, so moving the
+    epoch slider redraws in milliseconds."""
+    e = history.epochs.index(epoch)
+    base = display_base(image, display_size)
+    weight = alpha if image is not None else 1.0
+    return [list(blend(base, upsample(history.attention_maps[layer][e, probe], display_size), weight, cmap))
+            for layer in history.layers]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app import figures_training as ft
-from app import state, widgets
+from app import state
 from ar_core.history import traced_other_weights
 from ar_core.inference import to_hwc
 
@@ -55,7 +55,13 @@ def _explorer(history, images, key: str) -> None:
                 "shown per epoch below.")
     else:
         image = to_hwc(images[probe]) if images is not None else None
-        widgets.show_figure(ft.probe_maps_figure(history, probe, epoch, image), width="content")
+        summary = ft.probe_summary(history, probe, epoch)
+        st.markdown(f"**Epoch {epoch}**: fused answer **{summary['fused']}** (true class: {summary['true']})")
+        for layer, row in zip(summary["layers"], ft.probe_panels(history, probe, epoch, image)):
+            st.markdown(f"**{layer['name']}** · global gate g_O {layer['global_gate']:.2f} · believes "
+                        f"**{layer['belief']}**")
+            for j, (col, panel) in enumerate(zip(st.columns(len(row)), row)):
+                col.image(panel, caption=f"head {j + 1} · g {layer['head_gates'][j]:.2f}", width="stretch")
     c3, c4 = st.columns(2)
     c3.plotly_chart(ft.probe_belief_curves(history, probe, epoch), key=f"{key}_belief")
     if history.layers:

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from app import figures
 from app import figures_training as ft
 from ar_core import data as D
 from ar_core import train as T
@@ -67,11 +68,21 @@ def test_figures_plot_the_recorded_values(trained):
     belief = ft.probe_belief_curves(h, 0)
     assert np.allclose(belief.data[-1].y, h.true_class_prob[:, 0, -1].numpy())
     assert belief.layout.title.text.endswith(f"(true class = {h.classes[h.probe_labels[0]]})")
-    maps = ft.probe_maps_figure(h, 0, 2, image=np.zeros((32, 32, 3), np.uint8))
-    assert len(maps.axes) == 3 * 2  # attended layers x heads
-    assert maps.axes[0].get_title() == f"head 1 · g {h.confidence_gates['group1'][1, 0, 0]:.2f}"
-    assert maps._suptitle.get_text().startswith("epoch 2: fused answer "
-                                                + h.classes[int(h.predictions[1, 0, -1])])
+    summary = ft.probe_summary(h, 0, 2)  # epoch 2 is the second recorded
+    assert summary["fused"] == h.classes[int(h.predictions[1, 0, -1])]
+    assert summary["true"] == h.classes[h.probe_labels[0]]
+    assert [l["name"] for l in summary["layers"]] == ["group1", "group2", "group3"]
+    assert summary["layers"][0]["head_gates"] == pytest.approx(h.confidence_gates["group1"][1, 0].float().tolist())
+    assert summary["layers"][2]["global_gate"] == pytest.approx(float(h.global_gates[1, 0, 2]))
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    panels = ft.probe_panels(h, 0, 2, image=image, display_size=64)
+    assert [len(row) for row in panels] == [2, 2, 2] and panels[1][1].shape == (64, 64, 3)
+    base = np.asarray(Image.fromarray(image).resize((64, 64), Image.BICUBIC))
+    want = figures.blend(base, figures.upsample(h.attention_maps["group2"][1, 0, 1], 64), 0.55, "jet")
+    assert np.array_equal(panels[1][1], want)  # group2, head 2: its map over the image
+    alone = ft.probe_panels(h, 0, 2, display_size=64)  # without the image: the colour-mapped map itself
+    assert np.array_equal(alone[1][1], figures.blend(np.zeros((64, 64, 3)), figures.upsample(
+        h.attention_maps["group2"][1, 0, 1], 64), 1.0, "jet"))
 
 
 def _png(seed=0):
@@ -102,7 +113,11 @@ def test_dataset_page_steps_through_the_epochs_over_the_training_folder(env):
     at.selectbox(key="dataset_kind").set_value("ImageFolder directory").run()
     at.toggle(key="dataset_history").set_value(True).run()
     assert not at.exception and not at.error
-    assert len(at.get("image")) == 1
+    h = load_history(history_path(env))
+    assert len(at.get("image")) == len(h.layers) * h.attention_maps["group1"].shape[2]  # one panel per head
+    shown = [c for img in at.get("image") for c in img.proto.imgs]
+    e = h.epochs.index(3)
+    assert shown[0].caption == f"head 1 · g {h.confidence_gates['group1'][e, 0, 0]:.2f}"
     assert sorted(c.key for c in at.get("plotly_chart")) == [f"dataset_history_{k}" for k in
                                                              ("acc", "belief", "gates", "lean", "probe_gates")]
     assert not any("not stored with the model" in c.value for c in at.caption)  # the folder supplied them
@@ -110,7 +125,11 @@ def test_dataset_page_steps_through_the_epochs_over_the_training_folder(env):
     assert slider.value == 3
     slider.set_value(1).run()
     at.selectbox(key="dataset_history_probe").set_value(4).run()
-    assert not at.exception and len(at.get("image")) == 1
+    assert not at.exception and len(at.get("image")) == len(h.layers) * h.attention_maps["group1"].shape[2]
+    e, shown = h.epochs.index(1), [c for img in at.get("image") for c in img.proto.imgs]
+    assert shown[0].caption == f"head 1 · g {h.confidence_gates['group1'][e, 4, 0]:.2f}"  # probe 5 at epoch 1
+    assert any(m.value.startswith(f"**Epoch 1**: fused answer **{h.classes[int(h.predictions[e, 4, -1])]}**")
+               for m in at.markdown)
 
 
 def test_inspector_shows_the_probes_without_the_folder_and_says_so(env):
