@@ -51,6 +51,12 @@ def dataset_gates(r: dict):
                          "saturated": f"{s['saturated_fraction'][u]:.1%}", "gate weight mean": round(w_mean, 3),
                          "gate weight std": round(w_std, 3)})
     st.dataframe(rows, hide_index=True, key="gv_table")
+    st.write("How far each gate leans: half the spread of its units' tanh values, 100 % when two of them sit at "
+             "opposite ends of tanh (weights e² apart, the most softmax(tanh) allows). A gate that decides per image "
+             "leans by different amounts on different images; one that always leans 100 % has hit its bound.")
+    st.dataframe([{"gate": gate, "leans, mean": round(s["lean"]["mean"], 3), "std": round(s["lean"]["std"], 3),
+                   "images leaning at least {:.0%}".format(stats["pinned_share"]): f"{s['lean']['at_bound_fraction']:.1%}"}
+                  for gate, s in stats["gates"].items() if "lean" in s], hide_index=True, key="gv_lean")
     gate = st.selectbox("Distribution of", list(stats["gates"]), format_func=lambda g: f"{g} gate", key="gv_gate")
     st.plotly_chart(figures_v2.gate_distribution_figure(stats, gate), key="gv_hist")
 

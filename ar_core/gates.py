@@ -50,6 +50,15 @@ def unit_statistics(x: torch.Tensor) -> dict[str, list]:
             "counts": counts.view(units, HIST_BINS).tolist()}
 
 
+def lean_statistics(x: torch.Tensor) -> dict[str, float]:
+    """How far a gate leans over the images (:func:`lean`, from its (N, U) pre-tanh values): mean, spread,
+    and the share of images on which it leans at least ``PINNED`` of the most it can."""
+    t = torch.tanh(x.double())
+    share = (t.amax(1) - t.amin(1)) / 2
+    return {"mean": float(share.mean()), "std": float(share.std(correction=0)),
+            "at_bound_fraction": float((share >= PINNED).double().mean())}
+
+
 def gate_statistics(cat: dict[str, torch.Tensor], sources: Sequence[str]) -> dict[str, Any]:
     """Statistics of every gate's pre-tanh values over a data set, from ``evaluate.collect``'s arrays.
 
@@ -63,7 +72,7 @@ def gate_statistics(cat: dict[str, torch.Tensor], sources: Sequence[str]) -> dic
     lo, hi = HIST_RANGE
     stats = {"saturation_threshold": SATURATION, "pinned_share": PINNED, "n": int(len(cat["global_pre_tanh"])),
              "bin_edges": torch.linspace(lo, hi, HIST_BINS + 1).tolist(),
-             "gates": {gate: {"units": units, **unit_statistics(arrays[gate])}
+             "gates": {gate: {"units": units, **unit_statistics(arrays[gate]), "lean": lean_statistics(arrays[gate])}
                        for gate, units in gate_units(sources, width).items()}}
     return {**stats, "summary": describe(stats)}
 
@@ -134,6 +143,9 @@ def describe(stats: dict[str, Any]) -> list[str]:
             elif sat >= PINNED:
                 line += ": saturated, but at both ends (a switch between them, not a constant)"
             lines.append(line)
+        if "lean" in s:
+            lines.append(f"{gate} gate: leans {s['lean']['mean']:.0%} of the most softmax(tanh) allows on average "
+                         f"(at least {PINNED:.0%} on {s['lean']['at_bound_fraction']:.1%} of images)")
         corner = pinned_corner(stats, gate)
         if corner is not None:
             lines.append(f"{gate} gate: every unit is pinned, so its weights are the constant "

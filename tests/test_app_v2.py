@@ -59,6 +59,9 @@ def test_dataset_page_measures_gate_behaviour(app_env):
     assert list(table["gate weight mean"][:4]) == pytest.approx([r["global_gates"][s]["mean"] for s in r["sources"]],
                                                                 abs=1e-3)
     assert list(table["saturated"][4:6]) == [f"{v:.1%}" for v in stats["gates"]["group1"]["saturated_fraction"]]
+    leaning = _frame(at, "leans, mean")
+    assert list(leaning["gate"]) == ["global", "group1", "group2", "group3"]
+    assert list(leaning["leans, mean"]) == pytest.approx([g["lean"]["mean"] for g in stats["gates"].values()], abs=1e-3)
     verdicts = [w.value for w in at.warning if "in effect constants" in w.value] + \
                [s.value for s in at.success if "every gate responds" in s.value]
     assert len(verdicts) == 1

@@ -28,7 +28,13 @@ def test_statistics_on_hand_made_values():
     assert g["counts"][0][0] == 1 and g["counts"][1][G.HIST_BINS // 2] == 4  # zero opens the middle bin
     assert G.pinned_units(s) == [("global", "g", -1.0)]  # 75 % saturated is not pinned
     lines = G.describe(s)
-    assert len(lines) == 4 and "pinned at -1" in lines[0] and "pinned" not in lines[1]
+    assert len(lines) == 6 and "pinned at -1" in lines[0] and "pinned" not in lines[1]
+    t = torch.tanh(_cat()["global_pre_tanh"].double())
+    spread = (t.amax(1) - t.amin(1)) / 2  # per image: half the spread of the units' tanh values
+    assert glob["lean"] == pytest.approx({"mean": float(spread.mean()), "std": float(spread.std(correction=0)),
+                                          "at_bound_fraction": float((spread >= 0.95).double().mean())})
+    assert lines[2] == (f"global gate: leans {float(spread.mean()):.0%} of the most softmax(tanh) allows on average "
+                        f"(at least 95% on {float((spread >= 0.95).double().mean()):.1%} of images)")
     assert s["summary"] == lines  # kept in analysis.json, printed by the analysis
 
 
