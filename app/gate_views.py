@@ -74,6 +74,12 @@ def image_gates(trace, gates: list[str], key: str):
     lines += [f"| {r['gate']} | {r['unit']} | {r['pre-tanh']:+.3f} | {r['tanh']:+.3f} | {r['weight']:.3f} | "
               f"{'yes' if r['saturated'] else ''} |" for r in rows]
     st.markdown("\n".join(lines))
+    tanh: dict[str, list[float]] = {}
+    for r in rows:
+        tanh.setdefault(r["gate"], []).append(r["tanh"])
+    st.caption("How far each gate leans on this image (half the spread of its units' tanh; 100 %: two units at "
+               "opposite ends, the most softmax(tanh) allows): "
+               + " · ".join(f"{gate} {(max(t) - min(t)) / 2:.0%}" for gate, t in tanh.items()) + ".")
     sat = [f"{r['gate']} → {r['unit']}" for r in rows if r["saturated"]]
     if sat:
         st.caption(f"Saturated here (|x| > {G.SATURATION:g}): {', '.join(sat)}. For these units tanh is ±1 whatever "

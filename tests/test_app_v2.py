@@ -44,6 +44,10 @@ def test_inspector_shows_each_gates_pre_tanh_value(app_env):
     saturated = [f"{g} → {u}" for g, u, x in zip(conf["gate"], conf["unit"], conf["pre-tanh x"]) if abs(x) > 2]
     notes = [c.value for c in at.caption if "Saturated here" in c.value or "No unit is saturated" in c.value]
     assert len(notes) == 1
+    (leaning,) = [c.value for c in at.caption if c.value.startswith("How far each gate leans on this image")]
+    for layer in trace.layers:
+        t = torch.tanh(layer.gate_pre_tanh[0].double())
+        assert f"{layer.name} {float(t.max() - t.min()) / 2:.0%}" in leaning
     assert all(s in notes[0] for s in saturated) and (bool(saturated) == notes[0].startswith("Saturated here"))
 
 
