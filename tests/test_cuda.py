@@ -109,3 +109,18 @@ def test_app_runs_on_cuda(tmp_path, monkeypatch):
     assert not at.exception and not at.error
     assert any("Device cuda" in c.value for c in at.caption)
     assert at.metric[0].label == "Prediction (fused)"
+
+
+def test_smoothgrad_on_cuda_is_reproducible_and_leaves_the_gpus_random_stream(pair):
+    """The noisy copies come from a fixed seed on the image's GPU inside a fork: the same map twice, and the
+    caller's CUDA random state where it was."""
+    from ar_core.attribution import attribute
+
+    _, gpu = pair
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2)).cuda()
+    torch.cuda.manual_seed(123)
+    before = torch.cuda.get_rng_state()
+    first = attribute(gpu, x, 1, "saliency", noise_tunnel=True).map
+    assert torch.equal(torch.cuda.get_rng_state(), before)
+    again = attribute(gpu, x, 1, "saliency", noise_tunnel=True).map  # cuDNN's backward may round differently
+    np.testing.assert_allclose(again, first, rtol=1e-4, atol=1e-7)
