@@ -12,6 +12,7 @@ run); ``image_gate_rows`` lays out one image's values from its trace.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import torch
@@ -53,8 +54,7 @@ def unit_statistics(x: torch.Tensor) -> dict[str, list]:
 def lean_statistics(x: torch.Tensor) -> dict[str, float]:
     """How far a gate leans over the images (:func:`lean`, from its (N, U) pre-tanh values): mean, spread,
     and the share of images on which it leans at least ``PINNED`` of the most it can."""
-    t = torch.tanh(x.double())
-    share = (t.amax(1) - t.amin(1)) / 2
+    share = lean(torch.softmax(torch.tanh(x.double()), 1))
     return {"mean": float(share.mean()), "std": float(share.std(correction=0)),
             "at_bound_fraction": float((share >= PINNED).double().mean())}
 
@@ -101,8 +101,6 @@ def pinned_units(stats: dict[str, Any]) -> list[tuple[str, str, float]]:
 def weight_bounds(units: int) -> tuple[float, float]:
     """The least and greatest weight softmax(tanh(x)) can give one of ``units`` units: its tanh at -1 and
     every other at +1, or the other way round (0.043 and 0.711 for four sources)."""
-    import math
-
     e = math.e
     return 1 / e / (1 / e + (units - 1) * e), e / (e + (units - 1) / e)
 
@@ -130,7 +128,8 @@ def pinned_corner(stats: dict[str, Any], gate: str) -> list[float] | None:
 
 
 def describe(stats: dict[str, Any]) -> list[str]:
-    """One plain sentence per gate unit, for reports and the app."""
+    """One plain sentence per gate unit, then per gate how far it leans and, when every unit is pinned,
+    its constant weights: for reports and the app."""
     lines = []
     for gate, s in stats.get("gates", {}).items():
         for u, unit in enumerate(s["units"]):
