@@ -740,6 +740,15 @@ def test_a_checkpoint_replaced_under_its_name_is_traced_and_explained_again(app_
         want = model(ar_core.inference.preprocess(from_hwc(res["image"]), meta))
     assert not at.exception and res["weights"] == meta["weights_sha256"]
     assert torch.allclose(res["ins"].trace.output, want, atol=1e-4)
+    # A broken file under the name: the sidebar says so; with another model chosen, the last result (of the
+    # broken file) is dropped with a message instead of failing in a view. The app keeps running throughout.
+    ckpt.write_bytes(b"not a checkpoint")
+    os.utime(ckpt, (stamp + 10, stamp + 10))
+    at.run()
+    assert not at.exception and any("is not a readable safetensors file" in e for e in _errors(at))
+    at.selectbox(key="model_label").set_value("cifar10-wrn16x4-ad3aw4 (shipped)").run()
+    assert not at.exception and "result" not in at.session_state
+    assert any("can no longer be read" in w.value for w in at.warning)
 
 
 def test_dataset_predictions_are_kept_per_weights(app_env):

@@ -12,6 +12,7 @@ from app import figures, gate_views, samples, sanity_views, share, sidebar, stat
 from app.pages.about import EQUATIONS
 from ar_core.inference import (OUTCOMES, ImageError, ablate, filter_indices, fit_image, from_hwc, image_digest,
                                load_image, rectification, to_hwc, to_uint8, topk, trace_to_json, trace_to_npz)
+from ar_core.checkpoint import CheckpointError
 from ar_core.tta import TTA
 
 CMAPS = ["jet", "viridis", "inferno", "magma", "gray"]
@@ -51,10 +52,10 @@ def _follow_replaced_checkpoint(res: dict | None) -> dict | None:
         return None
     try:
         model, meta = state.get_model(res["path"], res["device"])
-    except OSError:
+    except (OSError, CheckpointError) as e:  # deleted, or replaced by a file that is not a checkpoint
         st.session_state.pop("result", None)
-        st.warning(f"The checkpoint of the last result ({os.path.basename(res['path'])}) is gone. Pick an image "
-                   f"and a model again.")
+        st.warning(f"The checkpoint of the last result ({os.path.basename(res['path'])}) can no longer be read "
+                   f"({e}). Pick an image and a model again.")
         return None
     if res.get("weights") == meta["weights_sha256"]:
         return res
