@@ -1,4 +1,4 @@
-"""The console command: `attend-rectify train|evaluate|analyze|convert|perturb|bench|card [ARGS]`.
+"""The console command: `attend-rectify train|evaluate|analyze|compare|convert|perturb|bench|card [ARGS]`.
 
 Each subcommand is the module of the same name: `attend-rectify evaluate ...` is
 `python -m ar_core.evaluate ...`.
@@ -13,6 +13,7 @@ COMMANDS = {
     "train": "train a model (ar_core.train)",
     "evaluate": "accuracy, calibration and rectification on a data set (ar_core.evaluate)",
     "analyze": "the whole data set's story, with figures (ar_core.analyze)",
+    "compare": "two models image by image, McNemar's test, the claim over seeds (ar_core.compare)",
     "convert": "convert a reference-implementation checkpoint (ar_core.convert)",
     "perturb": "accuracy under clutter and occlusion (ar_core.perturb)",
     "bench": "benchmarks (ar_core.bench)",

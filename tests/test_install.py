@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ROOT
 
-COMMANDS = ("train", "evaluate", "analyze", "convert", "perturb", "bench", "card")
+COMMANDS = ("train", "evaluate", "analyze", "compare", "convert", "perturb", "bench", "card")
 
 
 @pytest.fixture(scope="module")
