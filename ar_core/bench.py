@@ -213,7 +213,8 @@ def main(argv=None) -> dict:
                    help="all: the CPU, and CUDA when present")
     p.add_argument("--skip-training", action="store_true")
     p.add_argument("--skip-faithfulness", action="store_true")
-    p.add_argument("--skip-compile", action="store_true", help="no torch.compile training row (it compiles for ~1 min)")
+    p.add_argument("--skip-compile", action="store_true",
+                   help="no torch.compile training row (compiling takes about 34 s once on a 2-core CPU)")
     a = p.parse_args(argv)
     devs = devices(a.device)
     repeats = 5 if a.quick else 30
