@@ -331,18 +331,25 @@ def main(argv=None) -> dict:
 
     start_epoch, elapsed, step = 0, 0.0, 0
     last_logged = {}  # the log's last epoch: what a run stopped after its last epoch finishes from
-    # The code that trained each stretch of epochs: read now, since the tree may change while training.
-    commits = [{"from_epoch": 1, "commit": git_commit()}]
+    # What trained each stretch of epochs: the code (read now, since the tree may change while training),
+    # the precision and the machine. A run resumed elsewhere may train on at another precision ("auto"
+    # is bf16 only on CPUs with native bf16), so each stretch records its own.
+    commits = [{"from_epoch": 1, "commit": git_commit(), "precision": precision, "hardware": hardware(device)}]
     if args.resume and state_path.is_file():
         state = load_state(state_path, model, optimizer, scheduler, ema)
         if state["args"]["epochs"] != args.epochs:
             raise SystemExit(f"{state_path} was made with --epochs {state['args']['epochs']}; resume with the same schedule")
         start_epoch, elapsed, step = state["epoch"], state["elapsed"], state["step"]
-        current, commits = commits[0]["commit"], state.get("code_commits", [])
+        current, commits = commits[0], state.get("code_commits", [])
         if start_epoch < args.epochs:  # a finished schedule only writes its checkpoint: no code trains it
-            commits.append({"from_epoch": start_epoch + 1, "commit": current})
+            commits.append({**current, "from_epoch": start_epoch + 1})
         if main_process:
             print(f"resuming at epoch {start_epoch} from {state_path}", file=sys.stderr)
+            before = commits[-2].get("precision") if len(commits) > 1 else None
+            if start_epoch < args.epochs and before and before != precision:
+                print(f"warning: epochs up to {start_epoch} trained in {before}, the rest trains in {precision} "
+                      f"(--amp {args.amp} on {current['hardware']}); the card records both stretches",
+                      file=sys.stderr)
         if recorder is not None:
             recorder.resume(start_epoch)
         if main_process and log_path.is_file():  # a run stopped between logging an epoch and saving its state

@@ -167,6 +167,22 @@ def test_resume_continues_exactly(folder, tmp_path):
         T.main(_args(folder, split, "--epochs", "4", "--resume"))
 
 
+def test_each_stretch_of_a_resumed_run_records_its_precision_and_machine(folder, tmp_path, capsys):
+    """A run resumed on a CPU without native bf16 trains on in float32 under --amp auto: the card must say
+    which epochs trained at which precision, and the resume says so when it happens."""
+    out = tmp_path / "run" / "m.safetensors"
+    T.main(_args(folder, out, "--epochs", "2", "--max-steps", str(STEPS_PER_EPOCH), "--amp", "on"))
+    capsys.readouterr()
+    T.main(_args(folder, out, "--epochs", "2", "--resume"))  # --amp off
+    assert "epochs up to 1 trained in bfloat16, the rest trains in float32" in capsys.readouterr().err
+    stretches = load_checkpoint(out)[1]["code_commits"]
+    assert [(c["from_epoch"], c["precision"]) for c in stretches] == [(1, "bfloat16"), (2, "float32")]
+    assert all(c["hardware"] == T.hardware(torch.device("cpu")) for c in stretches)
+    T.main(_args(folder, tmp_path / "same" / "m.safetensors", "--epochs", "2", "--max-steps", str(STEPS_PER_EPOCH)))
+    T.main(_args(folder, tmp_path / "same" / "m.safetensors", "--epochs", "2", "--resume"))
+    assert "warning" not in capsys.readouterr().err  # same precision: nothing to say
+
+
 def test_a_run_stopped_before_writing_its_checkpoint_finishes_on_resume(folder, tmp_path):
     """Every epoch trained and its state saved, then stopped before the checkpoint was written:
     --resume trains nothing and writes the checkpoint the uninterrupted run wrote."""
