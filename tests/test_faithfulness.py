@@ -147,7 +147,9 @@ def test_batched_analysis_equals_the_per_image_algorithm(tiny_model):
     assert set(new) == set(old) == {f"{m}/{k}" for m in FAITHFULNESS_METHODS for k in ("deletion", "insertion")}
     for key in old:
         assert not np.isnan(old[key]).any()
-        np.testing.assert_allclose(new[key], old[key], atol=1e-5, err_msg=key)
+        # 1e-4: a batched Grad-CAM map may differ from the per-image one in its last bits (AVX2 kernels),
+        # which can swap two nearly tied pixels in the order and move an area by ~1e-5.
+        np.testing.assert_allclose(new[key], old[key], atol=1e-4, err_msg=key)
     # the maps differ, so the comparison is not of one number repeated
     assert len({round(float(old[f"{m}/deletion"][0]), 5) for m in FAITHFULNESS_METHODS}) >= 4
 
