@@ -200,14 +200,15 @@ def _server_rss_mb(pid: int) -> float:
 
 
 def browser_load(checkpoint: str, workers: int = 8, seconds: float = 60, max_runs: int = 500,
-                 n_images: int = 40, every: int = 50, settle: float = 0) -> dict:
+                 n_images: int = 40, every: int = 50, settle: float = 0, timeout: float = 60) -> dict:
     """N headless browsers against one `streamlit run` server, each opening sessions and uploading.
 
     Every page's prediction must equal the sequential one. The server's memory is sampled after
     every browser's first session, every ``every`` sessions and at the end; with ``settle`` > 0 the
     browsers then close, the server idles that long (longer than its disconnected-session TTL to
     let it drop the sessions it keeps for reconnection), one more session runs, and memory is
-    sampled again.
+    sampled again. ``timeout``: the longest wait for any step of a page (eight browsers on two
+    cores take tens of seconds per session, all of it Chromium's and the server's CPU).
     """
     import ar_core
     from ar_core.inference import fit_image, inspect, load_image, to_uint8
@@ -226,11 +227,14 @@ def browser_load(checkpoint: str, workers: int = 8, seconds: float = 60, max_run
         drivers = []
         try:
             drivers = [make_driver() for _ in range(workers)]
+            # One session first: the server's cold start (imports, loading the checkpoint) is not what
+            # the load measures, and on a busy CPU it can outlast a page wait when eight arrive at once.
+            upload_and_read(drivers[0], url, images[0], timeout)
             first_round = [0.0]
 
             def job(w, i):
                 k = (w * 7 + i) % n_images
-                got = upload_and_read(drivers[w], url, images[k])
+                got = upload_and_read(drivers[w], url, images[k], timeout)
                 if i == 0:  # the server after every browser's first session: the baseline for growth
                     first_round[0] = max(first_round[0], _server_rss_mb(proc.pid))
                 if got != expected[k]:
@@ -244,7 +248,7 @@ def browser_load(checkpoint: str, workers: int = 8, seconds: float = 60, max_run
                 drivers = drivers[:1]
                 drivers[0].get("about:blank")  # closes the last session too
                 time.sleep(settle)
-                got = upload_and_read(drivers[0], url, images[0])  # storing one more session expires the old ones
+                got = upload_and_read(drivers[0], url, images[0], timeout)  # storing one more session expires the old ones
                 drivers[0].get("about:blank")
                 time.sleep(2)
                 result["settled_s"] = settle
@@ -279,6 +283,7 @@ def main(argv=None) -> dict:
     p.add_argument("--settle", type=float, default=0,
                    help="after the browsers: idle this many seconds (over the server's disconnected-session "
                         "TTL, 120 s by default) and sample the server's memory again")
+    p.add_argument("--timeout", type=float, default=60, help="longest wait for any step of a browser's page")
     p.add_argument("--skip-trace", action="store_true")
     p.add_argument("--skip-browsers", action="store_true")
     p.add_argument("--checkpoint", help="default: the shipped CIFAR-10 attention checkpoint, else a fresh WRN-16-4")
@@ -297,7 +302,7 @@ def main(argv=None) -> dict:
             result["trace"]["growth_second_half_mb"] = growth_mb(result["trace"])
         if not a.skip_browsers:
             result["browsers"] = browser_load(str(ckpt), a.workers, a.seconds, a.max_runs, every=a.every,
-                                              settle=a.settle)
+                                              settle=a.settle, timeout=a.timeout)
             result["browsers"]["growth_second_half_mb"] = growth_mb(result["browsers"])
     print(json.dumps(result, indent=2))
     if a.out:

@@ -33,7 +33,8 @@ def test_eight_browsers_on_one_server(tmp_path):
     cfg = ar_core.ModelConfig(num_classes=4, depth=10, width=1, attention_width=2)
     ckpt = ar_core.save_checkpoint(randomize_bn(ar_core.build_model(cfg)).eval(), tmp_path / "load.safetensors",
                                    {"classes": ["apple", "bear", "cloud", "dolphin"]})
-    r = browser_load(str(ckpt), workers=8, seconds=20, max_runs=48, n_images=12, every=8)
+    # correctness under load, not speed: a page may wait minutes on a busy 2-core machine (app.loadtest measures)
+    r = browser_load(str(ckpt), workers=8, seconds=20, max_runs=48, n_images=12, every=8, timeout=300)
     assert r["errors"] == 0, r["first_errors"]
     assert r["runs"] >= 8
     assert r["memory_after_first_round_mb"] > 0 and 8 in r["memory_mb_by_runs"]
