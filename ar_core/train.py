@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from . import data as D
 from .checkpoint import save_checkpoint
 from .model import ModelConfig, build_model
-from .precision import autocast_for, pick_device
+from .precision import autocast_for, native_bf16, pick_device
 from .tta import NAMES as TTA_NAMES
 from .tta import TTA, TTALike
 
@@ -156,7 +156,8 @@ def hardware(device: torch.device) -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {torch.get_num_threads()} threads"
+    # Two CPUs of one model name may differ in what sets the precision of --amp auto: say which.
+    return f"{cpu}, {torch.get_num_threads()} threads, {'native' if native_bf16() else 'no native'} bf16"
 
 
 def save_state(path: Path, model, optimizer, scheduler, info: dict, ema=None) -> None:

@@ -178,6 +178,7 @@ def test_each_stretch_of_a_resumed_run_records_its_precision_and_machine(folder,
     stretches = load_checkpoint(out)[1]["code_commits"]
     assert [(c["from_epoch"], c["precision"]) for c in stretches] == [(1, "bfloat16"), (2, "float32")]
     assert all(c["hardware"] == T.hardware(torch.device("cpu")) for c in stretches)
+    assert stretches[0]["hardware"].endswith(("threads, native bf16", "threads, no native bf16"))
     T.main(_args(folder, tmp_path / "same" / "m.safetensors", "--epochs", "2", "--max-steps", str(STEPS_PER_EPOCH)))
     T.main(_args(folder, tmp_path / "same" / "m.safetensors", "--epochs", "2", "--resume"))
     assert "warning" not in capsys.readouterr().err  # same precision: nothing to say
