@@ -68,3 +68,25 @@ def test_every_gpu_check_command_in_the_readme_parses():
                                text=True, timeout=60, check=True).stdout
         for flag in (x for x in w if x.startswith("--")):
             assert flag in usage, (w, flag)
+
+
+def test_download_leaves_out_what_the_gpu_machine_has(gpu_check, tmp_path, monkeypatch):
+    """`download --have`: a package the GPU machine lists (any spelling, any version) is neither fetched nor listed."""
+    calls = []
+    monkeypatch.setattr(gpu_check, "run", lambda cmd, **kw: calls.append(cmd))
+    have = tmp_path / "have.txt"
+    have.write_text("# pip freeze there\nNumPy==2.5.2\nsafetensors==0.8.0\npytest_timeout==2.0\n")
+    gpu_check.download(tmp_path / "w", "3.12", have)
+    listed = [l.split("==")[0].lower() for l in (tmp_path / "w" / gpu_check.LIST).read_text().split()]
+    assert "numpy" not in listed and "safetensors" not in listed
+    assert "streamlit" in listed and "captum" in listed  # what the machine lacks still travels
+    assert calls and "-r" in calls[0]
+
+
+def test_the_trainer_step_runs_and_reports_its_epochs(gpu_check, tmp_path):
+    """The check's trainer run, as `--dry-run` does it on a CPU: one capped step, its log read back."""
+    r = gpu_check.train_run(tmp_path, dry_run=True)
+    assert r["exit_code"] == 0, r
+    assert [e["epoch"] for e in r["epochs"]] == [1]
+    assert r["epochs"][0]["images_per_s"] > 0
+    assert (tmp_path / "run" / "random.safetensors").is_file()
