@@ -361,8 +361,8 @@ def test_uploaded_checkpoints_and_baseline_comparison(app_env, monkeypatch):
 def test_about_page():
     at = AppTest.from_string("from app.pages import about\nabout.render()", default_timeout=30).run()
     assert not at.exception
-    assert len(at.latex) == 7  # the six equations of the method, and flip test-time augmentation
-    assert "Flip test-time augmentation" in [h.value for h in at.subheader]
+    assert len(at.latex) == 7  # the six equations of the method, and test-time augmentation
+    assert "Test-time augmentation" in [h.value for h in at.subheader]
 
 
 def test_folders_outside_the_data_roots_are_refused(app_env, monkeypatch):

@@ -21,12 +21,12 @@ EQUATIONS = [
     ("Fusion", r"\mathrm{output} = g_{net}\log\mathrm{softmax}(o_{net}) + \sum_l g_O^l \log\mathrm{softmax}(o^l)",
      "The prediction is the argmax. When the network alone is wrong and the fused output is right, "
      "attention has rectified the prediction."),
-    ("Flip test-time augmentation", r"\bar T = \tfrac12\left(T(x) + \mathrm{mirror}\,T(\mathrm{flip}(x))\right)",
-     "Not part of the method: the shipped checkpoints are evaluated on each image and its mirror image, and "
-     "every map, gate, hypothesis and fusion term shown is the mean of the two (the mirror's maps flipped "
-     "back). Means keep gates and maps summing to 1 and the fusion terms summing to the output. A checkpoint "
-     "may record more views (flip-shift1, flip-shift2: the image and its mirror moved by up to 1 or 2 pixels "
-     "along each axis, maps moved back); the sidebar picks any of them, or none."),
+    ("Test-time augmentation", r"\bar T = \tfrac{1}{|V|}\sum_{v \in V} v^{-1}\, T(v(x))",
+     "Not part of the method: each checkpoint records the views V its validation figure was measured with: "
+     "flip (the image and its mirror image), or flip-shift1 / flip-shift2 (both also moved by up to 1 or 2 "
+     "pixels along each axis: 10 or 18 views). Every map, gate, hypothesis and fusion term shown is the mean "
+     "over the views, each view's maps moved and flipped back (v⁻¹). Means keep gates and maps summing to 1 "
+     "and the fusion terms summing to the output. The sidebar picks any of the augmentations, or none."),
 ]
 
 
