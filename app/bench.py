@@ -17,6 +17,9 @@ import sys
 from pathlib import Path
 
 from app.timing import browser_available, time_app, time_browser
+from ar_core.tta import NAMES
+
+TTA_CHOICES = ("as-trained", *NAMES)
 
 TARGETS = {"first_upload_server_ms": 300, "later_uploads_server_ms_median": 300, "display_control_ms": 100}
 
@@ -34,14 +37,17 @@ def main(argv=None) -> dict:
     p.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
     p.add_argument("--device", default="auto", help="the sidebar's device for the AppTest run (auto, cpu, cuda)")
     p.add_argument("--skip-browser", action="store_true")
+    p.add_argument("--tta", default="as-trained", choices=TTA_CHOICES,
+                   help="the sidebar's test-time augmentation (as-trained: the checkpoint's own views)")
     a = p.parse_args(argv)
+    tta = "as trained" if a.tta == "as-trained" else a.tta
     result = {"targets_ms": TARGETS}
-    result["apptest"] = time_app(repeats=3 if a.quick else 10, device=a.device)
+    result["apptest"] = time_app(repeats=3 if a.quick else 10, device=a.device, tta=tta)
     print(_table(f"1. app, AppTest (device {a.device})", result["apptest"]), flush=True)
     if a.skip_browser:
         pass
     elif browser_available():
-        result["browser"] = time_browser(uploads=5 if a.quick else 20, controls=3 if a.quick else 10)
+        result["browser"] = time_browser(uploads=5 if a.quick else 20, controls=3 if a.quick else 10, tta=tta)
         print(_table("2. app, headless Chromium against `streamlit run`", result["browser"]), flush=True)
     else:
         print("2. browser: skipped (needs Debian's chromium and chromium-driver)", file=sys.stderr)

@@ -54,11 +54,12 @@ def _checkpoint():
             os.environ.pop("AR_CHECKPOINT", None)
 
 
-def time_app(repeats: int = 10, device: str = "auto") -> dict:
+def time_app(repeats: int = 10, device: str = "auto", tta: str = "as trained") -> dict:
     """AppTest, in this process: the first image → the default tab's views, then ``repeats`` more;
     after each, opening the attention-maps tab (a page rerun: only the open tab is built) and a
     display-control rerun there (neither may run the model).
 
+    ``tta``: the sidebar's test-time augmentation ("as trained": the checkpoint's own views).
     Wall time and this process's CPU time (which a busy machine inflates less) are both reported.
     Run it in a fresh process for the first upload to mean what a first visitor sees.
     """
@@ -68,14 +69,21 @@ def time_app(repeats: int = 10, device: str = "auto") -> dict:
     from app.share import TAB_KEY
     from ar_core import inference
 
-    calls = []
+    calls = []  # the augmentation of each model run
     original = inference.inspect
-    inference.inspect = lambda *a, **k: calls.append(1) or original(*a, **k)
+
+    def counted(model, images, meta, tta=None):
+        calls.append(inference.resolve_tta(tta, meta).name)
+        return original(model, images, meta, tta)
+
+    inference.inspect = counted
     try:
         with _checkpoint() as (label, _):
             at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=300).run()
             at.selectbox(key="model_label").set_value(label)
-            at.selectbox(key="device").set_value(device).run()
+            at.selectbox(key="device").set_value(device)
+            at.selectbox(key="tta").set_value(tta).run()
+            calls.clear()  # the model's warm-up at load is not an upload's run
             upload, upload_cpu, control, control_cpu, switch, control_runs = [], [], [], [], [], 0
             for i in range(repeats + 1):
                 at.session_state[TAB_KEY] = TABS[0]  # each upload lands on the default tab, as a new visitor's
@@ -103,13 +111,13 @@ def time_app(repeats: int = 10, device: str = "auto") -> dict:
     def ms(v):
         return round(1000 * v, 1)
 
-    return {"checkpoint": label, "device": device, "first_upload_ms": ms(upload[0]),
+    return {"checkpoint": label, "device": device, "tta": tta, "first_upload_ms": ms(upload[0]),
             "upload_to_views_ms": ms(statistics.median(upload[1:])),
             "display_control_rerun_ms": ms(statistics.median(control[1:])),
             "open_attention_tab_ms": ms(statistics.median(switch[1:])),
             "first_upload_cpu_ms": ms(upload_cpu[0]), "upload_cpu_ms": ms(statistics.median(upload_cpu[1:])),
             "display_control_cpu_ms": ms(statistics.median(control_cpu[1:])),
-            "model_runs_on_control_change": control_runs}
+            "model_runs_on_control_change": control_runs, "model_tta": sorted(set(calls))}
 
 
 def browser_available() -> bool:
@@ -135,7 +143,8 @@ def _caption_ms(driver, wait, name: str) -> float:
     return float(wait.until(ready).group(1).replace(",", ""))
 
 
-def time_browser(uploads: int = 20, controls: int = 10, checkpoint: str | None = None) -> dict:
+def time_browser(uploads: int = 20, controls: int = 10, checkpoint: str | None = None,
+                 tta: str = "as trained") -> dict:
     """A fresh `streamlit run` server and headless Chromium: upload → all default views.
 
     Server time of the first upload after the start and the median of ``uploads`` later ones (each
@@ -144,6 +153,7 @@ def time_browser(uploads: int = 20, controls: int = 10, checkpoint: str | None =
     time from a display-control change (the overlay opacity) until the browser shows the new
     overlays (the server's fragment rerun plus the browser's round trip) beside the server's part
     (the overlay fragment's own caption), and the time from a click on the attention-maps tab until its overlays show.
+    ``tta`` reaches the page as a link's ``tta=`` parameter.
     """
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
@@ -160,6 +170,8 @@ def time_browser(uploads: int = 20, controls: int = 10, checkpoint: str | None =
         elif "AR_CHECKPOINT" in os.environ:
             env["AR_CHECKPOINT"] = os.environ["AR_CHECKPOINT"]
         proc, url = start_server(env, tmp / "streamlit.log")
+        if tta != "as trained":
+            url = f"{url}?tta={tta}"
         driver = make_driver()
         try:
             wait = WebDriverWait(driver, 120)
@@ -204,7 +216,7 @@ def time_browser(uploads: int = 20, controls: int = 10, checkpoint: str | None =
         finally:
             driver.quit()
             stop_server(proc)
-    return {"checkpoint": label, "uploads": len(server_ms), "first_upload_server_ms": server_ms[0],
+    return {"checkpoint": label, "tta": tta, "uploads": len(server_ms), "first_upload_server_ms": server_ms[0],
             "later_uploads_server_ms_median": statistics.median(server_ms[1:]),
             "display_control_server_ms_median": statistics.median(control_server_ms),
             "display_control_browser_ms_median": round(statistics.median(control_ms), 1),

@@ -889,3 +889,11 @@ def test_benchmark_counts_model_runs_on_a_control_change(app_env, monkeypatch):
     uncached = lambda model, meta, key, images: ar_core.inference.inspect(model, images, meta)  # noqa: E731
     monkeypatch.setattr(state, "cached_inspection", uncached)
     assert time_app(repeats=1)["model_runs_on_control_change"] >= 2  # at least one per control change
+
+
+def test_benchmark_runs_the_model_with_the_augmentation_asked_for(app_env):
+    """`python -m app.bench --tta NAME` times the page with that augmentation, and says which ran."""
+    from app.timing import time_app
+
+    assert time_app(repeats=1, tta="none")["model_tta"] == ["none"]
+    assert time_app(repeats=1, tta="flip-shift1")["model_tta"] == ["flip-shift1"]
