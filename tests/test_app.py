@@ -127,6 +127,7 @@ def test_a_checkpoint_measured_with_shifts_is_inspected_with_them_and_says_when_
     trace = at.session_state["result"]["ins"].trace
     assert trace.augmentation == "flip-shift2" and len(trace.views) == 18
     assert any("flip-shift2 test-time augmentation: the mean over 18 views" in c.value for c in at.caption)
+    assert any("flip in the sidebar's Test-time augmentation: 2 views, about 9x sooner" in c.value for c in at.caption)
     at.radio(key="source").set_value("Dataset").run()
     at.selectbox(key="dataset_kind").set_value("ImageFolder directory").run()
     note = "The outcome filter judges every image with flip test-time augmentation"
