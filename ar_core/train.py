@@ -5,7 +5,8 @@
 
 Multi-GPU / multi-node: ``torchrun --nproc_per_node=N -m ar_core.train ...`` (DistributedDataParallel;
 ``--batch-size`` is the global batch). Resumable state is saved every epoch next to ``--out``
-(``OUT.state.safetensors``: tensors, and JSON for the rest; no pickle); ``--resume`` continues it.
+(``OUT.state.safetensors``, with ``--ema`` the average in ``OUT.ema.state.safetensors``: tensors, and JSON
+for the rest; no pickle); ``--resume`` continues it.
 """
 
 from __future__ import annotations
@@ -160,17 +161,23 @@ def hardware(device: torch.device) -> str:
     return f"{cpu}, {torch.get_num_threads()} threads, {'native' if native_bf16() else 'no native'} bf16"
 
 
+def averaged_state_path(path: Path) -> Path:
+    """Where :func:`save_state` keeps the moving average: OUT.ema.state.safetensors beside OUT.state.safetensors."""
+    return path.with_name(path.name.replace(".state.safetensors", ".ema.state.safetensors"))
+
+
 def save_state(path: Path, model, optimizer, scheduler, info: dict, ema=None) -> None:
     """Resumable state as safetensors: weights and optimizer buffers as tensors, the rest as JSON.
 
-    Written to a temporary file and renamed, so an interrupted save never corrupts the last one.
+    The moving average goes to its own file (:func:`averaged_state_path`), so that neither file is much
+    larger than the weights twice over (a repository that keeps them can cap file sizes). Each is
+    written to a temporary file and renamed, so an interrupted save never corrupts the last one; both
+    name their epoch and step, which :func:`load_state` checks agree.
     """
     from safetensors.torch import save_file
 
     opt = optimizer.state_dict()
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    if ema is not None:
-        tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
     scalars = {}
     for i, per_param in opt["state"].items():
         for k, v in per_param.items():
@@ -180,10 +187,14 @@ def save_state(path: Path, model, optimizer, scheduler, info: dict, ema=None) ->
                 scalars[f"{i}.{k}"] = v
     header = {"param_groups": opt["param_groups"], "optimizer_scalars": scalars,
               "scheduler": scheduler.state_dict(), **info}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
-              metadata={"state": json.dumps(header)})
-    tmp.replace(path)
+    files = [(path, tensors, {"state": json.dumps(header)})]
+    if ema is not None:
+        at = json.dumps({k: info.get(k) for k in ("epoch", "step")})
+        files.insert(0, (averaged_state_path(path), {f"ema.{k}": v for k, v in ema.state_dict().items()}, {"at": at}))
+    for target, content, metadata in files:
+        tmp = target.with_name(target.name + ".tmp")
+        save_file({k: v.detach().cpu().contiguous() for k, v in content.items()}, str(tmp), metadata=metadata)
+        tmp.replace(target)
 
 
 def load_state(path: Path, model, optimizer, scheduler, ema=None) -> dict:
@@ -194,6 +205,14 @@ def load_state(path: Path, model, optimizer, scheduler, ema=None) -> dict:
         header = json.loads(f.metadata()["state"])
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    side = averaged_state_path(path)
+    if ema is not None and side.is_file() and not any(k.startswith("ema.") for k in tensors):  # states before the split held it
+        with safe_open(str(side), framework="pt") as f:
+            at = json.loads(f.metadata()["at"])
+            tensors.update({k: f.get_tensor(k) for k in f.keys()})
+        if at != {k: header.get(k) for k in ("epoch", "step")}:
+            raise SystemExit(f"{side} holds the average of epoch {at['epoch']} but {path} is of epoch "
+                             f"{header.get('epoch')} (a save was interrupted); remove both to start again")
     if ema is not None:
         averaged = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
         if not averaged:
@@ -345,7 +364,7 @@ def main(argv=None) -> dict:
         if start_epoch < args.epochs:  # a finished schedule only writes its checkpoint: no code trains it
             commits.append({**current, "from_epoch": start_epoch + 1})
         if main_process:
-            print(f"resuming at epoch {start_epoch} from {state_path}", file=sys.stderr)
+            print(f"resuming after epoch {start_epoch} of {args.epochs} from {state_path}", file=sys.stderr)
             before = commits[-2].get("precision") if len(commits) > 1 else None
             if start_epoch < args.epochs and before and before != precision:
                 print(f"warning: epochs up to {start_epoch} trained in {before}, the rest trains in {precision} "

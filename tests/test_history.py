@@ -145,13 +145,49 @@ def test_a_resumed_history_equals_an_uninterrupted_one(folder, tmp_path):
         assert torch.equal(ta, tb), name
 
 
+def test_the_averaged_weights_are_resumed_from_their_own_file_or_an_older_single_one(folder, tmp_path):
+    """The state keeps the moving average in OUT.ema.state.safetensors (no file near three times the
+    weights); a state from before the split, with everything in one file, still resumes exactly, and
+    two files of different epochs are refused."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    whole = tmp_path / "whole" / "m.safetensors"
+    T.main(_args(folder, whole, "--epochs", "2", "--ema", "0.9", "--ema-bn-images", "16"))
+    out = tmp_path / "old" / "m.safetensors"
+    T.main(_args(folder, out, "--epochs", "2", "--ema", "0.9", "--ema-bn-images", "16",
+                 "--max-steps", str(STEPS_PER_EPOCH)))
+    main = out.with_name(out.name + ".state.safetensors")
+    side = T.averaged_state_path(main)
+    assert side.name == "m.safetensors.ema.state.safetensors"
+    tensors, averaged = load_file(str(main)), load_file(str(side))
+    assert averaged and all(k.startswith("ema.") for k in averaged) and not any(k.startswith("ema.") for k in tensors)
+    with safe_open(str(main), framework="pt") as f:
+        metadata = f.metadata()
+    with safe_open(str(side), framework="pt") as f:
+        assert json.loads(f.metadata()["at"]) == {"epoch": 1, "step": STEPS_PER_EPOCH}
+
+    save_file({**averaged, **tensors}, str(main), metadata=metadata)  # the single file of older trainers
+    side.unlink()
+    T.main(_args(folder, out, "--epochs", "2", "--ema", "0.9", "--ema-bn-images", "16", "--resume"))
+    for (name, ta), (_, tb) in zip(load_checkpoint(whole)[0].state_dict().items(),
+                                   load_checkpoint(out)[0].state_dict().items()):
+        assert torch.equal(ta, tb), name
+
+    at = {"epoch": 1, "step": STEPS_PER_EPOCH}  # an average one epoch behind the state (now of epoch 2)
+    save_file(averaged, str(side), metadata={"at": json.dumps(at)})
+    with pytest.raises(SystemExit, match="interrupted"):
+        T.main(_args(folder, out, "--epochs", "2", "--ema", "0.9", "--ema-bn-images", "16", "--resume"))
+
+
 def test_ema_saves_the_averaged_weights_with_their_own_batchnorm_statistics(folder, tmp_path):
     from safetensors.torch import load_file
 
     out = tmp_path / "ema" / "m.safetensors"
     T.main(_args(folder, out, "--epochs", "2", "--ema", "0.5", "--ema-bn-images", "24"))
     model, meta = load_checkpoint(out)
-    state = load_file(str(out.with_name(out.name + ".state.safetensors")))
+    main = out.with_name(out.name + ".state.safetensors")
+    state = {**load_file(str(main)), **load_file(str(T.averaged_state_path(main)))}  # the average has its own file
     saved = model.state_dict()
     conv = "backbone.conv1.weight" if "backbone.conv1.weight" in saved else next(k for k in saved if "conv" in k)
     assert torch.equal(saved[conv], state[f"ema.module.{conv}"])  # the averaged weights, not the raw ones
