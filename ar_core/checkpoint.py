@@ -166,7 +166,10 @@ def read_checkpoint(source: str | Path | bytes, name: str | None = None
 def load_checkpoint(path: str | Path | bytes, device: str | torch.device = "cpu",
                     dtype: torch.dtype = torch.float32, name: str | None = None
                     ) -> tuple[AttendAndRectify, dict[str, Any]]:
-    """Load a checkpoint → (model in eval mode on ``device``, metadata).
+    """Load a checkpoint → (model in eval mode on ``device``, in channels_last memory format, metadata).
+
+    channels_last is the layout the trainer and the evaluator run in, and oneDNN's convolutions are
+    faster in it on a CPU once a batch has more than a few images (an 18-view trace: about a sixth).
 
     ``path`` is a file, the name of a shipped checkpoint, or the file's bytes (an upload, read from
     memory and never written to disk).
@@ -195,4 +198,4 @@ def load_checkpoint(path: str | Path | bytes, device: str | torch.device = "cpu"
     bad = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
         raise CheckpointError(f"{name} holds non-finite weights in {bad[:3]}; it cannot predict")
-    return model.to(device=device, dtype=dtype).eval(), meta
+    return model.to(device=device, dtype=dtype, memory_format=torch.channels_last).eval(), meta

@@ -140,7 +140,7 @@ def inspect(model: AttendAndRectify, images: torch.Tensor, meta: dict[str, Any],
     ``tta``: the test-time augmentation (a name of ``ar_core.tta.NAMES``; None: the checkpoint's own).
     """
     device = next(model.parameters()).device
-    x = preprocess(images, meta).to(device)
+    x = preprocess(images, meta).to(device).contiguous(memory_format=torch.channels_last)
     aug = resolve_tta(tta, meta)
     t0 = time.perf_counter()
     with torch.inference_mode():

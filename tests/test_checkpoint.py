@@ -26,7 +26,27 @@ def test_round_trip_is_bit_exact(saved):
     for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert k == k2 and torch.equal(a, b), k
     x = torch.randn(2, 3, 32, 32)
-    assert torch.equal(model(x), loaded(x))
+    assert torch.equal(model.to(memory_format=torch.channels_last)(x), loaded(x))  # the layout load_checkpoint gives
+
+
+def test_loaded_model_is_channels_last_computes_the_same_and_saves_the_same_weights(saved, tmp_path):
+    """load_checkpoint hands out the channels_last layout (faster batched convolutions on a CPU); the
+    numbers are the NCHW model's, and saving the loaded model again writes identical weights."""
+    from ar_core.inference import inspect, preprocess
+
+    path, model = saved
+    loaded, _ = load_checkpoint(path)
+    convs = [m for m in loaded.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last)
+                         and not c.weight.is_contiguous() for c in convs)
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        reference = model.trace(preprocess(images, META), flip=True, shift=1)
+    got = inspect(loaded, images, META, tta="flip-shift1").trace
+    assert torch.allclose(got.output, reference.output, atol=1e-5)
+    assert torch.allclose(got.layers[-1].attention_maps, reference.layers[-1].attention_maps, atol=1e-6)
+    again = save_checkpoint(loaded, tmp_path / "again.safetensors", META)
+    assert read_checkpoint(again)[1]["weights_sha256"] == read_checkpoint(path)[1]["weights_sha256"]
 
 
 def test_half_precision_storage_is_smaller_and_close(tmp_path, tiny_model):
@@ -112,4 +132,4 @@ def test_resnet18_checkpoint_round_trip(tmp_path):
     path = save_checkpoint(model, tmp_path / "r.safetensors", {"classes": ["x", "y", "z"]})
     loaded, _ = load_checkpoint(path)
     x = torch.randn(1, 3, 64, 64)
-    assert torch.equal(model(x), loaded(x))
+    assert torch.equal(model.to(memory_format=torch.channels_last)(x), loaded(x))
