@@ -2,8 +2,9 @@
 
 1. attention cost: parameters and FLOPs (torch.utils.flop_counter) of WRN-16-4 with AD=3 AW=4
    against the same WRN without attention, for 10/100 classes and 1x1/3x3 heads;
-2. inference: one-image ``model.trace`` latency against the plain network's forward, and batch
-   evaluation throughput (the evaluator's path);
+2. inference: one-image ``model.trace`` latency against the plain network's forward, the 18-view
+   trace (flip-shift2) in channels_last against NCHW, and batch evaluation throughput (the
+   evaluator's path);
 3. training: images/s of the project's training step (channels_last, bf16 autocast where the CPU
    has native bf16) against a plain fp32, contiguous, eager step of the same model, and the same
    step under ``torch.compile`` (the trainer's ``--compile``; compile time reported apart);
@@ -17,6 +18,7 @@ are `python -m app.bench`.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
@@ -92,6 +94,14 @@ def inference(device: torch.device, repeats: int, batch: int) -> dict:
                                   "flip": lambda: att.trace(x1, flip=True),  # what the app runs
                                   "backbone": lambda: plain.backbone(x1)}, rounds=10 * repeats, sync=sync)
         t_trace, t_plain, t_flip, t_plain_backbone = t["trace"], t["plain"], t["flip"], t["backbone"]
+        # flip-shift2, the v2 attention checkpoint's own 18 views: in the layout load_checkpoint gives
+        # (channels_last) against plain NCHW, interleaved
+        att_nchw = copy.deepcopy(att)
+        att_views = copy.deepcopy(att).to(memory_format=torch.channels_last)
+        x1_cl = x1.contiguous(memory_format=torch.channels_last)
+        t18 = _interleaved_medians({"cl": lambda: att_views.trace(x1_cl, flip=True, shift=2),
+                                    "nchw": lambda: att_nchw.trace(x1, flip=True, shift=2)},
+                                   rounds=max(3, repeats), sync=sync)
         xb = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
         att_cl = att.to(memory_format=torch.channels_last)
         ac = autocast_for(device, "auto")[0]
@@ -104,6 +114,7 @@ def inference(device: torch.device, repeats: int, batch: int) -> dict:
     return {"trace_1img_ms": round(t_trace * 1000, 2), "plain_forward_1img_ms": round(t_plain * 1000, 2),
             "plain_backbone_1img_ms": round(t_plain_backbone * 1000, 2),
             "trace_over_plain": round(t_trace / t_plain, 3), "trace_flip_1img_ms": round(t_flip * 1000, 2),
+            "trace_18views_1img_ms": round(t18["cl"] * 1000, 2), "trace_18views_nchw_1img_ms": round(t18["nchw"] * 1000, 2),
             "batch": batch,
             "batch_images_per_s": round(batch / t_batch, 1)}
 
