@@ -6,7 +6,8 @@
 Multi-GPU / multi-node: ``torchrun --nproc_per_node=N -m ar_core.train ...`` (DistributedDataParallel;
 ``--batch-size`` is the global batch). Resumable state is saved every epoch next to ``--out``
 (``OUT.state.safetensors``, with ``--ema`` the average in ``OUT.ema.state.safetensors``: tensors, and JSON
-for the rest; no pickle); ``--resume`` continues it.
+for the rest; no pickle), and inside an epoch every ``--save-every`` minutes (one process); ``--resume``
+continues it, from the batch where it stopped.
 """
 
 from __future__ import annotations
@@ -83,6 +84,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     r.add_argument("--compile", action="store_true",
                    help="torch.compile the training forward (compiles once, ~30 s on 2 CPU threads; then faster steps)")
     r.add_argument("--save-dtype", choices=["float32", "float16"], default="float32")
+    r.add_argument("--save-every", type=float, default=10.0, metavar="MINUTES",
+                   help="also save the resumable state inside an epoch this often, so a stopped run loses at most "
+                        "this much (0: at epoch ends only; runs of several processes save at epoch ends only)")
     r.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (smoke tests)")
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--no-history", action="store_true",
@@ -113,7 +117,7 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str, milestones: lis
 
 
 # Arguments that say where things were on the training machine, not how the model was trained.
-_LOCAL_ARGS = ("data", "root", "out", "resume", "no_progress", "device", "threads")
+_LOCAL_ARGS = ("data", "root", "out", "resume", "no_progress", "device", "threads", "save_every")
 
 
 def recipe(args: argparse.Namespace) -> dict:
@@ -166,8 +170,12 @@ def averaged_state_path(path: Path) -> Path:
     return path.with_name(path.name.replace(".state.safetensors", ".ema.state.safetensors"))
 
 
-def save_state(path: Path, model, optimizer, scheduler, info: dict, ema=None) -> None:
+def save_state(path: Path, model, optimizer, scheduler, info: dict, ema=None,
+               generators: dict[str, torch.Tensor] | None = None) -> None:
     """Resumable state as safetensors: weights and optimizer buffers as tensors, the rest as JSON.
+
+    ``generators``: random generators' states (uint8 tensors) of a state saved inside an epoch, which
+    the rest of that epoch's augmentation and dropout continue from.
 
     The moving average goes to its own file (:func:`averaged_state_path`), so that neither file is much
     larger than the weights twice over (a repository that keeps them can cap file sizes). Each is
@@ -185,12 +193,14 @@ def save_state(path: Path, model, optimizer, scheduler, info: dict, ema=None) ->
                 tensors[f"optimizer.{i}.{k}"] = v
             else:
                 scalars[f"{i}.{k}"] = v
+    tensors.update({f"rng.{k}": v for k, v in (generators or {}).items()})
     header = {"param_groups": opt["param_groups"], "optimizer_scalars": scalars,
               "scheduler": scheduler.state_dict(), **info}
     files = [(path, tensors, {"state": json.dumps(header)})]
     if ema is not None:
         at = json.dumps({k: info.get(k) for k in ("epoch", "step")})
         files.insert(0, (averaged_state_path(path), {f"ema.{k}": v for k, v in ema.state_dict().items()}, {"at": at}))
+    path.parent.mkdir(parents=True, exist_ok=True)
     for target, content, metadata in files:
         tmp = target.with_name(target.name + ".tmp")
         save_file({k: v.detach().cpu().contiguous() for k, v in content.items()}, str(tmp), metadata=metadata)
@@ -198,7 +208,8 @@ def save_state(path: Path, model, optimizer, scheduler, info: dict, ema=None) ->
 
 
 def load_state(path: Path, model, optimizer, scheduler, ema=None) -> dict:
-    """Restore what :func:`save_state` wrote; returns its JSON part (epoch, step, elapsed, args)."""
+    """Restore what :func:`save_state` wrote; returns its JSON part (epoch, step, elapsed, args), and
+    under ``generators`` the random generators' states it holds (none for a state of an epoch's end)."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
@@ -228,7 +239,24 @@ def load_state(path: Path, model, optimizer, scheduler, ema=None) -> dict:
         per_param.setdefault(int(i), {})[name] = v
     optimizer.load_state_dict({"state": per_param, "param_groups": header.pop("param_groups")})
     scheduler.load_state_dict(header.pop("scheduler"))
+    header["generators"] = {k[len("rng."):]: v for k, v in tensors.items() if k.startswith("rng.")}
     return header
+
+
+def generators(augment: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+    """The states of the generators the rest of an epoch draws from: its augmentation's, and the global
+    ones that draw dropout masks."""
+    states = {"augment": augment.get_state(), "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def set_generators(states: dict[str, torch.Tensor], augment: torch.Generator, device: torch.device) -> None:
+    augment.set_state(states["augment"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and device.type == "cuda":
+        torch.cuda.set_rng_state(states["cuda"], device)
 
 
 @torch.no_grad()
@@ -350,6 +378,7 @@ def main(argv=None) -> dict:
                                     "validation_split": split_record})
 
     start_epoch, elapsed, step = 0, 0.0, 0
+    partial = None  # where a state saved inside an epoch stopped: its batches, their loss and time, the generators
     last_logged = {}  # the log's last epoch: what a run stopped after its last epoch finishes from
     # What trained each stretch of epochs: the code (read now, since the tree may change while training),
     # the precision and the machine. A run resumed elsewhere may train on at another precision ("auto"
@@ -360,11 +389,15 @@ def main(argv=None) -> dict:
         if state["args"]["epochs"] != args.epochs:
             raise SystemExit(f"{state_path} was made with --epochs {state['args']['epochs']}; resume with the same schedule")
         start_epoch, elapsed, step = state["epoch"], state["elapsed"], state["step"]
+        if state.get("in_epoch"):
+            partial = {**state["in_epoch"], "generators": state["generators"]}
         current, commits = commits[0], state.get("code_commits", [])
         if start_epoch < args.epochs:  # a finished schedule only writes its checkpoint: no code trains it
-            commits.append({**current, "from_epoch": start_epoch + 1})
+            commits.append({**current, "from_epoch": start_epoch + 1, **({"from_step": step + 1} if partial else {})})
         if main_process:
-            print(f"resuming after epoch {start_epoch} of {args.epochs} from {state_path}", file=sys.stderr)
+            where = (f"inside epoch {start_epoch + 1} of {args.epochs}, after its batch {partial['batches']} of "
+                     f"{steps_per_epoch}," if partial else f"after epoch {start_epoch} of {args.epochs}")
+            print(f"resuming {where} from {state_path}", file=sys.stderr)
             before = commits[-2].get("precision") if len(commits) > 1 else None
             if start_epoch < args.epochs and before and before != precision:
                 print(f"warning: epochs up to {start_epoch} trained in {before}, the rest trains in {precision} "
@@ -392,6 +425,7 @@ def main(argv=None) -> dict:
 
     local_batch = args.batch_size // world
     history = []
+    last_save = time.time()
     for epoch in range(start_epoch, args.epochs):
         # The epoch's order and augmentation depend only on (seed, epoch): resume replays them exactly.
         g = torch.Generator().manual_seed(args.seed * 1000 + epoch)
@@ -401,12 +435,18 @@ def main(argv=None) -> dict:
         net.train()
         t0 = time.time()
         loss_sum = torch.zeros((), device=device)
-        seen = 0
-        bar = range(steps_per_epoch)
+        seen, first, earlier = 0, 0, 0.0
+        if partial is not None:  # resumed inside this epoch: carry on from the batch after the saved one
+            first, seen, earlier = partial["batches"], partial["seen"], partial["time_s"]
+            loss_sum.fill_(partial["loss_sum"])
+            set_generators(partial["generators"], aug_g, device)
+            partial = None
+        bar = range(first, steps_per_epoch)
         if main_process and not args.no_progress:
             from tqdm import tqdm
 
-            bar = tqdm(bar, desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch", dynamic_ncols=True)
+            bar = tqdm(bar, desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch", dynamic_ncols=True,
+                       initial=first, total=steps_per_epoch)
         for i in bar:
             # Every process augments the whole global batch alike and keeps its own slice, so N
             # processes see exactly the images one process would.
@@ -432,11 +472,18 @@ def main(argv=None) -> dict:
             loss_sum += loss.detach()
             seen += len(y) * world
             if main_process and hasattr(bar, "set_postfix") and i % 10 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.time() - t0):.0f}",
+                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (earlier + time.time() - t0):.0f}",
                                 lr=f"{scheduler.get_last_lr()[0]:.4f}")
+            if (args.save_every > 0 and not distributed and i + 1 < steps_per_epoch
+                    and time.time() - last_save >= 60 * args.save_every):
+                in_epoch = {"batches": i + 1, "seen": seen, "loss_sum": loss_sum.item(), "time_s": earlier + time.time() - t0}
+                save_state(state_path, model, optimizer, scheduler,
+                           {"epoch": epoch, "step": step, "elapsed": elapsed, "in_epoch": in_epoch,
+                            "args": recipe(args), "code_commits": commits}, ema, generators(aug_g, device))
+                last_save = time.time()
             if args.max_steps and step >= args.max_steps:
                 break
-        epoch_time = time.time() - t0
+        epoch_time = earlier + time.time() - t0
         elapsed += epoch_time
         finished = i + 1 == steps_per_epoch  # --max-steps may stop inside an epoch
         if distributed:
@@ -473,6 +520,7 @@ def main(argv=None) -> dict:
                 save_state(state_path, model, optimizer, scheduler,
                            {"epoch": epoch + 1, "step": step, "elapsed": elapsed, "args": recipe(args),
                             "code_commits": commits}, ema)
+                last_save = time.time()
         if args.max_steps and step >= args.max_steps:
             break
 

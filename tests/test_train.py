@@ -167,6 +167,47 @@ def test_resume_continues_exactly(folder, tmp_path):
         T.main(_args(folder, split, "--epochs", "4", "--resume"))
 
 
+def test_a_run_stopped_inside_an_epoch_resumes_from_its_last_batch_exactly(folder, tmp_path, capsys):
+    """A state saved inside an epoch (--save-every) holds where the epoch stopped: resumed from it, the run
+    ends bit-identical to an uninterrupted one, augmentation, dropout masks, the moving average and the
+    epoch's logged loss included."""
+    recipe = ["--epochs", "2", "--dropout", "0.3", "--ema", "0.9", "--ema-bn-images", "16"]
+    whole = tmp_path / "whole" / "m.safetensors"
+    T.main(_args(folder, whole, *recipe, "--save-every", "0"))
+    split = tmp_path / "split" / "m.safetensors"
+    # a save after every batch, and a stop after batch 2 of epoch 2 (as if the machine went away there)
+    T.main(_args(folder, split, *recipe, "--save-every", "1e-9", "--max-steps", str(STEPS_PER_EPOCH + 2)))
+    capsys.readouterr()
+    second = T.main(_args(folder, split, *recipe, "--resume"))["history"]
+    assert f"resuming inside epoch 2 of 2, after its batch 2 of {STEPS_PER_EPOCH}," in capsys.readouterr().err
+    assert [h["epoch"] for h in second] == [2] and second[0]["step"] == 2 * STEPS_PER_EPOCH
+
+    (a, meta_a), (b, meta_b) = load_checkpoint(whole), load_checkpoint(split)
+    for (name, ta), (_, tb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(ta, tb), name
+    log_a, log_b = _log(whole), _log(split)
+    assert [h["epoch"] for h in log_b] == [1, 2]
+    for key in ("train_loss", "lr", "val_accuracy", "val_accuracy_raw", "val_nll"):
+        assert [h[key] for h in log_b] == [h[key] for h in log_a], key
+    stretches = meta_b["code_commits"]
+    assert [(c["from_epoch"], c.get("from_step")) for c in stretches] == [(1, None), (2, STEPS_PER_EPOCH + 3)]
+
+
+def test_a_state_saved_inside_an_epoch_holds_the_generators_and_the_epoch_so_far(folder, tmp_path):
+    from safetensors import safe_open
+
+    out = tmp_path / "run" / "m.safetensors"
+    T.main(_args(folder, out, "--epochs", "2", "--save-every", "1e-9", "--max-steps", "3"))
+    with safe_open(str(out.with_name(out.name + ".state.safetensors")), framework="pt") as f:
+        state = json.loads(f.metadata()["state"])
+        generators = {k: f.get_tensor(k) for k in f.keys() if k.startswith("rng.")}
+    assert (state["epoch"], state["step"]) == (0, 3)
+    assert state["in_epoch"]["batches"] == 3 and state["in_epoch"]["seen"] == 3 * BATCH
+    assert state["in_epoch"]["loss_sum"] > 0 and state["in_epoch"]["time_s"] > 0
+    assert set(generators) == {"rng.augment", "rng.torch"} and all(g.dtype == torch.uint8 for g in generators.values())
+    assert "save_every" not in state["args"]  # how often a run saves does not shape the model
+
+
 def test_each_stretch_of_a_resumed_run_records_its_precision_and_machine(folder, tmp_path, capsys):
     """A run resumed on a CPU without native bf16 trains on in float32 under --amp auto: the card must say
     which epochs trained at which precision, and the resume says so when it happens."""
