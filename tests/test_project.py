@@ -127,6 +127,15 @@ def test_every_cli_the_readme_names_answers_help():
     assert [line.split()[1] for line in run.stdout.splitlines() if line.startswith("HELP-OK")] == modules
 
 
+def test_no_readme_training_command_writes_over_a_shipped_checkpoint():
+    """The trainer writes over its --out: a command copied from README must not replace a shipped file."""
+    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    commands = [line for line in text.splitlines() if "ar_core.train " in line and "--out" in line]
+    assert len(commands) >= 3
+    outs = [re.search(r"--out\s+(\S+)", c).group(1) for c in commands]
+    assert not [o for o in outs if o.startswith("checkpoints/")], outs
+
+
 def test_every_method_citation_names_an_item_of_docs_method_md():
     """Docstrings cite docs/method.md by item number ([N] in attention.py): each cited item exists."""
     doc = (ROOT / "docs" / "method.md").read_text()
