@@ -96,11 +96,10 @@ def inference(device: torch.device, repeats: int, batch: int) -> dict:
         t_trace, t_plain, t_flip, t_plain_backbone = t["trace"], t["plain"], t["flip"], t["backbone"]
         # flip-shift2, the v2 attention checkpoint's own 18 views: in the layout load_checkpoint gives
         # (channels_last) against plain NCHW, interleaved
-        att_nchw = copy.deepcopy(att)
         att_views = copy.deepcopy(att).to(memory_format=torch.channels_last)
         x1_cl = x1.contiguous(memory_format=torch.channels_last)
         t18 = _interleaved_medians({"cl": lambda: att_views.trace(x1_cl, flip=True, shift=2),
-                                    "nchw": lambda: att_nchw.trace(x1, flip=True, shift=2)},
+                                    "nchw": lambda: att.trace(x1, flip=True, shift=2)},
                                    rounds=max(3, repeats), sync=sync)
         xb = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
         att_cl = att.to(memory_format=torch.channels_last)

@@ -120,7 +120,7 @@ def compare_pair(path_a: str, path_b: str, args: argparse.Namespace) -> dict[str
     dataset = align_labels(dataset, meta_a["classes"])
     correct = []
     for model, meta in ((model_a, meta_a), (model_b, meta_b)):
-        model.to(memory_format=torch.channels_last).eval()
+        model.eval()  # load_checkpoint gives it in channels_last, the evaluator's layout
         aug = resolve_tta(None if args.tta == "auto" else args.tta, meta)
         _, precision = autocast_for(next(model.parameters()).device, "auto")
         cache = None if args.no_cache else predictions_cache(meta, dataset, aug, precision)
