@@ -111,10 +111,15 @@ class HistoryRecorder:
         self.info = dict(info or {})
         self.records: list[dict[str, Any]] = []
 
-    def resume(self, upto_epoch: int) -> None:
-        """Keep the records of a previous run's history file up to ``upto_epoch`` (its last saved state)."""
-        if not self.path.is_file() or upto_epoch == 0:
-            return
+    def resume(self, upto_epoch: int) -> list[int]:
+        """Keep the records of a previous run's history file up to ``upto_epoch`` (its last saved state).
+
+        Returns the trained epochs the file lacks (lost, or cut short): they cannot be recorded again
+        without retraining, so the caller says so rather than let the history skip them unseen."""
+        if upto_epoch == 0:
+            return []
+        if not self.path.is_file():
+            return list(range(1, upto_epoch + 1))
         from safetensors import safe_open
 
         with safe_open(str(self.path), framework="pt") as f:
@@ -133,6 +138,8 @@ class HistoryRecorder:
                 rec[f"maps.{layer}"] = tensors[f"attention_maps.{layer}"][e]
                 rec[f"gates.{layer}"] = tensors[f"confidence_gates.{layer}"][e]
             self.records.append(rec)
+        kept = {r["epoch"] for r in self.records}
+        return [e for e in range(1, upto_epoch + 1) if e not in kept]
 
     @property
     def layers(self) -> list[str]:

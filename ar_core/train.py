@@ -404,7 +404,13 @@ def main(argv=None) -> dict:
                       f"(--amp {args.amp} on {current['hardware']}); the card records both stretches",
                       file=sys.stderr)
         if recorder is not None:
-            recorder.resume(start_epoch)
+            lacking = recorder.resume(start_epoch)
+            if lacking:
+                span = ", ".join(map(str, lacking)) if len(lacking) <= 4 else \
+                    f"{lacking[0]}, {lacking[1]}, …, {lacking[-1]} ({len(lacking)} epochs)"
+                print(f"warning: {recorder.path} lacks epoch{'s' * (len(lacking) > 1)} {span} of the {start_epoch} "
+                      f"trained; the history goes on without them (only training again from the start records "
+                      f"them)", file=sys.stderr)
         if main_process and log_path.is_file():  # a run stopped between logging an epoch and saving its state
             kept_lines = [line for line in log_path.read_text().splitlines()
                           if line.strip() and json.loads(line)["epoch"] <= start_epoch]

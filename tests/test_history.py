@@ -124,15 +124,22 @@ def test_history_is_recorded_under_bf16_autocast(folder, tmp_path):
     assert torch.allclose(h.global_gates.sum(-1), torch.ones(h.global_gates.shape[1]), atol=1e-2)
 
 
-def test_a_resumed_history_equals_an_uninterrupted_one(folder, tmp_path):
-    """With the averaged weights on, so the averaged model's state is resumed too."""
+@pytest.mark.parametrize("stop", ["after epoch 2", "inside epoch 3"])
+def test_a_resumed_history_equals_an_uninterrupted_one(folder, tmp_path, capsys, stop):
+    """With the averaged weights on, so the averaged model's state is resumed too; stopped at an epoch's
+    end, or inside an epoch from a state saved after its first batch (--save-every)."""
     whole = tmp_path / "whole" / "m.safetensors"
     T.main(_args(folder, whole, "--epochs", "3", "--ema", "0.9", "--ema-bn-images", "16"))
     split = tmp_path / "split" / "m.safetensors"
+    inside = stop == "inside epoch 3"
     T.main(_args(folder, split, "--epochs", "3", "--ema", "0.9", "--ema-bn-images", "16",
-                 "--max-steps", str(2 * STEPS_PER_EPOCH)))
-    assert load_history(history_path(split)).epochs == [1, 2]
+                 "--save-every", "1e-9" if inside else "0", "--max-steps", str(2 * STEPS_PER_EPOCH + inside)))
+    # --max-steps ends like a smoke test: a partial epoch 3 is validated and recorded, and the resume replaces it
+    assert load_history(history_path(split)).epochs == ([1, 2, 3] if inside else [1, 2])
+    capsys.readouterr()
     T.main(_args(folder, split, "--epochs", "3", "--ema", "0.9", "--ema-bn-images", "16", "--resume"))
+    err = capsys.readouterr().err
+    assert ("inside epoch 3 of 3, after its batch 1" in err) == inside and "lacks" not in err
     a, b = load_history(history_path(whole)), load_history(history_path(split))
     assert a.epochs == b.epochs == [1, 2, 3]
     for name in ("global_gates", "predictions", "true_class_prob", "val_accuracy", "mean_global_gates"):
@@ -226,3 +233,15 @@ def test_a_history_of_the_average_says_so_when_the_file_holds_the_raw_weights(fo
     plain = tmp_path / "plain" / "model.safetensors"
     T.main(_args(folder, plain, "--epochs", "1"))
     assert traced_other_weights(load_history(history_path(plain)), {"saved_weights": "raw"}) is None
+
+
+def test_a_resumed_run_whose_history_was_lost_says_which_epochs_it_lacks(folder, tmp_path, capsys):
+    """The epochs a lost history held cannot be recorded again without retraining: the resume says so, and
+    the history goes on from where training does, its epochs showing the gap."""
+    out = tmp_path / "run" / "m.safetensors"
+    T.main(_args(folder, out, "--epochs", "3", "--max-steps", str(2 * STEPS_PER_EPOCH)))
+    history_path(out).unlink()
+    capsys.readouterr()
+    T.main(_args(folder, out, "--epochs", "3", "--resume"))
+    assert f"{history_path(out)} lacks epochs 1, 2 of the 2 trained" in capsys.readouterr().err
+    assert load_history(history_path(out)).epochs == [3]
