@@ -90,6 +90,8 @@ def v2_card_problems(path) -> list[str]:
     history = ar_core.load_history(ar_core.history_path(path))
     if history.epochs != list(range(1, meta["epochs_trained"] + 1)):
         problems.append(f"the history holds epochs {history.epochs[:3]}…{history.epochs[-1:]}")
+    if ar_core.history_path(path).stat().st_size > 4 * 10**6:
+        problems.append("the history exceeds 4 MB")
     if path.stat().st_size + ar_core.history_path(path).stat().st_size > 12 * 2**20:
         problems.append("checkpoint and history exceed 12 MB")
     return problems
