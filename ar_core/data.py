@@ -25,7 +25,7 @@ STATS = {
 
 
 # Part of every cache key: bump it when decoding changes, so stale tensors are never served.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: folders decode as uploads do (EXIF, alpha, crop then resize)
 
 
 @dataclass
@@ -48,20 +48,62 @@ def cache_dir() -> Path:
     return Path(os.environ.get("AR_CACHE_DIR", Path.home() / ".cache" / "attend-rectify"))
 
 
-def pil_to_uint8(img, size: int = 32) -> torch.Tensor:
-    """One PIL image → (3, size, size) uint8: RGB, shorter side resized to ``size``, centre crop."""
+def to_rgb(img):
+    """A decoded PIL image → RGB as a person sees it: EXIF orientation applied, an animation's first
+    frame, 16-bit and float greyscale rescaled to 8 bits, transparency over white. Uploads and image
+    folders both go through here, so one file gives the model one input whichever way it comes."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    img.seek(0)
+    img.load()
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        img = Image.fromarray(((arr - lo) / (hi - lo or 1.0) * 255).astype(np.uint8))
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img.convert("RGBA"))
+    return img.convert("RGB")
+
+
+def fit_image(img, size: int = 32, mode: str = "center-crop"):
+    """Resize an RGB PIL image to ``size`` x ``size``: centre-crop the shorter side, or pad it.
+
+    Padding resizes first and pads the small image (edge colour: the image's mean), so a 1x50,000
+    strip never becomes a 50,000x50,000 canvas.
+    """
     import numpy as np
     from PIL import Image
 
-    img = img.convert("RGB")
-    if img.size != (size, size):
-        w, h = img.size
-        scale = size / min(w, h)
-        img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
-        w, h = img.size
-        left, top = (w - size) // 2, (h - size) // 2
-        img = img.crop((left, top, left + size, top + size))
+    w, h = img.size
+    if mode == "center-crop":
+        s = min(w, h)
+        img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+        return img.resize((size, size), Image.BICUBIC if s > size else Image.NEAREST) if s != size else img
+    if mode != "pad":
+        raise ValueError(f"mode must be 'center-crop' or 'pad', got {mode!r}")
+    scale = size / max(w, h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    small = img.resize((nw, nh), Image.BICUBIC if scale < 1 else Image.NEAREST) if (nw, nh) != (w, h) else img
+    fill = tuple(int(v) for v in np.asarray(small).reshape(-1, 3).mean(0))
+    canvas = Image.new("RGB", (size, size), fill)
+    canvas.paste(small, ((size - nw) // 2, (size - nh) // 2))
+    return canvas
+
+
+def to_uint8(img) -> torch.Tensor:
+    """RGB PIL image → (3, H, W) uint8 tensor."""
+    import numpy as np
+
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
+def pil_to_uint8(img, size: int = 32) -> torch.Tensor:
+    """One image of a folder → (3, size, size) uint8: the pixels an upload of the same file gives with
+    the centre crop (:func:`to_rgb`, :func:`fit_image`)."""
+    return to_uint8(fit_image(to_rgb(img), size))
 
 
 def load_image_folder(root: str | Path, size: int = 32, use_cache: bool = True) -> TensorDataset:

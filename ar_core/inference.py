@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import fuse
-from .data import normalize
+from .data import fit_image, normalize, to_rgb, to_uint8  # noqa: F401 (fit_image, to_uint8: the app's)
 from .model import LAYER_FIELDS, AttendAndRectify, Trace
 from .tta import TTALike
 from .tta import resolve as resolve_tta
@@ -32,8 +32,8 @@ class ImageError(ValueError):
 
 
 def load_image(data: bytes, name: str = "image"):
-    """Bytes of an image file → RGB PIL image (EXIF orientation applied, first frame of animations)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    """Bytes of an uploaded file → RGB PIL image (:func:`ar_core.data.to_rgb`), after the upload limits."""
+    from PIL import Image, UnidentifiedImageError
 
     if not data:
         raise ImageError(f"{name} is empty; choose an image file (PNG, JPEG, WebP, BMP, GIF or TIFF)")
@@ -48,17 +48,7 @@ def load_image(data: bytes, name: str = "image"):
         if img.width * img.height > MAX_PIXELS:
             raise ImageError(f"{name} is {img.width}x{img.height} pixels, more than the {MAX_PIXELS // 10**6} "
                              f"megapixel limit; downscale it first")
-        img.seek(0)  # animations: the first frame
-        img.load()
-        img = ImageOps.exif_transpose(img)
-        if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit and float greyscale: rescale to 8 bits
-            arr = np.asarray(img, dtype=np.float64)
-            lo, hi = float(arr.min()), float(arr.max())
-            img = Image.fromarray(((arr - lo) / (hi - lo or 1.0) * 255).astype(np.uint8))
-        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-            background = Image.new("RGBA", img.size, (255, 255, 255, 255))
-            img = Image.alpha_composite(background, img.convert("RGBA"))
-        return img.convert("RGB")
+        return to_rgb(img)
     except ImageError:
         raise
     except UnidentifiedImageError as e:
@@ -68,35 +58,6 @@ def load_image(data: bytes, name: str = "image"):
                          f"(a decompression bomb?); downscale it first") from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageError(f"{name} could not be decoded (truncated or damaged file?): {e}") from e
-
-
-def fit_image(img, size: int = 32, mode: str = "center-crop"):
-    """Resize an RGB PIL image to ``size`` x ``size``: centre-crop the shorter side, or pad it.
-
-    Padding resizes first and pads the small image (edge colour: the image's mean), so a 1x50,000
-    strip never becomes a 50,000x50,000 canvas.
-    """
-    from PIL import Image
-
-    w, h = img.size
-    if mode == "center-crop":
-        s = min(w, h)
-        img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-        return img.resize((size, size), Image.BICUBIC if s > size else Image.NEAREST) if s != size else img
-    if mode != "pad":
-        raise ValueError(f"mode must be 'center-crop' or 'pad', got {mode!r}")
-    scale = size / max(w, h)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    small = img.resize((nw, nh), Image.BICUBIC if scale < 1 else Image.NEAREST) if (nw, nh) != (w, h) else img
-    fill = tuple(int(v) for v in np.asarray(small).reshape(-1, 3).mean(0))
-    canvas = Image.new("RGB", (size, size), fill)
-    canvas.paste(small, ((size - nw) // 2, (size - nh) // 2))
-    return canvas
-
-
-def to_uint8(img) -> torch.Tensor:
-    """RGB PIL image → (3, H, W) uint8 tensor."""
-    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
 def to_hwc(images: torch.Tensor) -> np.ndarray:

@@ -312,3 +312,27 @@ def test_folder_signature_follows_added_removed_and_renamed_files(tmp_path):
         os.utime(tmp_path / "a", ns=(len(seen), len(seen)))  # a distinct time even on coarse clocks
         seen.add(D.folder_signature(tmp_path))
     assert len(seen) == 5
+
+
+def test_a_file_in_a_folder_gives_the_model_what_its_upload_gives(tmp_path, cache_in_tmp):
+    """One decoding for both ways in: a phone photo turned by EXIF, a transparent PNG, a wide photo
+    larger and a thumbnail smaller than the model's input give the same pixels from a folder as uploaded."""
+    import io
+
+    from ar_core.inference import fit_image, load_image, to_uint8
+
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to view
+    rgba = Image.fromarray(rng.integers(0, 256, (40, 40, 4), dtype=np.uint8), "RGBA")
+    files = {"a/phone.jpg": (photo, {"exif": exif.tobytes()}), "a/wide.png": (photo, {}),
+             "b/sticker.png": (rgba, {}), "b/thumb.png": (photo.resize((20, 15)), {})}
+    for name, (img, kw) in files.items():
+        (tmp_path / "set" / name).parent.mkdir(parents=True, exist_ok=True)
+        img.save(tmp_path / "set" / name, **kw)
+    folder = D.load_image_folder(tmp_path / "set", size=32)
+    for i, name in enumerate(sorted(files)):
+        uploaded = to_uint8(fit_image(load_image((tmp_path / "set" / name).read_bytes(), name), 32))
+        assert torch.equal(folder.images[i], uploaded), name
+    assert load_image((tmp_path / "set" / "a/phone.jpg").read_bytes()).size == (48, 64)  # the EXIF turn applied
