@@ -33,7 +33,7 @@ from .gates import gate_statistics
 from .inference import outcome_masks
 from .evaluate import (ClassMismatchError, align_labels, calibration_bins, collect, confusion_matrix, summarize,
                        validation_split)
-from .precision import autocast_for
+from .precision import autocast_for, device_arg
 from .tta import NAMES as TTA_NAMES
 from .tta import TTALike
 from .tta import resolve as resolve_tta
@@ -428,6 +428,8 @@ def main(argv=None) -> dict[str, Any]:
     p.add_argument("--tta", choices=["auto", *TTA_NAMES], default="auto",
                    help="test-time augmentation of the predictions and gates (auto: the checkpoint's own, as the "
                         "evaluator and the app use it)")
+    p.add_argument("--device", type=device_arg, default="cpu",
+                   help="cpu (as README's figures were measured), auto, cuda, cuda:N or mps")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--no-cache", action="store_true")
     p.add_argument("--threads", type=int, default=0)
@@ -437,7 +439,7 @@ def main(argv=None) -> dict[str, Any]:
     if a.threads:
         torch.set_num_threads(a.threads)
     try:
-        model, meta = load_checkpoint(a.checkpoint)
+        model, meta = load_checkpoint(a.checkpoint, device=a.device)
         size = int(meta.get("image_size", 32))
         dataset = D.load_image_folder(a.data, size) if a.data else \
             D.load_torchvision_cifar(a.torchvision, a.root, train=False, download=True)

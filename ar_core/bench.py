@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .model import ModelConfig, build_model
-from .precision import autocast_for, native_bf16
+from .precision import autocast_for, native_bf16, pick_device
 
 
 def _interleaved_medians(fns: dict, rounds: int, warmup: int = 5, sync=lambda: None) -> dict:
@@ -209,10 +209,10 @@ def devices(choice: str) -> list[torch.device]:
     """``--device``: cpu, cuda, or all (the CPU, and CUDA when present)."""
     if choice == "all":
         return [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda, but PyTorch sees no CUDA device (torch.cuda.is_available() is "
-                         "False); check the driver with nvidia-smi and that torch is a CUDA build")
-    return [torch.device(choice)]
+    try:
+        return [pick_device(choice)]
+    except ValueError as e:
+        raise SystemExit(f"error: --device: {e}") from None
 
 
 def main(argv=None) -> dict:

@@ -25,6 +25,7 @@ import torch
 
 from . import data as D
 from .checkpoint import load_checkpoint
+from .precision import device_arg
 from .tta import NAMES as TTA_NAMES
 
 
@@ -89,7 +90,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "training folder); both must record the same split")
     p.add_argument("--tta", choices=["auto", *TTA_NAMES], default="auto",
                    help="test-time augmentation (auto: each checkpoint's own)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=device_arg, default="cpu",
+                   help="cpu (as README's figures were measured), auto, cuda, cuda:N or mps")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-cache", action="store_true",
                    help="predict again instead of reading (and filling) the per-image cache analyze also uses")

@@ -30,7 +30,7 @@ from .tta import NAMES as TTA_NAMES
 from .tta import TTA, TTALike
 from .tta import resolve as resolve_tta
 from .model import AttendAndRectify
-from .precision import autocast_for, pick_device
+from .precision import autocast_for, device_arg, pick_device
 
 FUSED = "fused"  # key of the fused output among the per-source accuracies
 
@@ -346,8 +346,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="DIR is the training set: evaluate on the validation split the checkpoint recorded "
                         "(carved exactly as the trainer carved it)")
     p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
-                   help="auto: CUDA, then MPS, then the CPU")
+    p.add_argument("--device", type=device_arg, default="auto",
+                   help="auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps")
     p.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
                    help="auto: bf16 on CPUs with native bf16, fp16 on CUDA; on: bf16 on any CPU; off: float32")
     p.add_argument("--tta", choices=["auto", *TTA_NAMES], default="auto",
@@ -371,9 +371,6 @@ def main(argv=None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda, but no CUDA device is available", file=sys.stderr)
-        sys.exit(2)
     device = pick_device(args.device)
     try:
         model, meta = load_checkpoint(args.checkpoint, device=device)

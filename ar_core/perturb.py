@@ -21,6 +21,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .precision import device_arg
 from .tta import NAMES as TTA_NAMES
 from .tta import TTALike
 from .tta import resolve as resolve_tta
@@ -211,12 +212,14 @@ def main(argv=None) -> dict:
     p.add_argument("--n", type=int, default=500, help="images (a fixed random subset)")
     p.add_argument("--tta", choices=["auto", *TTA_NAMES], default="auto",
                    help="test-time augmentation for both models (auto: each checkpoint's own)")
+    p.add_argument("--device", type=device_arg, default="cpu",
+                   help="cpu (as README's figures were measured), auto, cuda, cuda:N or mps")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     try:
-        models = {"attention": load_checkpoint(a.checkpoint)}
+        models = {"attention": load_checkpoint(a.checkpoint, device=a.device)}
         if a.baseline:
-            models["baseline"] = load_checkpoint(a.baseline)
+            models["baseline"] = load_checkpoint(a.baseline, device=a.device)
         meta = models["attention"][1]
         ds = D.load_image_folder(a.data, int(meta.get("image_size", 32)))
         if a.validation_split:

@@ -22,14 +22,37 @@ def device_options() -> list[str]:
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """A device by name; 'auto' is CUDA, then Apple's MPS, then the CPU."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if mps_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    """A device by name; 'auto' is CUDA, then Apple's MPS, then the CPU. A named device this machine
+    lacks is a ValueError that says so, rather than a failure deep inside the first model call."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if mps_available() else torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name}, but PyTorch sees no CUDA device (torch.cuda.is_available() is False); "
+                         f"check the driver with nvidia-smi and that torch is a CUDA build")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {name}, but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not mps_available():
+        raise ValueError(f"device {name}, but this PyTorch sees no Apple GPU (MPS)")
+    return device
+
+
+def device_arg(name: str) -> str:
+    """argparse ``type`` of every command line's ``--device``: one check, one message, exit status 2."""
+    import argparse
+
+    try:
+        pick_device(name)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return name
 
 
 def native_bf16() -> bool:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from . import data as D
 from .checkpoint import save_checkpoint
 from .model import ModelConfig, build_model
-from .precision import autocast_for, native_bf16, pick_device
+from .precision import autocast_for, device_arg, native_bf16, pick_device
 from .tta import NAMES as TTA_NAMES
 from .tta import TTA, TTALike
 
@@ -77,7 +77,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     r = p.add_argument_group("run")
     r.add_argument("--out", required=True, help="final checkpoint (.safetensors)")
     r.add_argument("--resume", action="store_true", help="continue from OUT.state.safetensors")
-    r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    r.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda, cuda:1, mps")
     r.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
                    help="bf16 autocast on CPU (when supported) / fp16 on CUDA")
     r.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")

@@ -39,8 +39,42 @@ def test_pick_device_and_options(monkeypatch):
     monkeypatch.setattr(P, "mps_available", lambda: True)
     assert P.pick_device("auto") == torch.device("mps") and P.device_options() == ["auto", "cpu", "mps"]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert P.pick_device("auto") == torch.device("cuda") and P.device_options() == ["auto", "cpu", "cuda", "mps"]
     assert P.pick_device("cuda:1") == torch.device("cuda", 1)
+
+
+def test_a_device_this_machine_lacks_is_refused_with_what_it_has(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(P, "mps_available", lambda: False)
+    for name, says in [("cuda", "sees no CUDA device"), ("cuda:0", "sees no CUDA device"), ("mps", "no Apple GPU"),
+                       ("gpu", "unknown device 'gpu'; use auto, cpu, cuda"), ("meta", "unknown device")]:
+        with pytest.raises(ValueError, match=says):
+            P.pick_device(name)
+    assert P.pick_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match="cuda:1, but this machine has 1 CUDA device"):
+        P.pick_device("cuda:1")
+
+
+@pytest.mark.parametrize("cli, args", [
+    ("train", ["--data", "nowhere", "--out", "nowhere.safetensors"]),
+    ("evaluate", ["--checkpoint", "nowhere.safetensors", "--data", "nowhere"]),
+    ("analyze", ["--checkpoint", "nowhere.safetensors", "--data", "nowhere", "--out", "nowhere"]),
+    ("perturb", ["--checkpoint", "nowhere.safetensors", "--data", "nowhere", "--out", "nowhere"]),
+    ("compare", ["--a", "a.safetensors", "--b", "b.safetensors", "--data", "nowhere"]),
+    ("bench", ["--quick", "--out", "nowhere.json"]),
+])
+def test_every_command_line_refuses_a_missing_device_alike_before_any_work(monkeypatch, capsys, cli, args):
+    """One check for every --device: a machine without CUDA gets the same message, before anything loads."""
+    import importlib
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as stop:
+        importlib.import_module(f"ar_core.{cli}").main([*args, "--device", "cuda"])
+    said = capsys.readouterr().err + str(stop.value.code)
+    assert stop.value.code not in (0, None) and "PyTorch sees no CUDA device" in said, said
 
 
 def _reference(module, z, convs_in_bf16):
