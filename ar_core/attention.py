@@ -76,7 +76,7 @@ class AttentionModule(nn.Module):
             head_hypotheses = torch.einsum("bkmp,bkp->bkm", O, H)
             # [3] confidence gate: how much to trust each head, from its attention-pooled score.
             s = torch.einsum("bkp,bkp->bk", gate_maps.flatten(2).float(), H)
-            confidence_gates = F.softmax(torch.tanh(s), dim=1)
+            confidence_gates = gate_weights(s)
             # [4] the module's hypothesis: heads mixed by their confidence gates.
             hypothesis = torch.einsum("bk,bkm->bm", confidence_gates, head_hypotheses)
         return ModuleOutput(H.reshape(b, k, h, w), head_hypotheses, confidence_gates, hypothesis, s)
@@ -100,9 +100,16 @@ class AttentionModule(nn.Module):
             pooled = torch.einsum("bkp,bcp->bkc", H, Z)  # Σ_xy H_k Z, one C-vector per head
             head_hypotheses = torch.einsum("bkc,kmc->bkm", pooled, W_O)  # [2]
             s = torch.einsum("bkc,kc->bk", pooled, W_g)
-            confidence_gates = F.softmax(torch.tanh(s), dim=1)  # [3]
+            confidence_gates = gate_weights(s)  # [3]
             hypothesis = torch.einsum("bk,bkm->bm", confidence_gates, head_hypotheses)  # [4]
         return ModuleOutput(H.reshape(b, k, h, w), head_hypotheses, confidence_gates, hypothesis, s)
+
+
+def gate_weights(pre_tanh: torch.Tensor) -> torch.Tensor:
+    """softmax(tanh(x)) over dim 1: the form of both gates, [3] over a layer's K heads and [5] over the
+    sources. tanh bounds each logit to ±1, so no unit can take all the weight (at most e² ≈ 7.4 times
+    another's)."""
+    return F.softmax(torch.tanh(pre_tanh), dim=1)
 
 
 class GlobalGate(nn.Module):
@@ -120,7 +127,7 @@ class GlobalGate(nn.Module):
         with torch.autocast(last_features.device.type, enabled=False):
             pooled = last_features.float().mean(dim=(2, 3))  # GAP(Z^L)
             pre_tanh = self.bn(self.linear(pooled))
-            return GlobalGateOutput(F.softmax(torch.tanh(pre_tanh), dim=1), pre_tanh)
+            return GlobalGateOutput(gate_weights(pre_tanh), pre_tanh)
 
 
 def fusion_contributions(global_gates: torch.Tensor, source_scores: torch.Tensor) -> torch.Tensor:

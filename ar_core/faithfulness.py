@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .inference import probabilities
+
 
 @dataclass
 class Curves:
@@ -119,7 +121,7 @@ def curves_batch(model: nn.Module, x: torch.Tensor, targets: Sequence[int] | tor
     for s in range(0, len(images), batch_size):
         with autocast():
             scores = model(images[s:s + batch_size])
-        out = torch.softmax(scores.float(), dim=1)
+        out = probabilities(scores)
         probs[s:s + batch_size] = out.gather(1, tgt[s:s + batch_size, None])[:, 0].cpu()
     ends = probs[:2 * b].view(b, 2)
     inner_del = probs[2 * b:2 * b + b * m * (steps - 1)].view(b, m, steps - 1)

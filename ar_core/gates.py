@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import torch
 
+from .attention import gate_weights
 from .model import Trace
 
 SATURATION = 2.0  # |x| above this: tanh within 4 % of ±1
@@ -54,7 +55,7 @@ def unit_statistics(x: torch.Tensor) -> dict[str, list]:
 def lean_statistics(x: torch.Tensor) -> dict[str, float]:
     """How far a gate leans over the images (:func:`lean`, from its (N, U) pre-tanh values): mean, spread,
     and the share of images on which it leans at least ``PINNED`` of the most it can."""
-    share = lean(torch.softmax(torch.tanh(x.double()), 1))
+    share = lean(gate_weights(x.double()))
     return {"mean": float(share.mean()), "std": float(share.std(correction=0)),
             "at_bound_fraction": float((share >= PINNED).double().mean())}
 

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .inference import probabilities
+
 FORMAT = "attend-rectify-history/1"
 MAP_SIDE = 16
 PROBE_SIZE = 32
@@ -149,7 +151,7 @@ class HistoryRecorder:
         """Record epoch ``epoch`` from the probe images' trace and the validation figures."""
         labels = torch.tensor(self.probe_labels)
         scores = [l.hypothesis for l in trace.layers] + [trace.net_output, trace.output]
-        probs = torch.stack([F.softmax(s.float(), dim=1) for s in scores], dim=1)  # (P, S+1, M)
+        probs = torch.stack([probabilities(s) for s in scores], dim=1)  # (P, S+1, M)
         rec = {"epoch": epoch,
                "val_accuracy": torch.tensor(val_source_accuracy, dtype=torch.float32),
                "mean_global_gates": torch.tensor(mean_global_gates, dtype=torch.float32),
