@@ -52,13 +52,12 @@ def attention_grid(image: np.ndarray, trace: Trace, i: int, classes: Sequence[st
 
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
-    from PIL import Image
 
     rows = len(trace.layers)
     if rows == 0:
         raise ValueError("this model has no attention modules (AD = 0): there are no attention maps to show")
     cols = trace.layers[0].attention_maps.shape[1]
-    big = np.asarray(Image.fromarray(image).resize((display_size, display_size), Image.BICUBIC))
+    big = display_base(image, display_size)
     fig = Figure(figsize=(2.1 * cols + 0.4, 2.3 * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     for r, layer in enumerate(trace.layers):
@@ -211,12 +210,11 @@ def attribution_figure(image: np.ndarray, attention: dict[str, np.ndarray], attr
                        cmap: str = "inferno", display_size: int = 128):
     """One row: the input, each layer's gated attention, then each attribution map, all input-sized."""
     from matplotlib.figure import Figure
-    from PIL import Image
 
     panels = [(f"attention @ {k}", v) for k, v in attention.items()] + list(attributions.items())
     fig = Figure(figsize=(2.0 * (len(panels) + 1), 2.3), layout="constrained")
     axes = fig.subplots(1, len(panels) + 1, squeeze=False)[0]
-    big = np.asarray(Image.fromarray(image).resize((display_size, display_size), Image.BICUBIC))
+    big = display_base(image, display_size)
     axes[0].imshow(big)
     axes[0].set_title("input", fontsize=9)
     for ax, (title, m) in zip(axes[1:], panels):

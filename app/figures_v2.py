@@ -109,11 +109,9 @@ def sanity_curve_figure(stages: Sequence[str], scores: dict[str, dict[str, list[
 
 def map_overlays(images: np.ndarray, maps, alpha: float = 0.55, cmap: str = "jet", size: int = 96) -> list[np.ndarray]:
     """RGB uint8 panels: each (h, w) map, bilinear-upsampled and rescaled, blended over its (H, W, 3) image."""
-    from PIL import Image
+    from app.figures import blend, display_base, upsample
 
-    from app.figures import blend, upsample
-
-    base = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC)) for im in images])
+    base = np.stack([display_base(im, size) for im in images])
     return list(blend(base, upsample(maps, size), alpha, cmap))
 
 

@@ -24,7 +24,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import data as D
 from .checkpoint import CheckpointError, load_checkpoint
