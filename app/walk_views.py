@@ -69,7 +69,7 @@ def on_original(res: dict, trace, classes: list[str]):
         return
     from ar_core.photo import model_view
 
-    view = np.asarray(model_view(original, res.get("fit", "center-crop")))
+    view = np.asarray(model_view(original, res.get("fit", "center-crop"), size=len(res["image"])))
     alpha, cmap = st.session_state.get("alpha", 0.55), st.session_state.get("cmap", "jet")
     size = min(view.shape[0], 512)
     panels = figures.overlay_panels(view, trace, 0, alpha, cmap, display_size=size)

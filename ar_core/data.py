@@ -74,23 +74,46 @@ def fit_image(img, size: int = 32, mode: str = "center-crop"):
     Padding resizes first and pads the small image (edge colour: the image's mean), so a 1x50,000
     strip never becomes a 50,000x50,000 canvas.
     """
-    import numpy as np
+    from PIL import Image
+
+    if mode == "center-crop":
+        square = centre_square(img)
+        s = square.width
+        return square.resize((size, size), Image.BICUBIC if s > size else Image.NEAREST) if s != size else square
+    if mode != "pad":
+        raise ValueError(f"mode must be 'center-crop' or 'pad', got {mode!r}")
+    small = _fit_inside(img, size)
+    canvas = Image.new("RGB", (size, size), _mean_colour(small))
+    canvas.paste(small, ((size - small.width) // 2, (size - small.height) // 2))
+    return canvas
+
+
+def centre_square(img):
+    """The centred square of the shorter side: what the centre crop keeps."""
+    w, h = img.size
+    s = min(w, h)
+    return img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+
+
+def pad_colour(img, size: int = 32) -> tuple[int, ...]:
+    """The colour :func:`fit_image` pads ``img`` with for a ``size`` input (for views of the same square)."""
+    return _mean_colour(_fit_inside(img, size))
+
+
+def _fit_inside(img, size: int):
+    """``img`` resized so its longer side is ``size`` (bicubic when shrinking, nearest when enlarging)."""
     from PIL import Image
 
     w, h = img.size
-    if mode == "center-crop":
-        s = min(w, h)
-        img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-        return img.resize((size, size), Image.BICUBIC if s > size else Image.NEAREST) if s != size else img
-    if mode != "pad":
-        raise ValueError(f"mode must be 'center-crop' or 'pad', got {mode!r}")
     scale = size / max(w, h)
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    small = img.resize((nw, nh), Image.BICUBIC if scale < 1 else Image.NEAREST) if (nw, nh) != (w, h) else img
-    fill = tuple(int(v) for v in np.asarray(small).reshape(-1, 3).mean(0))
-    canvas = Image.new("RGB", (size, size), fill)
-    canvas.paste(small, ((size - nw) // 2, (size - nh) // 2))
-    return canvas
+    return img.resize((nw, nh), Image.BICUBIC if scale < 1 else Image.NEAREST) if (nw, nh) != (w, h) else img
+
+
+def _mean_colour(img) -> tuple[int, ...]:
+    import numpy as np
+
+    return tuple(int(v) for v in np.asarray(img).reshape(-1, 3).mean(0))
 
 
 def to_uint8(img) -> torch.Tensor:

@@ -84,6 +84,14 @@ def test_model_view_is_the_region_the_model_sees():
     padded = model_view(img, "pad")
     assert padded.size == (100, 100)
     assert np.asarray(padded)[20:80].tolist() == arr.tolist()
+    # the band around the photo has the colour the model input is padded with (thin stripes: a mean
+    # that depends on how the image is shrunk)
+    striped = np.zeros((60, 100, 3), np.uint8)
+    striped[:, ::7], striped[::5, :, 1] = 255, 200
+    striped = Image.fromarray(striped)
+    for size in (32, 48):
+        assert np.asarray(model_view(striped, "pad", size=size))[0, 0].tolist() == \
+            np.asarray(fit_image(striped, size, "pad"))[0, 0].tolist()
     assert model_view(Image.new("RGB", (2000, 1500)), "center-crop", max_side=512).size == (512, 512)
     with pytest.raises(ValueError):
         model_view(img, "stretch")
