@@ -32,7 +32,7 @@ from .gates import gate_statistics
 from .inference import outcome_masks
 from .evaluate import (ClassMismatchError, align_labels, calibration_bins, collect, confusion_matrix, summarize,
                        validation_split)
-from .precision import autocast_for, device_arg
+from .precision import autocast_for, device_arg, pick_device
 from .tta import NAMES as TTA_NAMES
 from .tta import TTALike
 from .tta import resolve as resolve_tta
@@ -438,7 +438,7 @@ def main(argv=None) -> dict[str, Any]:
     if a.threads:
         torch.set_num_threads(a.threads)
     try:
-        model, meta = load_checkpoint(a.checkpoint, device=a.device)
+        model, meta = load_checkpoint(a.checkpoint, device=pick_device(a.device))
         size = int(meta.get("image_size", 32))
         dataset = D.load_image_folder(a.data, size) if a.data else \
             D.load_torchvision_cifar(a.torchvision, a.root, train=False, download=True)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .model import ModelConfig, build_model
-from .precision import autocast_for, native_bf16, pick_device
+from .precision import autocast_for, device_arg, native_bf16, pick_device
 
 
 def _interleaved_medians(fns: dict, rounds: int, warmup: int = 5, sync=lambda: None) -> dict:
@@ -209,10 +209,7 @@ def devices(choice: str) -> list[torch.device]:
     """``--device``: cpu, cuda, or all (the CPU, and CUDA when present)."""
     if choice == "all":
         return [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    try:
-        return [pick_device(choice)]
-    except ValueError as e:
-        raise SystemExit(f"error: --device: {e}") from None
+    return [pick_device(choice)]
 
 
 def main(argv=None) -> dict:
@@ -220,6 +217,7 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default="bench.json")
     p.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
     p.add_argument("--device", choices=["all", "cpu", "cuda"], default="all",
+                   type=lambda name: name if name == "all" else device_arg(name),
                    help="all: the CPU, and CUDA when present")
     p.add_argument("--skip-training", action="store_true")
     p.add_argument("--skip-faithfulness", action="store_true")

@@ -25,7 +25,7 @@ import torch
 
 from . import data as D
 from .checkpoint import load_checkpoint
-from .precision import device_arg
+from .precision import device_arg, pick_device
 from .tta import NAMES as TTA_NAMES
 
 
@@ -106,7 +106,7 @@ def compare_pair(path_a: str, path_b: str, args: argparse.Namespace) -> dict[str
     from .precision import autocast_for
     from .tta import resolve as resolve_tta
 
-    (model_a, meta_a), (model_b, meta_b) = (load_checkpoint(p, device=args.device) for p in (path_a, path_b))
+    (model_a, meta_a), (model_b, meta_b) = (load_checkpoint(p, device=pick_device(args.device)) for p in (path_a, path_b))
     if list(meta_a.get("classes", [])) != list(meta_b.get("classes", [])):
         raise SystemExit("the two checkpoints have different classes; they cannot be compared image by image")
     dataset = D.load_image_folder(args.data)

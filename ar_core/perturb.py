@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .precision import device_arg
+from .precision import device_arg, pick_device
 from .tta import NAMES as TTA_NAMES
 from .tta import TTALike
 from .tta import resolve as resolve_tta
@@ -217,9 +217,9 @@ def main(argv=None) -> dict:
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     try:
-        models = {"attention": load_checkpoint(a.checkpoint, device=a.device)}
+        models = {"attention": load_checkpoint(a.checkpoint, device=pick_device(a.device))}
         if a.baseline:
-            models["baseline"] = load_checkpoint(a.baseline, device=a.device)
+            models["baseline"] = load_checkpoint(a.baseline, device=pick_device(a.device))
         meta = models["attention"][1]
         ds = D.load_image_folder(a.data, int(meta.get("image_size", 32)))
         if a.validation_split:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from .data import centre_square, pad_colour
 
 
-def model_view(img, mode: str = "center-crop", max_side: int = 512, size: int = 32):
+def model_view(img, mode: str = "center-crop", max_side: int = 512, *, size: int):
     """The square region of an RGB PIL image that :func:`ar_core.data.fit_image` turns into the
     ``size`` x ``size`` model input.
 

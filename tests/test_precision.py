@@ -58,23 +58,49 @@ def test_a_device_this_machine_lacks_is_refused_with_what_it_has(monkeypatch):
         P.pick_device("cuda:1")
 
 
-@pytest.mark.parametrize("cli, args", [
-    ("train", ["--data", "nowhere", "--out", "nowhere.safetensors"]),
-    ("evaluate", ["--checkpoint", "nowhere.safetensors", "--data", "nowhere"]),
-    ("analyze", ["--checkpoint", "nowhere.safetensors", "--data", "nowhere", "--out", "nowhere"]),
-    ("perturb", ["--checkpoint", "nowhere.safetensors", "--data", "nowhere", "--out", "nowhere"]),
-    ("compare", ["--a", "a.safetensors", "--b", "b.safetensors", "--data", "nowhere"]),
-    ("bench", ["--quick", "--out", "nowhere.json"]),
-])
-def test_every_command_line_refuses_a_missing_device_alike_before_any_work(monkeypatch, capsys, cli, args):
-    """One check for every --device: a machine without CUDA gets the same message, before anything loads."""
+COMMANDS = {
+    "ar_core.train": ["--data", "nowhere", "--out", "nowhere.safetensors"],
+    "ar_core.evaluate": ["--checkpoint", "nowhere.safetensors", "--data", "nowhere"],
+    "ar_core.analyze": ["--checkpoint", "nowhere.safetensors", "--data", "nowhere", "--out", "nowhere"],
+    "ar_core.perturb": ["--checkpoint", "nowhere.safetensors", "--data", "nowhere", "--out", "nowhere"],
+    "ar_core.compare": ["--a", "a.safetensors", "--b", "b.safetensors", "--data", "nowhere"],
+    "ar_core.bench": ["--quick", "--out", "nowhere.json"],
+    "app.bench": ["--quick", "--out", "nowhere.json"],
+}
+
+
+@pytest.mark.parametrize("cli", COMMANDS)
+def test_every_command_line_refuses_a_missing_device_alike_before_any_work(monkeypatch, capsys, cli):
+    """One check for every --device: a machine without CUDA gets the same message and exit status 2,
+    before anything loads."""
     import importlib
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit) as stop:
-        importlib.import_module(f"ar_core.{cli}").main([*args, "--device", "cuda"])
-    said = capsys.readouterr().err + str(stop.value.code)
-    assert stop.value.code not in (0, None) and "PyTorch sees no CUDA device" in said, said
+        importlib.import_module(cli).main([*COMMANDS[cli], "--device", "cuda"])
+    said = capsys.readouterr().err
+    assert stop.value.code == 2 and "argument --device: device cuda, but PyTorch sees no CUDA device" in said, said
+
+
+@pytest.mark.parametrize("cli", ["ar_core.evaluate", "ar_core.analyze", "ar_core.perturb", "ar_core.compare"])
+def test_device_auto_reaches_the_model_as_a_device_of_this_machine(monkeypatch, cli):
+    """'auto' is a word for the command line: the checkpoint is loaded onto what it picks."""
+    import importlib
+
+    import ar_core.checkpoint
+
+    loaded_on = []
+
+    def load_checkpoint(path, device=None, **kwargs):
+        loaded_on.append(device)
+        raise SystemExit(0)
+
+    module = importlib.import_module(cli)
+    monkeypatch.setattr(ar_core.checkpoint, "load_checkpoint", load_checkpoint)
+    monkeypatch.setattr(module, "load_checkpoint", load_checkpoint, raising=False)
+    with pytest.raises(SystemExit):
+        module.main([*COMMANDS[cli], "--device", "auto"])
+    assert loaded_on and torch.device(loaded_on[0]) == P.pick_device("auto"), loaded_on
 
 
 def _reference(module, z, convs_in_bf16):

@@ -75,13 +75,13 @@ def test_model_view_is_the_region_the_model_sees():
     rng = torch.Generator().manual_seed(0)
     arr = torch.randint(0, 256, (60, 100, 3), generator=rng, dtype=torch.uint8).numpy()
     img = Image.fromarray(arr)
-    crop = model_view(img, "center-crop")
+    crop = model_view(img, "center-crop", size=32)
     assert crop.size == (60, 60)
     assert np.array_equal(np.asarray(crop), arr[:, 20:80])
     # the same region, downscaled, is what fit_image gives the model
     small = np.asarray(crop.resize((32, 32), Image.BICUBIC)).astype(int)
     assert abs(small - np.asarray(fit_image(img, 32, "center-crop")).astype(int)).max() == 0
-    padded = model_view(img, "pad")
+    padded = model_view(img, "pad", size=32)
     assert padded.size == (100, 100)
     assert np.asarray(padded)[20:80].tolist() == arr.tolist()
     # the band around the photo has the colour the model input is padded with (thin stripes: a mean
@@ -92,6 +92,6 @@ def test_model_view_is_the_region_the_model_sees():
     for size in (32, 48):
         assert np.asarray(model_view(striped, "pad", size=size))[0, 0].tolist() == \
             np.asarray(fit_image(striped, size, "pad"))[0, 0].tolist()
-    assert model_view(Image.new("RGB", (2000, 1500)), "center-crop", max_side=512).size == (512, 512)
+    assert model_view(Image.new("RGB", (2000, 1500)), "center-crop", max_side=512, size=32).size == (512, 512)
     with pytest.raises(ValueError):
-        model_view(img, "stretch")
+        model_view(img, "stretch", size=32)
