@@ -165,7 +165,7 @@ def stop_server(proc):
         proc.kill()
 
 
-def make_driver():
+def make_driver(page_load_timeout: float = 60):
     """Debian's headless Chromium through its chromedriver (no browser is ever downloaded)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -175,7 +175,7 @@ def make_driver():
     for flag in CHROME_FLAGS:
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    driver.set_page_load_timeout(60)
+    driver.set_page_load_timeout(page_load_timeout)
     return driver
 
 
@@ -226,7 +226,7 @@ def browser_load(checkpoint: str, workers: int = 8, seconds: float = 60, max_run
                                  Path(tmp) / "server.log")
         drivers = []
         try:
-            drivers = [make_driver() for _ in range(workers)]
+            drivers = [make_driver(page_load_timeout=timeout) for _ in range(workers)]  # loading a page is a step too
             # One session first: the server's cold start (imports, loading the checkpoint) is not what
             # the load measures, and on a busy CPU it can outlast a page wait when eight arrive at once.
             upload_and_read(drivers[0], url, images[0], timeout)
