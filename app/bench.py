@@ -36,7 +36,8 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description="Attend & Rectify app benchmarks (prints a table, writes JSON)")
     p.add_argument("--out", default="app-bench.json")
     p.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
-    p.add_argument("--device", type=device_arg, default="auto", help="the sidebar's device for the AppTest run (auto, cpu, cuda)")
+    p.add_argument("--device", type=device_arg, default="auto",
+                   help="the sidebar's device for the AppTest run (auto, cpu, cuda)")
     p.add_argument("--skip-browser", action="store_true")
     p.add_argument("--tta", default="as-trained", choices=TTA_CHOICES,
                    help="the sidebar's test-time augmentation (as-trained: the checkpoint's own views)")
