@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -52,7 +53,6 @@ def to_rgb(img):
     """A decoded PIL image → RGB as a person sees it: EXIF orientation applied, an animation's first
     frame, 16-bit and float greyscale rescaled to 8 bits, transparency over white. Uploads and image
     folders both go through here, so one file gives the model one input whichever way it comes."""
-    import numpy as np
     from PIL import Image, ImageOps
 
     img.seek(0)
@@ -111,15 +111,11 @@ def _fit_inside(img, size: int):
 
 
 def _mean_colour(img) -> tuple[int, ...]:
-    import numpy as np
-
     return tuple(int(v) for v in np.asarray(img).reshape(-1, 3).mean(0))
 
 
 def to_uint8(img) -> torch.Tensor:
     """RGB PIL image → (3, H, W) uint8 tensor."""
-    import numpy as np
-
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
