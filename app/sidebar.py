@@ -31,10 +31,24 @@ def model_picker():
                     label = state.add_uploaded_checkpoint(up.getvalue(), up.name)
                     st.session_state["ckpt_error"] = None
                     st.session_state["model_label"] = label  # switch to it
+                    st.session_state["history_seen"] = None  # a history uploaded before it is attached now
                 except CheckpointError as e:
                     st.session_state["ckpt_error"] = str(e)
             if st.session_state.get("ckpt_error"):
                 st.error(st.session_state["ckpt_error"])
+            hist = st.file_uploader("its training history (optional)", type=["safetensors"], key="history_upload",
+                                    help="NAME.history.safetensors, which the trainer writes next to "
+                                         "NAME.safetensors: the inspector's *Over training* view shows it.")
+            if hist is not None and st.session_state.get("history_seen") != hist.file_id:
+                st.session_state["history_seen"] = hist.file_id
+                try:
+                    owner = state.add_uploaded_history(hist.getvalue(), hist.name)
+                    st.session_state["history_note"] = ("success", f"Training history attached to {owner}.")
+                except ValueError as e:
+                    st.session_state["history_note"] = ("error", str(e))
+            if st.session_state.get("history_note"):
+                kind, text = st.session_state["history_note"]
+                (st.success if kind == "success" else st.error)(text)
         choices = state.model_choices()
         if not choices:
             st.warning("No checkpoint found. Train one with `python -m ar_core.train` (see README) or upload one.")

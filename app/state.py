@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -242,12 +243,39 @@ def explain_missing_pair(pairs, baselines, attentive) -> bool:
     return True
 
 
+def add_uploaded_history(data: bytes, name: str) -> str:
+    """Attach an uploaded training history to this session's uploaded checkpoint it belongs to:
+    the one its file name pairs with (NAME.history.safetensors → NAME), else the selected upload.
+    Returns that checkpoint's label; raises ValueError saying what is wrong."""
+    from ar_core.history import load_history, mismatch
+
+    history = load_history(data, name)
+    uploads = st.session_state.get("user_checkpoints", {})
+    stem = Path(name).name.removesuffix(".safetensors").removesuffix(".history")
+    label = f"{stem} (uploaded)"
+    if label not in uploads:
+        label = st.session_state.get("model_label")
+        if label not in uploads:
+            raise ValueError(f"{name} is a training history; upload its checkpoint ({stem}.safetensors) first, "
+                             f"then the history")
+    why = mismatch(history, checkpoint_meta(UPLOAD_PREFIX + uploads[label]) or {})
+    if why:
+        raise ValueError(f"{name} is not the training history of {label}: {why}")
+    st.session_state.setdefault("uploaded_histories", {})[uploads[label]] = data
+    return label
+
+
 def training_history(source: str):
-    """(History, None) for a checkpoint file with a training history next to it, else (None, why)."""
+    """(History, None) for a checkpoint with a training history (next to its file, or uploaded with
+    it), else (None, why)."""
     from ar_core.history import history_path
 
     if source.startswith(UPLOAD_PREFIX):
-        return None, "Uploaded checkpoints come without a training history; the shipped ones have theirs."
+        data = st.session_state.get("uploaded_histories", {}).get(source[len(UPLOAD_PREFIX):])
+        if data is None:
+            return None, ("No training history was uploaded with this checkpoint: add its NAME.history.safetensors, "
+                          "which the trainer writes next to it, under *Use your own checkpoint* in the sidebar.")
+        return _load_uploaded_history(hashlib.sha256(data).hexdigest(), data), None
     path = history_path(source)
     if not path.is_file():
         return None, ("This checkpoint has no training history: it was trained before histories were recorded, "
@@ -259,6 +287,14 @@ def training_history(source: str):
 
 
 @st.cache_resource(max_entries=8)
+def _load_uploaded_history(digest: str, _data: bytes):
+    """Uploaded histories are cached by content digest (read once when attached, so they parse)."""
+    from ar_core.history import load_history
+
+    return load_history(_data, "uploaded history")
+
+
+@st.cache_resource(max_entries=8)
 def _load_history(path: str, mtime: float):
     from ar_core.history import load_history
 
@@ -266,12 +302,18 @@ def _load_history(path: str, mtime: float):
 
 
 @st.cache_resource(max_entries=8)
-def _probe_images(source: str, mtime: float, dataset_key: str, _history, _dataset):
+def _probe_images(probes: tuple, split: str, dataset_key: str, _history, _dataset):
     from ar_core.history import probe_images as carve
 
     return carve(_history, _dataset)
 
 
-def probe_images(source: str, history, dataset, dataset_key: str):
-    """The history's probe images when ``dataset`` is the training folder (checked once per process)."""
-    return _probe_images(source, Path(source).stat().st_mtime, dataset_key, history, dataset)
+def probe_images(history, dataset, dataset_key: str):
+    """The history's probe images when ``dataset`` is the training folder (checked once per process).
+
+    Cached by what decides them, the probes' positions and the recorded split, whichever checkpoint
+    (a file or an upload) the history came with."""
+    import json
+
+    split = json.dumps(history.info.get("validation_split"), sort_keys=True)
+    return _probe_images(tuple(history.probe_index), split, dataset_key, history, dataset)

@@ -21,7 +21,7 @@ def render(source: str, key: str, dataset=None, dataset_key: str | None = None) 
     if history is None:
         st.info(problem)
         return
-    images = state.probe_images(source, history, dataset, dataset_key) if dataset is not None else None
+    images = state.probe_images(history, dataset, dataset_key) if dataset is not None else None
     st.write(f"While this model trained, its trainer traced the same {len(history.probe_index)} validation images "
              f"after every epoch ({len(history.epochs)} epochs). Move through the epochs to watch the attention "
              f"maps, the gates and the answers form.")

@@ -79,7 +79,7 @@ def save_checkpoint(model: AttendAndRectify, path: str | Path, meta: dict[str, A
 MAX_HEADER_BYTES = 16 * 1024 * 1024  # a real header is a few KB; anything near this is hostile
 
 
-def _header(head: bytes, size: int, name: str) -> dict[str, Any]:
+def read_header(head: bytes, size: int, name: str) -> dict[str, Any]:
     """Parse the safetensors header from the file's first bytes."""
     if head[:8].startswith(_PICKLE_MAGIC):
         raise CheckpointError(
@@ -122,7 +122,7 @@ def read_metadata(source: str | Path | bytes, name: str | None = None) -> dict[s
     """A checkpoint's metadata (its config under ``config``), reading the header only."""
     if isinstance(source, (bytes, bytearray)):
         name = name or "uploaded checkpoint"
-        header = _header(bytes(source[:8 + MAX_HEADER_BYTES]), len(source), name)
+        header = read_header(bytes(source[:8 + MAX_HEADER_BYTES]), len(source), name)
     else:
         path = Path(source)
         name = name or path.name
@@ -132,7 +132,7 @@ def read_metadata(source: str | Path | bytes, name: str | None = None) -> dict[s
             head = f.read(8)
             n = int.from_bytes(head, "little") if len(head) == 8 else 0
             head += f.read(min(n, MAX_HEADER_BYTES))
-        header = _header(head, path.stat().st_size, name)
+        header = read_header(head, path.stat().st_size, name)
     return _config_and_meta(header, name)[1]
 
 
@@ -149,7 +149,7 @@ def read_checkpoint(source: str | Path | bytes, name: str | None = None
         if not path.is_file():
             raise CheckpointError(f"no checkpoint file at {path}")
         data, name = path.read_bytes(), name or path.name
-    header = _header(data, len(data), name)
+    header = read_header(data, len(data), name)
     config, meta = _config_and_meta(header, name)
     try:
         tensors = load(data)

@@ -184,22 +184,28 @@ class HistoryRecorder:
         tmp.replace(self.path)
 
 
-def load_history(path: str | Path) -> History:
-    """Read a history file written by the trainer; raises ValueError naming what is wrong."""
-    from safetensors import safe_open
+def load_history(source: str | Path | bytes, name: str | None = None) -> History:
+    """Read a history file written by the trainer (a path, or the file's bytes, as uploaded);
+    raises ValueError naming what is wrong."""
+    from safetensors.torch import load
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no training history at {path} (checkpoints trained before histories were "
-                                f"recorded, and converted ones, have none)")
+    from .checkpoint import read_header
+
+    if isinstance(source, (bytes, bytearray)):
+        data, name = bytes(source), name or "uploaded history"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"no training history at {path} (checkpoints trained before histories were "
+                                    f"recorded, and converted ones, have none)")
+        data, name = path.read_bytes(), name or path.name
     try:
-        with safe_open(str(path), framework="pt") as f:
-            header = json.loads((f.metadata() or {})["history"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        header = json.loads((read_header(data, len(data), name).get("__metadata__") or {})["history"])
+        tensors = load(data)
     except Exception as e:  # a missing key, bad JSON, or safetensors' own SafetensorError
-        raise ValueError(f"{path.name} is not a readable training history ({e})") from e
+        raise ValueError(f"{name} is not a readable training history ({e})") from e
     if header.get("format") != FORMAT:
-        raise ValueError(f"{path.name} has format {header.get('format')!r}, expected {FORMAT!r}")
+        raise ValueError(f"{name} has format {header.get('format')!r}, expected {FORMAT!r}")
     sources = header["sources"]
     layers = [s for s in sources if s != "network"]
     info = {k: v for k, v in header.items() if k not in ("format", "epochs", "sources", "classes", "probe_index",
@@ -212,6 +218,29 @@ def load_history(path: str | Path) -> History:
         global_gates=tensors["global_gates"].float(), predictions=tensors["predictions"].long(),
         true_class_prob=tensors["true_class_prob"].float(), val_accuracy=tensors["val_accuracy"],
         mean_global_gates=tensors["mean_global_gates"], info=info)
+
+
+def mismatch(history: History, meta: dict[str, Any]) -> str | None:
+    """Why ``history`` cannot be the training history of the checkpoint with metadata ``meta``, or None.
+
+    A history names no checkpoint (it is written before the checkpoint exists), so it is checked by
+    what both record: the classes, the sources (the attended layers), the validation split and the
+    number of epochs. Two seeds of one recipe pass alike: the file names pair those."""
+    from .model import ModelConfig
+
+    if meta.get("classes") is not None and list(meta["classes"]) != list(history.classes):
+        return "its classes differ from the checkpoint's"
+    if meta.get("config") is not None:
+        sources = [*ModelConfig.from_dict(meta["config"]).attended, "network"]
+        if sources != history.sources:
+            return f"it traced the sources {', '.join(history.sources)}; the checkpoint has {', '.join(sources)}"
+    ours, theirs = meta.get("validation_split") or {}, history.info.get("validation_split") or {}
+    for key in ("train_digest", "index_digest"):
+        if ours.get(key) and theirs.get(key) and ours[key] != theirs[key]:
+            return "it was recorded on another training set or validation split than the checkpoint's"
+    if meta.get("epochs_trained") and history.epochs and history.epochs[-1] > meta["epochs_trained"]:
+        return f"it records epoch {history.epochs[-1]}; the checkpoint was trained for {meta['epochs_trained']}"
+    return None
 
 
 def traced_other_weights(history: History, meta: dict[str, Any]) -> str | None:

@@ -11,9 +11,9 @@ import ar_core
 from ar_core import data as D
 from ar_core import load_checkpoint
 from ar_core import train as T
-from ar_core.history import (HistoryRecorder, dequantize_maps, history_path, load_history, probe_indices,
+from ar_core.history import (HistoryRecorder, dequantize_maps, history_path, load_history, mismatch, probe_indices,
                              quantize_maps, traced_other_weights)
-from ar_core.model import LayerTrace, Trace
+from ar_core.model import LayerTrace, ModelConfig, Trace
 from test_train import BATCH, CLASSES, STEPS_PER_EPOCH, VAL, _args, _log, cache, folder  # noqa: F401
 
 
@@ -77,6 +77,44 @@ def test_load_history_says_what_is_wrong(tmp_path):
     bad.write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="not a readable training history"):
         load_history(bad)
+
+
+def test_a_history_reads_alike_from_its_bytes_and_says_what_is_wrong_with_them(tmp_path):
+    rec = HistoryRecorder(tmp_path / "h.safetensors", ["group1", "group2", "group3", "network"],
+                          [str(i) for i in range(100)], torch.arange(32), torch.arange(32), {"probe_seed": 0})
+    rec.append(1, _fake_trace(), [0.5] * 5, [0.25] * 4)
+    a, b = load_history(tmp_path / "h.safetensors"), load_history((tmp_path / "h.safetensors").read_bytes())
+    assert a.epochs == b.epochs and a.info == b.info and a.classes == b.classes
+    assert all(torch.equal(a.attention_maps[l], b.attention_maps[l]) for l in a.layers)
+    assert torch.equal(a.predictions, b.predictions) and torch.equal(a.global_gates, b.global_gates)
+    with pytest.raises(ValueError, match="up.history.safetensors is not a readable training history"):
+        load_history(b"\x10\x00\x00\x00\x00\x00\x00\x00{}", "up.history.safetensors")
+    ckpt = tmp_path / "m.safetensors"  # a checkpoint is a safetensors file, but not a history
+    ar_core.save_checkpoint(ar_core.build_model(ModelConfig(num_classes=3, depth=10, width=1)), ckpt)
+    with pytest.raises(ValueError, match="m.safetensors is not a readable training history"):
+        load_history(ckpt.read_bytes(), ckpt.name)
+
+
+def test_mismatch_names_what_keeps_a_history_from_a_checkpoint(tmp_path):
+    """A history names no checkpoint; it is paired with one by what both record."""
+    split = {"size": 6, "seed": 0, "train_digest": "a" * 64, "index_digest": "b" * 64}
+    classes = [str(i) for i in range(100)]
+    rec = HistoryRecorder(tmp_path / "h.safetensors", ["group1", "group2", "group3", "network"], classes,
+                          torch.arange(32), torch.arange(32), {"validation_split": split})
+    for epoch in (1, 2):
+        rec.append(epoch, _fake_trace(), [0.5] * 5, [0.25] * 4)
+    h = load_history(tmp_path / "h.safetensors")
+    attention = ModelConfig(num_classes=100, depth=16, width=4, attention_depth=3, attention_width=4).to_dict()
+    meta = {"classes": classes, "config": attention, "validation_split": split, "epochs_trained": 2}
+    assert mismatch(h, meta) is None
+    assert mismatch(h, {}) is None  # a converted checkpoint records nothing to tell it by
+    assert mismatch(h, {**meta, "classes": classes[::-1]}) == "its classes differ from the checkpoint's"
+    baseline = {**attention, "attention_depth": 0}
+    assert mismatch(h, {**meta, "config": baseline}) == ("it traced the sources group1, group2, group3, network; "
+                                                         "the checkpoint has network")
+    assert "another training set or validation split" in mismatch(h, {**meta, "validation_split": {
+        **split, "index_digest": "c" * 64}})
+    assert mismatch(h, {**meta, "epochs_trained": 1}) == "it records epoch 2; the checkpoint was trained for 1"
 
 
 def test_the_trainer_records_what_the_model_computed_each_epoch(folder, tmp_path):

@@ -158,6 +158,53 @@ def test_a_checkpoint_without_history_says_why(env, tmp_path, monkeypatch):
     assert not at.exception and any("has no training history" in i.value for i in at.info)
 
 
+def _upload(at, key, path, name=None):
+    return at.sidebar.file_uploader(key=key).set_value((name or path.name, path.read_bytes(),
+                                                         "application/octet-stream")).run()
+
+
+def test_an_uploaded_checkpoint_shows_the_history_uploaded_with_it(env, tmp_path, monkeypatch):
+    monkeypatch.delenv("AR_CHECKPOINT")
+    history = history_path(env)
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60).run()
+    _upload(at, "history_upload", history)  # before its checkpoint: said, kept, attached when it comes
+    assert not at.exception and any("upload its checkpoint (toy-ad3.safetensors) first" in e.value for e in at.error)
+    _upload(at, "ckpt_upload", env)
+    assert at.selectbox(key="model_label").value == "toy-ad3 (uploaded)"
+    assert not at.error and any(s.value == "Training history attached to toy-ad3 (uploaded)." for s in at.success)
+    at.file_uploader(key="images").set_value([("x.png", _png(), "image/png")]).run()
+    open_tab(at, "7 · Over training")
+    at.toggle(key="inspect_history_on").set_value(True).run()
+    assert not at.exception and not at.error, [i.value for i in at.info]
+    h = load_history(history)
+    assert at.select_slider(key="inspect_history_epoch").options == [str(e) for e in h.epochs]
+    shown = [c for img in at.get("image") for c in img.proto.imgs]
+    assert f"head 1 · g {h.confidence_gates['group1'][-1, 0, 0]:.2f}" in [c.caption for c in shown]
+
+
+def test_an_uploaded_history_that_is_not_the_checkpoints_is_refused(env, tmp_path, monkeypatch):
+    import ar_core
+    from ar_core.model import ModelConfig
+
+    monkeypatch.delenv("AR_CHECKPOINT")
+    model, meta = ar_core.load_checkpoint(env)
+    baseline = ar_core.save_checkpoint(ar_core.build_model(ModelConfig(**{**meta["config"], "attention_depth": 0})),
+                                       tmp_path / "base.safetensors", {k: meta[k] for k in ("classes", "normalization")})
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60).run()
+    _upload(at, "ckpt_upload", baseline)
+    _upload(at, "history_upload", history_path(env))  # the attention model's: the selected upload is the baseline
+    assert not at.exception
+    assert [e.value for e in at.error] == ["toy-ad3.history.safetensors is not the training history of base "
+                                           "(uploaded): it traced the sources group1, group2, group3, network; "
+                                           "the checkpoint has network"]
+    _upload(at, "history_upload", env, "base.history.safetensors")  # a checkpoint under a history's name
+    assert any("base.history.safetensors is not a readable training history" in e.value for e in at.error)
+    at.file_uploader(key="images").set_value([("x.png", _png(), "image/png")]).run()
+    open_tab(at, "7 · Over training")
+    at.toggle(key="inspect_history_on").set_value(True).run()
+    assert not at.exception and any("No training history was uploaded" in i.value for i in at.info)
+
+
 def test_model_card_names_the_training_images_by_digest(env):
     import ar_core
 
