@@ -313,7 +313,5 @@ def probe_images(history, dataset, dataset_key: str):
 
     Cached by what decides them, the probes' positions and the recorded split, whichever checkpoint
     (a file or an upload) the history came with."""
-    import json
-
     split = json.dumps(history.info.get("validation_split"), sort_keys=True)
     return _probe_images(tuple(history.probe_index), split, dataset_key, history, dataset)
