@@ -741,15 +741,39 @@ def test_a_checkpoint_replaced_under_its_name_is_traced_and_explained_again(app_
         want = model(ar_core.inference.preprocess(from_hwc(res["image"]), meta))
     assert not at.exception and res["weights"] == meta["weights_sha256"]
     assert torch.allclose(res["ins"].trace.output, want, atol=1e-4)
-    # A broken file under the name: the sidebar says so; with another model chosen, the last result (of the
-    # broken file) is dropped with a message instead of failing in a view. The app keeps running throughout.
+    # A broken file under the name: the sidebar says so; with a model of other classes chosen, the last result
+    # (of the broken file) is dropped with a message instead of failing in a view. The app keeps running.
     ckpt.write_bytes(b"not a checkpoint")
     os.utime(ckpt, (stamp + 10, stamp + 10))
     at.run()
     assert not at.exception and any("is not a readable safetensors file" in e for e in _errors(at))
     at.selectbox(key="model_label").set_value("cifar10-wrn16x4-ad3aw4 (shipped)").run()
     assert not at.exception and "result" not in at.session_state
-    assert any("can no longer be read" in w.value for w in at.warning)
+    assert any("was traced by a model of other classes" in i.value for i in at.info)
+
+
+def test_the_last_result_follows_the_sidebars_model_when_no_image_is_at_hand(app_env):
+    """Clearing the uploads keeps the last result on screen; choosing another checkpoint or device then must not
+    leave the old model's answers beside the new model's card."""
+    at = _start()
+    at.file_uploader(key="images").set_value([("cat.png", _png(1), "image/png")]).run()
+    at.file_uploader(key="images").set_value([]).run()
+    other = _checkpoint(app_env / "tiny-other.safetensors", seed=5)  # same classes and size, other weights
+    at.sidebar.file_uploader(key="ckpt_upload").set_value(("tiny-other.safetensors", other.read_bytes(),
+                                                           "application/octet-stream")).run()
+    assert at.selectbox(key="model_label").value == "tiny-other (uploaded)"
+    model, meta = ar_core.load_checkpoint(other)
+    res = at.session_state["result"]
+    assert res["path"].startswith("upload:") and res["weights"] == meta["weights_sha256"]
+    with torch.no_grad():
+        want = model(ar_core.inference.preprocess(from_hwc(res["image"]), meta))
+    assert torch.allclose(res["ins"].trace.output, want, atol=1e-4)  # the chosen model's answer
+    assert at.metric[0].value == res["ins"].classes[int(want.argmax())]
+    at.selectbox(key="tta").set_value("none").run()
+    assert not at.exception and at.session_state["result"]["tta"] == "none"
+    at.selectbox(key="model_label").set_value("cifar10-wrn16x4-ad3aw4 (shipped)").run()  # other classes
+    assert not at.exception and "result" not in at.session_state and not at.metric
+    assert any("pick an image for this one" in i.value for i in at.info)
 
 
 def test_dataset_predictions_are_kept_per_weights(app_env):

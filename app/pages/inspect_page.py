@@ -12,7 +12,6 @@ from app import figures, gate_views, samples, sanity_views, share, sidebar, stat
 from app.pages.about import EQUATIONS
 from ar_core.inference import (OUTCOMES, ImageError, ablate, filter_indices, fit_image, from_hwc, image_digest,
                                load_image, rectification, to_hwc, to_uint8, topk, trace_to_json, trace_to_npz)
-from ar_core.checkpoint import CheckpointError
 from ar_core.tta import TTA
 
 CMAPS = ["jet", "viridis", "inferno", "magma", "gray"]
@@ -45,24 +44,28 @@ def _random_pos(n: int):
     st.session_state["browse_pos"] = int(np.random.default_rng().integers(n))
 
 
-def _follow_replaced_checkpoint(res: dict | None) -> dict | None:
-    """The shown result, traced again if its checkpoint file was replaced under its name since (a new release
-    pulled into a running server): every view loads the model by path, so none may mix old and new weights."""
+def _follow_model(res: dict | None, path: str, device: str, model, meta: dict) -> dict | None:
+    """The shown result, traced again by the sidebar's model when it came from another: a checkpoint, device or
+    augmentation chosen while no image is at hand, or the checkpoint file replaced under its name since (a new
+    release pulled into a running server). No view may show one model's answers beside another's card.
+
+    The stored model input is what the model saw, so it is traced as it is when the new model takes the same
+    size and classes; otherwise (its fit and its true label would be the old model's) the result is dropped."""
     if res is None:
         return None
-    try:
-        model, meta = state.get_model(res["path"], res["device"])
-    except (OSError, CheckpointError) as e:  # deleted, or replaced by a file that is not a checkpoint
-        st.session_state.pop("result", None)
-        st.warning(f"The checkpoint of the last result ({os.path.basename(res['path'])}) can no longer be read "
-                   f"({e}). Pick an image and a model again.")
-        return None
-    if res.get("weights") == meta["weights_sha256"]:
+    aug = state.use_tta(meta).name
+    if (res["path"], res["device"], res["weights"], res["tta"]) == (path, device, meta["weights_sha256"], aug):
         return res
-    ins = state.cached_inspection(model, meta, (res["digest"], res["fit"], res["path"], res["device"]),
-                                  from_hwc(res["image"]))
-    res = st.session_state["result"] = {**res, "ins": ins, "weights": meta["weights_sha256"],
-                                        "tta": ins.trace.augmentation}
+    size = int(meta.get("image_size", 32))
+    classes = meta.get("classes") or [str(i) for i in range(meta["config"]["num_classes"])]  # as inspect names them
+    if res["image"].shape[:2] != (size, size) or list(res["ins"].classes) != list(classes):
+        st.session_state.pop("result", None)
+        st.info(f"The last image ({res['name']}) was traced by a model of other classes or another input size; "
+                f"pick an image for this one.")
+        return None
+    ins = state.cached_inspection(model, meta, (res["digest"], res["fit"], path, device), from_hwc(res["image"]))
+    res = st.session_state["result"] = {**res, "ins": ins, "path": path, "device": device,
+                                        "weights": meta["weights_sha256"], "tta": ins.trace.augmentation}
     return res
 
 
@@ -140,7 +143,7 @@ def render():
                                       "wall_ms": (time.perf_counter() - t0) * 1000, "source": source,
                                       "index": int(name.rsplit("#", 1)[1]) if source == "Dataset" else None,
                                       "original": original if source != "Dataset" else None}
-    res = _follow_replaced_checkpoint(st.session_state.get("result"))
+    res = _follow_model(st.session_state.get("result"), path, device, model, meta)
     share.show_notes(res)
     if res is None:
         st.info("Upload an image, take a picture, or browse a dataset to begin.")
