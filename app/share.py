@@ -22,6 +22,7 @@ from app.sidebar import DATASETS
 PARAMS = ("checkpoint", "tta", "source", "dataset", "index", "layer", "head", "class")
 SOURCES = {"upload": "Upload", "dataset": "Dataset", "camera": "Camera"}
 DATASET_NAMES = dict(zip(("cifar10", "cifar100", "folder"), DATASETS))
+LINKED = "link"  # marks a widget value set by a shared link, for the image that link opens
 TAB_KEY = "tab"  # the inspector's tabs are bound to this query parameter by Streamlit itself
 
 
@@ -102,6 +103,7 @@ def _apply_model_params(q: dict, meta: dict, notes: list[str]):
     if "class" in q:
         if q["class"] in classes:
             st.session_state["attr_target"] = classes.index(q["class"])
+            st.session_state["attr_target_for"] = LINKED  # for the image the link opens
         else:
             notes.append(f"class {q['class']!r} is not one of this checkpoint's classes")
 

@@ -922,3 +922,37 @@ def test_benchmark_runs_the_model_with_the_augmentation_asked_for(app_env):
 
     assert time_app(repeats=1, tta="none")["model_tta"] == ["none"]
     assert time_app(repeats=1, tta="flip-shift1")["model_tta"] == ["flip-shift1"]
+
+
+def test_the_class_to_explain_and_decompose_is_each_new_images_prediction(app_env):
+    """Keyed widgets keep their value across reruns: the class choices must start from the new image's prediction,
+    and keep what the user chose while the image stays."""
+    at = _start()
+    preds = []
+    def solid(seed):
+        buf = io.BytesIO()
+        Image.new("RGB", (32, 32), tuple(int(v) for v in np.random.default_rng(seed).integers(0, 256, 3))).save(buf,
+                                                                                                             "PNG")
+        return buf.getvalue()
+
+    for seed in range(24):  # two plain colours the test model answers differently
+        at.file_uploader(key="images").set_value([(f"{seed}.png", solid(seed), "image/png")]).run()
+        pred = int(at.session_state["result"]["ins"].trace.output[0].argmax())
+        if not preds or pred != preds[0][1]:
+            preds.append((seed, pred))
+        if len(preds) == 2:
+            break
+    (a, pa), (b, pb) = preds
+    at.file_uploader(key="images").set_value([("a.png", solid(a), "image/png")]).run()
+    open_tab(at, "5 · Attributions")
+    assert at.selectbox(key="attr_target").value == pa
+    at.selectbox(key="attr_target").set_value(pb).run()  # the user's choice stays for this image
+    open_tab(at, "4 · Global fusion")
+    assert at.multiselect(key="contrib_classes").value == [pa]
+    at.multiselect(key="contrib_classes").set_value([pa, pb]).run()
+    assert at.multiselect(key="contrib_classes").value == [pa, pb]
+    at.file_uploader(key="images").set_value([("b.png", solid(b), "image/png")]).run()
+    assert not at.exception and not at.warning
+    assert at.multiselect(key="contrib_classes").value == [pb]
+    open_tab(at, "5 · Attributions")
+    assert at.selectbox(key="attr_target").value == pb

@@ -69,6 +69,17 @@ def _follow_model(res: dict | None, path: str, device: str, model, meta: dict) -
     return res
 
 
+def _per_image(key: str, res: dict, default) -> None:
+    """Give the widget ``key`` its ``default`` for each new inspected image (or model): a keyed widget keeps its
+    value across reruns, so without this the previous image's predicted class would stay chosen. What the user
+    (or a shared link, for the image it opens) chose for this image stays."""
+    owner, current = f"{key}_for", state.result_key(res)
+    if st.session_state.get(owner) == share.LINKED:
+        st.session_state[owner] = current
+    elif st.session_state.get(owner) != current or key not in st.session_state:
+        st.session_state[key], st.session_state[owner] = default, current
+
+
 def _dataset_browser(model, meta, size: int, ckpt_key: tuple):
     ds, ds_key = sidebar.dataset_picker(size, meta.get("classes"))  # labels in the checkpoint's class order
     if ds is None:
@@ -210,7 +221,7 @@ def _tab(j: int, res, trace, classes):
         st.plotly_chart(figures.confidence_gates_figure(trace, 0, classes), key="conf_fig")
         gate_views.image_gates(trace, [l.name for l in trace.layers], "gv_conf")
     elif j == 3:
-        _fusion_view(trace, classes)
+        _fusion_view(res, trace, classes)
         gate_views.image_gates(trace, ["global"], "gv_glob")
     elif j == 4:
         _attribution_view(res)
@@ -268,7 +279,8 @@ def _attribution_view(res):
         c1, c2 = st.columns(2)
         methods = c1.multiselect("Methods", list(METHODS), default=["saliency", "gradcam"],
                                  format_func=METHODS.get, key="attr_methods")
-        target = c2.selectbox("Class to explain", range(len(classes)), index=pred, format_func=lambda c: classes[c],
+        _per_image("attr_target", res, pred)
+        target = c2.selectbox("Class to explain", range(len(classes)), format_func=lambda c: classes[c],
                               key="attr_target")
         layer_names = [l.name for l in trace.layers] or ["last"]
         c3, c4 = st.columns(2)
@@ -437,7 +449,7 @@ def _heatmap(trace, classes):
 
 
 @st.fragment
-def _fusion_view(trace, classes):
+def _fusion_view(res, trace, classes):
     st.write("The global gates weigh every attended layer and the network's own output; the fused score of a "
              "class is the sum of each source's gate times its log-probability."
              + (f" With {trace.augmentation} test-time augmentation each bar is the mean of that term over the "
@@ -445,8 +457,9 @@ def _fusion_view(trace, classes):
     st.latex(EQUATIONS[4][1])
     st.plotly_chart(figures.global_gates_figure(trace, 0), key="gg_fig")
     pred = int(trace.output[0].argmax())
-    extra = st.multiselect("Classes to decompose", range(len(classes)), default=[pred],
-                           format_func=lambda c: classes[c], key="contrib_classes")
+    _per_image("contrib_classes", res, [pred])
+    extra = st.multiselect("Classes to decompose", range(len(classes)), format_func=lambda c: classes[c],
+                           key="contrib_classes")
     st.plotly_chart(figures.contributions_figure(trace, 0, classes, extra or [pred]), key="contrib_fig")
     st.subheader("Ablation")
     st.write("Switch sources or heads off: the remaining gates are renormalised and the fusion recomputed.")
