@@ -26,6 +26,7 @@ STATS = {
 
 
 # Part of every cache key: bump it when decoding changes, so stale tensors are never served.
+MAX_PIXELS = 40_000_000  # larger images are refused before decoding (decompression bombs), as uploads are
 CACHE_VERSION = 2  # 2: folders decode as uploads do (EXIF, alpha, crop then resize)
 
 
@@ -125,9 +126,23 @@ def pil_to_uint8(img, size: int = 32) -> torch.Tensor:
     return to_uint8(fit_image(to_rgb(img), size))
 
 
+def _decode(data: bytes, name: Path, size: int) -> torch.Tensor:
+    """One file of a folder, decoded as an upload is; a file that cannot be is named, with what to do."""
+    import io
+
+    from PIL import Image
+
+    try:
+        img = Image.open(io.BytesIO(data))
+        if img.width * img.height > MAX_PIXELS:
+            raise ValueError(f"{img.width}x{img.height} pixels, more than the {MAX_PIXELS // 10**6} megapixel limit")
+        return pil_to_uint8(img, size)
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+        raise ValueError(f"{name.as_posix()} is not a usable image ({e}); remove, replace or downscale it") from e
+
+
 def load_image_folder(root: str | Path, size: int = 32, use_cache: bool = True) -> TensorDataset:
     """An ImageFolder tree (``root/<class>/<image>``), sorted by path, as one uint8 tensor."""
-    from PIL import Image
     from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
     root = Path(root)
@@ -150,9 +165,7 @@ def load_image_folder(root: str | Path, size: int = 32, use_cache: bool = True) 
 
         t = load_file(str(cache))
         return TensorDataset(t["images"], t["labels"], classes)
-    import io
-
-    images = torch.stack([pil_to_uint8(Image.open(io.BytesIO(b)), size) for b in blobs])
+    images = torch.stack([_decode(b, Path(os.path.relpath(p, root)), size) for b, (p, _) in zip(blobs, samples)])
     labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
     if use_cache:
         from safetensors.torch import save_file

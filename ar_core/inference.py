@@ -17,13 +17,12 @@ import torch
 import torch.nn.functional as F
 
 from .attention import fuse
-from .data import fit_image, normalize, to_rgb, to_uint8  # noqa: F401 (fit_image, to_uint8: the app's)
+from .data import MAX_PIXELS, fit_image, normalize, to_rgb, to_uint8  # noqa: F401 (fit_image, to_uint8: the app's)
 from .model import LAYER_FIELDS, AttendAndRectify, Trace
 from .tta import TTALike
 from .tta import resolve as resolve_tta
 
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
-MAX_PIXELS = 40_000_000  # larger images are refused before decoding (decompression bombs)
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF", "MPO")
 
 

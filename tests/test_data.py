@@ -126,6 +126,36 @@ def test_image_folder_errors(tmp_path):
         D.load_image_folder(tmp_path / "empty")
 
 
+def _png_claiming(width: int, height: int) -> bytes:
+    """A 1x1 PNG whose header claims ``width`` x ``height`` pixels (a decompression bomb's first bytes)."""
+    import io
+    import struct
+    import zlib
+
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = bytes(data[12:16]) + struct.pack(">II", width, height) + bytes(data[24:29])
+    data[16:24] = ihdr[4:12]
+    data[29:33] = struct.pack(">I", zlib.crc32(ihdr))
+    return bytes(data)
+
+
+@pytest.mark.parametrize("content, why", [
+    (b"this is text, not an image", "cannot identify image file"),
+    (_png_claiming(9000, 9000), "9000x9000 pixels, more than the 40 megapixel limit"),  # uploads' limit too
+    (_png_claiming(20000, 20000), "decompression bomb"),  # past PIL's own limit: it refuses to open it
+], ids=["text", "81-megapixels", "400-megapixels"])
+def test_an_unusable_file_in_a_folder_is_named(tmp_path, cache_in_tmp, content, why):
+    for c in ("a", "b"):
+        (tmp_path / "f" / c).mkdir(parents=True)
+        write_png(tmp_path / "f" / c / "ok.png", np.zeros((4, 4, 3), np.uint8))
+    (tmp_path / "f" / "b" / "broken.png").write_bytes(content)
+    with pytest.raises(ValueError, match=r"^b/broken\.png is not a usable image \(.*" + why.replace("(", r"\(")
+                       + r".*\); remove, replace or downscale it$"):
+        D.load_image_folder(tmp_path / "f")
+
+
 # ---------------------------------------------------------------- stratified_split
 
 @pytest.fixture
