@@ -57,24 +57,29 @@ def guided_walk(res: dict, trace, classes: list[str]):
             st.plotly_chart(figures.contributions_figure(trace, 0, classes, step.args["classes"]), key="walk_fig_fuse")
 
 
-def on_original(res: dict, trace, classes: list[str]):
-    """For uploads and camera shots: every head's map over the photo region the model saw, at its resolution."""
+def original_photo(res: dict, trace):
+    """For uploads and camera shots, when asked: the photo region the model saw (up to 512 pixels), else None.
+
+    Taken in the page's full run, which alone holds the decoded photo; :func:`on_original` draws on it."""
     original = res.get("original")
     if original is None or not trace.layers:
-        return
+        return None
     if not st.toggle("Show the maps on the original photo", key="on_photo",
                      help="The same maps, upsampled bilinearly onto the part of your photo the model saw "
                           f"(up to 512 pixels), instead of onto the {len(res['image'])}x{len(res['image'])} "
                           "model input."):
-        return
+        return None
     from ar_core.photo import model_view
 
-    view = np.asarray(model_view(original, res.get("fit", "center-crop"), size=len(res["image"])))
-    alpha, cmap = st.session_state.get("alpha", 0.55), st.session_state.get("cmap", "jet")
+    return np.asarray(model_view(original, res.get("fit", "center-crop"), size=len(res["image"])))
+
+
+def on_original(view: np.ndarray, model_size: int, trace, alpha: float, cmap: str):
+    """Every head's map over the photo region ``view``, at its resolution, with the grid's opacity and colormap."""
     size = min(view.shape[0], 512)
     panels = figures.overlay_panels(view, trace, 0, alpha, cmap, display_size=size)
     st.caption(f"On the photo ({view.shape[1]}x{view.shape[0]} pixels shown; the model saw it as "
-               f"{res['image'].shape[1]}x{res['image'].shape[0]}).")
+               f"{model_size}x{model_size}).")
     for layer, row in zip(trace.layers, panels):
         cols = st.columns(len(row))
         for k, (col, panel) in enumerate(zip(cols, row)):

@@ -134,6 +134,30 @@ def _drive(browser, wait, image):
     shot = _artifacts() / "browser-upload.png"
     browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000
+    _opacity_reaches_the_photo(browser, wait, rendered_images)
+
+
+def _opacity_reaches_the_photo(browser, wait, rendered_images):
+    """The opacity slider reruns the overlay fragment alone: the maps on the original photo must follow it too,
+    not only the grid over the model input."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    browser.find_element(By.XPATH, "//label[.//*[contains(., 'Show the maps on the original photo')]]").click()
+    wait.until(lambda d: "On the photo (" in d.find_element(By.TAG_NAME, "body").text)
+    wait.until(lambda d: len(rendered_images(d)) >= 1 + 2 * 3 * 4)  # the grid and the photo's panels
+
+    def sources(d):
+        return [i.get_attribute("src") for i in rendered_images(d)]
+
+    before = sources(browser)
+    slider = browser.find_element(By.XPATH, "//*[@data-testid='stSlider']//input[@type='range']"
+                                            "[@aria-label='Overlay opacity']")
+    browser.execute_script("arguments[0].focus()", slider)
+    ActionChains(browser).send_keys(Keys.ARROW_LEFT).perform()
+    wait.until(lambda d: "Overlays at opacity 0.50" in d.find_element(By.TAG_NAME, "body").text)
+    wait.until(lambda d: len(set(sources(d)) - set(before)) >= 2 * 3 * 4)  # every panel redrawn, the photo's too
 
 
 def test_a_shared_link_opens_the_same_view_in_a_new_browser(tmp_path):

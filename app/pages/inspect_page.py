@@ -212,8 +212,7 @@ def _tab(j: int, res, trace, classes):
     elif j in (1, 2, 3) and not trace.layers:
         st.info("This is a baseline (AD = 0): it has no attention modules or gates to show.")
     elif j == 1:
-        _attention_view(trace, classes, res["image"])
-        walk_views.on_original(res, trace, classes)
+        _attention_view(trace, classes, res["image"], walk_views.original_photo(res, trace))
     elif j == 2:
         st.write("Each module weighs its K heads by a confidence gate computed from what the head attended. "
                  "A head with a high gate dominates its layer's hypothesis.")
@@ -418,25 +417,28 @@ def _compare_maps(res, paths, runs):
     st.caption(f"Computed in {seconds * 1000:.0f} ms.")
 
 
-def _attention_view(trace, classes, image):
+def _attention_view(trace, classes, image, photo=None):
     st.write("Each row is an attended layer, each column one of its K heads. Bright regions are where the head "
              "looked; the caption gives the head's top class and its confidence gate g."
              + (f" With {trace.augmentation} test-time augmentation every map, class and gate is {_averaged(trace)}."
                 if trace.views else ""))
     st.latex(EQUATIONS[0][1])
-    _overlays(trace, classes, image)
+    _overlays(trace, classes, image, photo)
     _heatmap(trace, classes)
 
 
 @st.fragment
-def _overlays(trace, classes, image):
-    """The overlay grid and its display controls: a control reruns this fragment only."""
+def _overlays(trace, classes, image, photo=None):
+    """The overlay grid (and the maps on the photo region ``photo``, when shown) and their display controls:
+    a control reruns this fragment only."""
     t0 = time.perf_counter()
     c1, c2 = st.columns(2)
     alpha = c1.slider("Overlay opacity", 0.0, 1.0, 0.55, 0.05, key="alpha")
     cmap = c2.selectbox("Colormap", CMAPS, key="cmap")
     widgets.attention_panels(trace, classes, image, alpha, cmap)
     st.caption(f"Overlays at opacity {alpha:.2f} ({cmap}) drawn in {(time.perf_counter() - t0) * 1000:.0f} ms.")
+    if photo is not None:
+        walk_views.on_original(photo, len(image), trace, alpha, cmap)
 
 
 @st.fragment
