@@ -191,6 +191,7 @@ def cache_key(meta: dict[str, Any], dataset: D.TensorDataset, extra: str = "") -
     h = hashlib.sha256()
     h.update(json.dumps(meta.get("config", {}), sort_keys=True).encode())
     h.update(str(meta.get("weights_sha256", "")).encode())
+    h.update(json.dumps(meta.get("normalization"), sort_keys=True).encode())  # the same weights see other inputs
     h.update(dataset.images.contiguous().numpy().tobytes())
     h.update(dataset.labels.numpy().tobytes())
     h.update(extra.encode())

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from . import data as D
-from .checkpoint import load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint
 from .precision import device_arg, pick_device
 from .tta import NAMES as TTA_NAMES
 
@@ -102,14 +102,25 @@ def compare_pair(path_a: str, path_b: str, args: argparse.Namespace) -> dict[str
     """One pair on the same images: each model's answers (from analyze's cache unless --no-cache), then
     the paired counts and McNemar's test."""
     from .analyze import collect_cached, predictions_cache
-    from .evaluate import align_labels, validation_split
+    from .evaluate import ClassMismatchError, align_labels, validation_split
     from .precision import autocast_for
     from .tta import resolve as resolve_tta
 
-    (model_a, meta_a), (model_b, meta_b) = (load_checkpoint(p, device=pick_device(args.device)) for p in (path_a, path_b))
+    try:
+        (model_a, meta_a), (model_b, meta_b) = (load_checkpoint(p, device=pick_device(args.device))
+                                                for p in (path_a, path_b))
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}") from e
     if list(meta_a.get("classes", [])) != list(meta_b.get("classes", [])):
         raise SystemExit("the two checkpoints have different classes; they cannot be compared image by image")
-    dataset = D.load_image_folder(args.data)
+    size, size_b = (int(m.get("image_size", 32)) for m in (meta_a, meta_b))
+    if size_b != size:
+        raise SystemExit(f"the two checkpoints take {size}x{size} and {size_b}x{size_b} images; they cannot be "
+                         f"compared on the same model inputs")
+    try:
+        dataset = D.load_image_folder(args.data, size)  # decoded as each model's own evaluation decodes it
+    except (OSError, ValueError) as e:  # no folder, no images, an unusable file
+        raise SystemExit(f"error: cannot load {args.data}: {e}") from e
     if args.validation_split:
         split_a, split_b = meta_a.get("validation_split") or {}, meta_b.get("validation_split") or {}
         # the digests name the training images and the split itself; older checkpoints record neither
@@ -118,8 +129,14 @@ def compare_pair(path_a: str, path_b: str, args: argparse.Namespace) -> dict[str
         if {k: split_a.get(k) for k in keys} != {k: split_b.get(k) for k in keys}:
             raise SystemExit("the two checkpoints record different validation splits; compare them on a "
                              "held-out folder instead")
-        dataset = validation_split(dataset, meta_a)
-    dataset = align_labels(dataset, meta_a["classes"])
+        try:
+            dataset = validation_split(dataset, meta_a)
+        except ValueError as e:  # no split recorded, or another folder than the training one
+            raise SystemExit(f"error: {e}") from e
+    try:
+        dataset = align_labels(dataset, meta_a["classes"])
+    except ClassMismatchError as e:
+        raise SystemExit(f"error: {e}") from e
     correct = []
     for model, meta in ((model_a, meta_a), (model_b, meta_b)):
         model.eval()  # load_checkpoint gives it in channels_last, the evaluator's layout

@@ -151,3 +151,18 @@ def test_cli_errors(tiny_setup, tmp_path):
                                     tmp_path / "o.safetensors", {"classes": ["x", "y", "z"]})
     with pytest.raises(SystemExit, match="do not match"):
         A.main(["--checkpoint", str(other), "--data", str(root), "--out", str(tmp_path / "o"), "--faithfulness", "0"])
+
+
+def test_the_cache_tells_apart_the_same_weights_under_another_normalisation(tiny_setup):
+    """A checkpoint re-saved with other input statistics answers differently: it must not be served the old
+    answers (analyze and compare share this cache, the faithfulness curves key on it too)."""
+    from ar_core import data as D
+    from ar_core.tta import TTA
+
+    folder, ckpt = tiny_setup
+    _, meta = ar_core.load_checkpoint(ckpt)
+    ds = D.load_image_folder(folder)
+    other = {**meta, "normalization": {"mean": [0.0] * 3, "std": [1.0] * 3}}
+    assert A.cache_key(meta, ds) == A.cache_key(dict(meta), ds)
+    assert A.cache_key(meta, ds) != A.cache_key(other, ds)
+    assert A.predictions_cache(meta, ds, TTA(), "float32") != A.predictions_cache(other, ds, TTA(), "float32")

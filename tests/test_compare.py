@@ -148,3 +148,31 @@ def test_cli_reads_the_claim_over_several_pairs(tmp_path, monkeypatch, capsys):
     assert main(["--a", base, "--b", att, "--data", str(folder), "--tta", "none"])["claim"] is None  # not A vs baseline
     with pytest.raises(SystemExit, match="give one B for each A"):
         main(["--a", att, att, "--b", base, "--data", str(folder)])
+
+
+def test_cli_decodes_at_the_checkpoints_size_and_says_what_is_wrong(tmp_path, monkeypatch):
+    folder, (att, base) = _two_models(tmp_path, monkeypatch)
+    big = []
+    for name, path in (("att64", att), ("base64", base)):
+        model, _ = ar_core.load_checkpoint(path)
+        big.append(str(ar_core.save_checkpoint(model, tmp_path / f"{name}.safetensors", {**META, "image_size": 64})))
+    sizes = []
+    real = D.load_image_folder
+    monkeypatch.setattr(D, "load_image_folder", lambda root, size=32, **k: (sizes.append(size), real(root, size, **k))[1])
+    r = main(["--a", big[0], "--b", big[1], "--data", str(folder), "--tta", "none"])
+    assert sizes == [64] and r["n"] == 24
+    ds = real(folder, 64)
+    assert r["accuracy_a"] == pytest.approx(evaluate(ar_core.load_checkpoint(big[0])[0], ds, META, tta="none",
+                                                     amp="auto")["accuracy"])
+    with pytest.raises(SystemExit, match="take 64x64 and 32x32 images"):
+        main(["--a", big[0], "--b", base, "--data", str(folder)])
+    with pytest.raises(SystemExit, match=r"^error: cannot load .*nowhere"):
+        main(["--a", att, "--b", base, "--data", str(tmp_path / "nowhere")])
+    with pytest.raises(SystemExit, match=r"^error: no checkpoint file at .*missing\.safetensors"):
+        main(["--a", str(tmp_path / "missing.safetensors"), "--b", base, "--data", str(folder)])
+    with pytest.raises(SystemExit, match=r"^error: the checkpoint records no validation split"):
+        main(["--a", att, "--b", base, "--data", str(folder), "--validation-split"])
+    other = tmp_path / "other"
+    make_image_folder(other, classes=("a", "b", "zebra"), per_class=2)
+    with pytest.raises(SystemExit, match=r"^error: .*zebra"):
+        main(["--a", att, "--b", base, "--data", str(other)])
