@@ -207,6 +207,31 @@ def save_state(path: Path, model, optimizer, scheduler, info: dict, ema=None,
         tmp.replace(target)
 
 
+# What a resumed run may change: how and where it runs, and what is done once at the end. Every other
+# argument of the recipe shapes the data, the model or the schedule and must be repeated.
+_RESUMABLE_CHANGES = ("tta", "amp", "compile", "save_dtype", "max_steps", "no_history", "probe_seed")
+
+
+def check_resumable(path: Path, args: argparse.Namespace) -> None:
+    """Refuse to resume the state at ``path`` with another recipe, naming each flag that differs (a resumed
+    run's checkpoint records the recipe it was resumed with, and its schedule would be recomputed)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        saved = json.loads(f.metadata()["state"])["args"]
+    ours = recipe(args)
+    changed = [k for k in ours if k in saved and k not in _RESUMABLE_CHANGES and saved[k] != ours[k]]
+    if changed:
+        flags = ", ".join(f"--{k.replace('_', '-')} {_flag_value(saved[k])} (now {_flag_value(ours[k])})"
+                          for k in changed)
+        raise SystemExit(f"{path} was made with {flags}; resume with the same recipe, or train anew under "
+                         f"another --out")
+
+
+def _flag_value(v) -> str:
+    return " ".join(map(str, v)) if isinstance(v, list) else str(v)
+
+
 def load_state(path: Path, model, optimizer, scheduler, ema=None) -> dict:
     """Restore what :func:`save_state` wrote; returns its JSON part (epoch, step, elapsed, args), and
     under ``generators`` the random generators' states it holds (none for a state of an epoch's end)."""
@@ -385,9 +410,8 @@ def main(argv=None) -> dict:
     # is bf16 only on CPUs with native bf16), so each stretch records its own.
     commits = [{"from_epoch": 1, "commit": git_commit(), "precision": precision, "hardware": hardware(device)}]
     if args.resume and state_path.is_file():
+        check_resumable(state_path, args)  # before any weights load: another model would fail on its shapes
         state = load_state(state_path, model, optimizer, scheduler, ema)
-        if state["args"]["epochs"] != args.epochs:
-            raise SystemExit(f"{state_path} was made with --epochs {state['args']['epochs']}; resume with the same schedule")
         start_epoch, elapsed, step = state["epoch"], state["elapsed"], state["step"]
         if state.get("in_epoch"):
             partial = {**state["in_epoch"], "generators": state["generators"]}

@@ -165,6 +165,10 @@ def test_resume_continues_exactly(folder, tmp_path):
 
     with pytest.raises(SystemExit, match="--epochs 3"):  # another schedule cannot continue this state
         T.main(_args(folder, split, "--epochs", "4", "--resume"))
+    # nor another model or optimiser: each differing flag is named, before any weights load
+    with pytest.raises(SystemExit, match=r"made with --attention-depth 3 \(now 1\), --lr 0\.1 \(now 0\.5\); "
+                                         r"resume with the same recipe"):
+        T.main(_args(folder, split, "--epochs", "3", "--resume", "--attention-depth", "1", "--lr", "0.5"))
 
 
 def test_a_run_stopped_inside_an_epoch_resumes_from_its_last_batch_exactly(folder, tmp_path, capsys):
