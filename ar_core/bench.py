@@ -241,6 +241,7 @@ def main(argv=None) -> dict:
             fa = faithfulness_speed(dev, images=4 if a.quick else (100 if dev.type == "cuda" else 25))
             result[f"faithfulness_{dev.type}"] = fa
             print(_table(f"4. faithfulness curves on {dev.type}", [fa]), flush=True)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2))
     print(f"wrote {a.out}")
     return result

@@ -154,7 +154,12 @@ def main(argv=None):
     p.add_argument("--attention-width", type=int)
     p.add_argument("--class-names", help="text file, one class name per line, in label order")
     a = p.parse_args(argv)
-    names = Path(a.class_names).read_text().split() if a.class_names else None
+    try:
+        # one name per line, spaces kept ("pickup truck"); blank lines (a trailing newline) are not names
+        names = [n.strip() for n in Path(a.class_names).read_text().splitlines() if n.strip()] \
+            if a.class_names else None
+    except OSError as e:
+        sys.exit(f"error: cannot read --class-names: {e}")
     try:
         path = convert(a.reference, a.out, names, depth=a.depth, width=a.width, num_classes=a.num_classes,
                        attention_depth=a.attention_depth, attention_width=a.attention_width)

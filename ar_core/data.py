@@ -27,7 +27,7 @@ STATS = {
 
 # Part of every cache key: bump it when decoding changes, so stale tensors are never served.
 MAX_PIXELS = 40_000_000  # larger images are refused before decoding (decompression bombs), as uploads are
-CACHE_VERSION = 2  # 2: folders decode as uploads do (EXIF, alpha, crop then resize)
+CACHE_VERSION = 3  # 2: folders decode as uploads do (EXIF, alpha, crop then resize); 3: tRNS transparency
 
 
 @dataclass
@@ -63,7 +63,7 @@ def to_rgb(img):
         arr = np.asarray(img, dtype=np.float64)
         lo, hi = float(arr.min()), float(arr.max())
         img = Image.fromarray(((arr - lo) / (hi - lo or 1.0) * 255).astype(np.uint8))
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:  # also a tRNS colour of RGB, L or P
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, img.convert("RGBA"))
     return img.convert("RGB")

@@ -122,6 +122,18 @@ def test_dataparallel_prefix_and_flags(tmp_path):
     assert load_checkpoint(out)[1]["config"]["num_classes"] == 5
 
 
+def test_class_names_are_read_one_per_line(tmp_path):
+    pt = tmp_path / "m.pt"
+    torch.save(reference_state_dict(), pt)
+    names = ["pickup truck", "aquarium fish", "maple tree", "sweet pepper", "cat"]
+    (tmp_path / "names.txt").write_text("\n".join(names) + "\n\n")  # names with spaces, blank lines at the end
+    out = tmp_path / "o.safetensors"
+    convert_main(["--reference", str(pt), "--out", str(out), "--class-names", str(tmp_path / "names.txt")])
+    assert load_checkpoint(out)[1]["classes"] == names
+    with pytest.raises(SystemExit, match="error: cannot read --class-names: .*missing.txt"):
+        convert_main(["--reference", str(pt), "--out", str(out), "--class-names", str(tmp_path / "missing.txt")])
+
+
 def test_contradicting_flag_is_an_error(tmp_path):
     pt = tmp_path / "m.pt"
     torch.save(reference_state_dict(), pt)

@@ -52,6 +52,16 @@ def test_transparency_is_composited_on_white():
     assert np.asarray(I.load_image(_encode(img, "PNG")))[0, 0].tolist() == [255, 255, 255]
 
 
+@pytest.mark.parametrize("mode, clear, other", [("RGB", (0, 0, 0), (9, 200, 30)), ("L", 0, 120)])
+def test_a_transparent_colour_of_a_png_is_white_too(mode, clear, other):
+    """PNG's tRNS chunk makes one colour of an RGB or greyscale image transparent, with no alpha channel."""
+    img = Image.new(mode, (4, 4), clear)
+    img.putpixel((3, 3), other)
+    out = np.asarray(I.load_image(_encode(img, "PNG", transparency=clear)))
+    assert out[0, 0].tolist() == [255, 255, 255]
+    assert out[3, 3].tolist() == (list(other) if mode == "RGB" else [other] * 3)
+
+
 @pytest.mark.parametrize("data,match", [
     (b"", "empty"),
     (b"%PDF-1.4 not an image", "not an image file"),

@@ -60,7 +60,7 @@ def test_bench_quick_run(tmp_path):
     """The benchmark CLI runs end to end and writes its JSON (numbers themselves are not asserted)."""
     import json
 
-    out = tmp_path / "bench.json"
+    out = tmp_path / "not-yet" / "bench.json"  # its folder is made, not found missing after the measurements
     code = ("import torch; torch.set_num_threads(1); from ar_core.bench import main; "
             "main(['--quick', '--skip-training', '--device', 'cpu', '--out', %r])")
     subprocess.run([sys.executable, "-c", code % str(out)], cwd=ROOT, check=True, capture_output=True, timeout=600)
