@@ -538,6 +538,17 @@ def test_perturbation_lab(app_env):
         out = model.trace(preprocess(x[None], meta), flip=aug.flip, shift=aug.shift).output[0]
     assert at.metric[0].value == CLASSES[int(out.argmax())]
     assert any("No baseline" in i.value for i in at.info)
+    # a baseline inspected in the lab is called one, and set beside an attention model, not beside itself
+    base = _checkpoint(app_env / "tiny-base.safetensors", ad=0, seed=1)
+    at.session_state["page"] = "inspect"
+    at.run()
+    at.sidebar.file_uploader(key="ckpt_upload").set_value(("tiny-base.safetensors", base.read_bytes(),
+                                                           "application/octet-stream")).run()
+    at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()
+    at.session_state["page"] = "lab"
+    at.run()
+    assert not at.exception and [m.label for m in at.metric] == ["This model (a baseline, AD = 0)",
+                                                                 "Attention model (tiny-ad3 (AR_CHECKPOINT))"]
 
 
 def test_default_model_is_the_shipped_cifar10_attention_checkpoint(monkeypatch):

@@ -56,19 +56,22 @@ def render():
     c1, c2, c3 = st.columns([1, 2, 2])
     c1.image(image, caption="perturbed input", width=160)
     before, after = topk(ins.trace.output[0], classes, 1)[0], topk(now.trace.output[0], classes, 1)[0]
-    c2.metric("Attention model", after[0], f"{after[1]:.1%} (was {before[0]} {before[1]:.1%})",
-              delta_color="off", delta_arrow="off")
+    attentive = bool(now.trace.layers)  # a baseline (AD = 0) is inspected too: label it, compare it with attention
+    c2.metric("Attention model" if attentive else "This model (a baseline, AD = 0)", after[0],
+              f"{after[1]:.1%} (was {before[0]} {before[1]:.1%})", delta_color="off", delta_arrow="off")
     verdict = rectification(now.trace, 0, res.get("label"))
     c2.caption(f"network alone: {topk(now.trace.net_output[0], classes, 1)[0][0]} · {verdict}")
-    baselines = [l for l, (_, ad) in state.checkpoints_for(classes).items() if ad == 0]
-    if baselines:
-        source = state.checkpoints_for(classes)[baselines[0]][0]
-        bmodel, bmeta = state.get_model(source, res["device"])
-        b = state.cached_inspection(bmodel, bmeta, (f"lab-{digest}", "lab", source, res["device"]), x[None])
-        top = topk(b.trace.output[0], classes, 1)[0]
-        c3.metric(f"Baseline ({baselines[0]})", top[0], f"{top[1]:.1%}", delta_color="off", delta_arrow="off")
+    partners = {label: source for label, (source, ad) in state.checkpoints_for(classes).items()
+                if (ad == 0) == attentive and source != res["path"]}
+    kind = "Baseline" if attentive else "Attention model"
+    if partners:
+        label, source = next(iter(partners.items()))
+        pmodel, pmeta = state.get_model(source, res["device"])
+        other = state.cached_inspection(pmodel, pmeta, (f"lab-{digest}", "lab", source, res["device"]), x[None])
+        top = topk(other.trace.output[0], classes, 1)[0]
+        c3.metric(f"{kind} ({label})", top[0], f"{top[1]:.1%}", delta_color="off", delta_arrow="off")
     else:
-        c3.info("No baseline checkpoint with these classes is available for the side-by-side comparison.")
+        c3.info(f"No {kind.lower()} checkpoint with these classes is available for the side-by-side comparison.")
     if now.trace.layers:
         st.subheader("Attention maps")
         widgets.attention_panels(now.trace, classes, image)
