@@ -441,8 +441,9 @@ def _overlays(trace, classes, image, photo=None):
         walk_views.on_original(photo, len(image), trace, alpha, cmap)
 
 
-@st.fragment
 def _heatmap(trace, classes):
+    """The hover heatmap of one head. Not a fragment: its layer and head are part of the view's link (the
+    address bar and *Copy link*, laid out above it), which a fragment's rerun would leave behind."""
     c1, c2 = st.columns(2)
     layer = c1.selectbox("Layer", range(len(trace.layers)), format_func=lambda j: trace.layers[j].name, key="hm_layer")
     head = c2.selectbox("Head", range(trace.layers[0].attention_maps.shape[1]), format_func=lambda k: f"head {k + 1}",
