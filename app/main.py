@@ -7,7 +7,12 @@ import logging
 import streamlit as st
 
 
-SHARED_WIDGETS = ("model_label", "device", "tta", "dataset_kind", "folder")
+# Widget values kept when the user changes page (Streamlit drops a widget's value when its page is left):
+# the sidebar's choices, the inspector's image source and data-set browser, and the lab's controls.
+SHARED_WIDGETS = ("model_label", "device", "tta", "dataset_kind", "folder",
+                  "source", "fit", "browse_class", "browse_outcome", "browse_pos",
+                  "lab_occlude", "lab_ox", "lab_oy", "lab_osize", "lab_dx", "lab_dy", "lab_scale", "lab_noise",
+                  "lab_brightness", "lab_contrast", "lab_seed")
 
 
 def main():
@@ -22,7 +27,7 @@ def main():
         "about": st.Page(about.render, title="How it works", icon=":material/menu_book:", url_path="about"),
     }
     st.session_state["_pages"] = pages  # for st.switch_page from inside a page
-    for key in SHARED_WIDGETS:  # keep the sidebar's choices when the user changes page
+    for key in SHARED_WIDGETS:  # re-assigned, a widget's value outlives its page
         if key in st.session_state:
             st.session_state[key] = st.session_state[key]
     page = st.navigation(list(pages.values()))

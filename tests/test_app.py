@@ -967,3 +967,33 @@ def test_the_class_to_explain_and_decompose_is_each_new_images_prediction(app_en
     assert at.multiselect(key="contrib_classes").value == [pb]
     open_tab(at, "5 · Attributions")
     assert at.selectbox(key="attr_target").value == pb
+
+
+def test_the_inspectors_and_the_labs_controls_outlive_a_change_of_page(app_env):
+    """Streamlit drops a widget's value once its page is left; app.main keeps the ones a user sets up."""
+    at = AppTest.from_string(
+        "import streamlit as st\n"
+        "from app.main import SHARED_WIDGETS\n"
+        "from app.pages import inspect_page, lab_page\n"
+        "for key in SHARED_WIDGETS:\n"
+        "    if key in st.session_state:\n"
+        "        st.session_state[key] = st.session_state[key]\n"
+        "page = st.session_state.get('page', 'inspect')\n"
+        "(inspect_page if page == 'inspect' else lab_page).render()\n", default_timeout=120).run()
+    at.selectbox(key="model_label").set_value("tiny-ad3 (AR_CHECKPOINT)").run()
+    at.radio(key="source").set_value("Dataset").run()
+    at.number_input(key="browse_pos").set_value(5).run()
+    shown = at.session_state["result"]["index"]
+    at.session_state["page"] = "lab"
+    at.run()
+    at.slider(key="lab_noise").set_value(0.2).run()
+    at.checkbox(key="lab_occlude").check().run()
+    at.session_state["page"] = "inspect"
+    at.run()
+    assert at.radio(key="source").value == "Dataset" and at.number_input(key="browse_pos").value == 5
+    assert at.session_state["result"]["index"] == shown
+    at.session_state["page"] = "lab"
+    at.run()
+    assert not at.exception and not at.warning
+    assert at.slider(key="lab_noise").value == 0.2 and at.checkbox(key="lab_occlude").value
+    assert at.slider(key="lab_contrast").value == 1.0  # untouched controls keep their defaults

@@ -31,20 +31,32 @@ def render():
             samples.start_on_inspector()
         return
     size = res["image"].shape[0]
+    patch = max(1, size // 4)
+    # (label, low, high, default, step) per control. The values live in the session, kept across pages (see
+    # app.main.SHARED_WIDGETS), so the widgets take no default of their own; a value of an image of another
+    # size is brought inside this one's range.
+    controls = {
+        "lab_ox": ("Patch x", 0, size - 1, size // 2 - patch // 2, 1),
+        "lab_oy": ("Patch y", 0, size - 1, size // 2 - patch // 2, 1),
+        "lab_osize": ("Patch size", 1, size, patch, 1),
+        "lab_dx": ("Shift x", -(size // 2), size // 2, 0, 1),
+        "lab_dy": ("Shift y", -(size // 2), size // 2, 0, 1),
+        "lab_scale": ("Object scale on clutter (1 = no clutter)", 0.3, 1.0, 1.0, 0.05),
+        "lab_noise": ("Noise (std, share of 255)", 0.0, 0.5, 0.0, 0.01),
+        "lab_brightness": ("Brightness", -0.5, 0.5, 0.0, 0.05),
+        "lab_contrast": ("Contrast", 0.2, 2.0, 1.0, 0.05),
+    }
+    ss = st.session_state
+    for key, (_, low, high, default, _) in controls.items():
+        ss[key] = min(max(ss.get(key, default), low), high)
+    ss.setdefault("lab_occlude", False)
+    ss.setdefault("lab_seed", 0)
     with st.sidebar:
         st.header("Perturbation")
         st.checkbox("Occlude a patch", key="lab_occlude")
-        patch = max(1, size // 4)
-        st.slider("Patch x", 0, size - 1, size // 2 - patch // 2, key="lab_ox")
-        st.slider("Patch y", 0, size - 1, size // 2 - patch // 2, key="lab_oy")
-        st.slider("Patch size", 1, size, patch, key="lab_osize")
-        st.slider("Shift x", -size // 2, size // 2, 0, key="lab_dx")
-        st.slider("Shift y", -size // 2, size // 2, 0, key="lab_dy")
-        st.slider("Object scale on clutter (1 = no clutter)", 0.3, 1.0, 1.0, 0.05, key="lab_scale")
-        st.slider("Noise (std, share of 255)", 0.0, 0.5, 0.0, 0.01, key="lab_noise")
-        st.slider("Brightness", -0.5, 0.5, 0.0, 0.05, key="lab_brightness")
-        st.slider("Contrast", 0.2, 2.0, 1.0, 0.05, key="lab_contrast")
-        st.number_input("Random seed (clutter, noise)", 0, 10_000, 0, key="lab_seed")
+        for key, (label, low, high, _, step) in controls.items():
+            st.slider(label, low, high, step=step, key=key)
+        st.number_input("Random seed (clutter, noise)", 0, 10_000, key="lab_seed")
     # clutter: patches of the data set chosen in the sidebar when one is loaded, else the image's own tiles
     x = P.apply(from_hwc(res["image"])[0], _perturbation(), st.session_state.get("lab_clutter_images"))
     digest = image_digest(x)
