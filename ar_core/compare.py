@@ -111,7 +111,7 @@ def compare_pair(path_a: str, path_b: str, args: argparse.Namespace) -> dict[str
                                                 for p in (path_a, path_b))
     except CheckpointError as e:
         raise SystemExit(f"error: {e}") from e
-    if list(meta_a.get("classes", [])) != list(meta_b.get("classes", [])):
+    if sorted(meta_a.get("classes", [])) != sorted(meta_b.get("classes", [])):
         raise SystemExit("the two checkpoints have different classes; they cannot be compared image by image")
     size, size_b = (int(m.get("image_size", 32)) for m in (meta_a, meta_b))
     if size_b != size:
@@ -133,12 +133,12 @@ def compare_pair(path_a: str, path_b: str, args: argparse.Namespace) -> dict[str
             dataset = validation_split(dataset, meta_a)
         except ValueError as e:  # no split recorded, or another folder than the training one
             raise SystemExit(f"error: {e}") from e
-    try:
-        dataset = align_labels(dataset, meta_a["classes"])
-    except ClassMismatchError as e:
-        raise SystemExit(f"error: {e}") from e
     correct = []
     for model, meta in ((model_a, meta_a), (model_b, meta_b)):
+        try:  # the labels in this model's own class order: the two may list the same classes differently
+            dataset = align_labels(dataset, meta["classes"])
+        except ClassMismatchError as e:
+            raise SystemExit(f"error: {e}") from e
         model.eval()  # load_checkpoint gives it in channels_last, the evaluator's layout
         aug = resolve_tta(None if args.tta == "auto" else args.tta, meta)
         _, precision = autocast_for(next(model.parameters()).device, "auto")

@@ -176,3 +176,19 @@ def test_cli_decodes_at_the_checkpoints_size_and_says_what_is_wrong(tmp_path, mo
     make_image_folder(other, classes=("a", "b", "zebra"), per_class=2)
     with pytest.raises(SystemExit, match=r"^error: .*zebra"):
         main(["--a", att, "--b", base, "--data", str(other)])
+
+
+def test_cli_compares_checkpoints_that_list_the_same_classes_in_another_order(tmp_path, monkeypatch):
+    """The baseline with its classifier's rows reversed and its classes listed c, b, a answers every image as
+    before: the comparison is the same, each model's labels read in its own class order."""
+    folder, (att, base) = _two_models(tmp_path, monkeypatch)
+    model, _ = ar_core.load_checkpoint(base)
+    with torch.no_grad():
+        model.backbone.fc.weight.copy_(model.backbone.fc.weight.flip(0))
+        model.backbone.fc.bias.copy_(model.backbone.fc.bias.flip(0))
+    reordered = str(ar_core.save_checkpoint(model, tmp_path / "reordered.safetensors",
+                                            {**META, "classes": ["c", "b", "a"]}))
+    args = ["--data", str(folder), "--tta", "none", "--no-cache"]
+    same = main(["--a", att, "--b", base, *args])
+    assert main(["--a", att, "--b", reordered, *args]) == {**same, "b": reordered}
+    assert main(["--a", reordered, "--b", att, *args])["accuracy_a"] == same["accuracy_b"]
