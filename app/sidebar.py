@@ -17,38 +17,43 @@ from ar_core.precision import device_options
 DATASETS = ["CIFAR-10 test set", "CIFAR-100 test set", "ImageFolder directory"]
 
 
+def _attach_checkpoint(data: bytes, name: str) -> str:
+    label = state.add_uploaded_checkpoint(data, name)
+    st.session_state["model_label"] = label  # switch to it
+    st.session_state["history_seen"] = None  # a history uploaded before it is attached now
+    return f"Checkpoint {label} added."
+
+
+def _attach_history(data: bytes, name: str) -> str:
+    return f"Training history attached to {state.add_uploaded_history(data, name)}."
+
+
+def _upload_once(up, kind: str, attach, error: type[Exception]):
+    """Hand a new upload to ``attach`` once (not on every rerun) and keep showing what came of it."""
+    if up is not None and st.session_state.get(f"{kind}_seen") != up.file_id:
+        st.session_state[f"{kind}_seen"] = up.file_id
+        try:
+            st.session_state[f"{kind}_note"] = ("success", attach(up.getvalue(), up.name))
+        except error as e:
+            st.session_state[f"{kind}_note"] = ("error", str(e))
+    if st.session_state.get(f"{kind}_note"):
+        status, text = st.session_state[f"{kind}_note"]
+        (st.success if status == "success" else st.error)(text)
+
+
 def model_picker():
     """Model and device choice; returns (label, path, device) or None without any checkpoint."""
     with st.sidebar:
         st.header("Model")
         with st.expander("Use your own checkpoint"):
-            up = st.file_uploader("safetensors checkpoint", type=["safetensors"], key="ckpt_upload",
-                                  help="Saved by ar_core.save_checkpoint, or converted from the reference "
-                                       "implementation with `python -m ar_core.convert`.")
-            if up is not None and st.session_state.get("ckpt_seen") != up.file_id:
-                st.session_state["ckpt_seen"] = up.file_id
-                try:
-                    label = state.add_uploaded_checkpoint(up.getvalue(), up.name)
-                    st.session_state["ckpt_error"] = None
-                    st.session_state["model_label"] = label  # switch to it
-                    st.session_state["history_seen"] = None  # a history uploaded before it is attached now
-                except CheckpointError as e:
-                    st.session_state["ckpt_error"] = str(e)
-            if st.session_state.get("ckpt_error"):
-                st.error(st.session_state["ckpt_error"])
-            hist = st.file_uploader("its training history (optional)", type=["safetensors"], key="history_upload",
-                                    help="NAME.history.safetensors, which the trainer writes next to "
-                                         "NAME.safetensors: the inspector's *Over training* view shows it.")
-            if hist is not None and st.session_state.get("history_seen") != hist.file_id:
-                st.session_state["history_seen"] = hist.file_id
-                try:
-                    owner = state.add_uploaded_history(hist.getvalue(), hist.name)
-                    st.session_state["history_note"] = ("success", f"Training history attached to {owner}.")
-                except ValueError as e:
-                    st.session_state["history_note"] = ("error", str(e))
-            if st.session_state.get("history_note"):
-                kind, text = st.session_state["history_note"]
-                (st.success if kind == "success" else st.error)(text)
+            _upload_once(st.file_uploader(
+                "safetensors checkpoint", type=["safetensors"], key="ckpt_upload",
+                help="Saved by ar_core.save_checkpoint, or converted from the reference implementation with "
+                     "`python -m ar_core.convert`."), "ckpt", _attach_checkpoint, CheckpointError)
+            _upload_once(st.file_uploader(
+                "its training history (optional)", type=["safetensors"], key="history_upload",
+                help="NAME.history.safetensors, which the trainer writes next to NAME.safetensors: the "
+                     "inspector's *Over training* view shows it."), "history", _attach_history, ValueError)
         choices = state.model_choices()
         if not choices:
             st.warning("No checkpoint found. Train one with `python -m ar_core.train` (see README) or upload one.")

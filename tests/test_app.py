@@ -326,6 +326,7 @@ def test_uploaded_checkpoints_and_baseline_comparison(app_env, monkeypatch):
     base = _checkpoint(app_env / "tiny-base.safetensors", ad=0, seed=1)
     at.sidebar.file_uploader(key="ckpt_upload").set_value(("tiny-base.safetensors", base.read_bytes(), "application/octet-stream")).run()
     assert "tiny-base (uploaded)" in at.selectbox(key="model_label").options
+    assert not _errors(at) and [s.value for s in at.sidebar.success] == ["Checkpoint tiny-base (uploaded) added."]
     # the upload lives in the session's memory, not on disk
     assert list(at.session_state["uploaded_bytes"].values()) == [base.read_bytes()]
     at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()
