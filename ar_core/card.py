@@ -109,7 +109,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         description="Print the model-card table of checkpoints, read from their "
         "headers (no weights are loaded).", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("checkpoints", nargs="+", help="checkpoint files (.safetensors)")
+    parser.add_argument("checkpoints", nargs="+", help="checkpoint files (.safetensors), or names of shipped ones")
     parser.add_argument("--json", action="store_true", help="print every checkpoint's full card as JSON instead")
     args = parser.parse_args(argv)
     metas = {}

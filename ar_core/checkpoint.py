@@ -38,6 +38,13 @@ def available_checkpoints() -> dict[str, Path]:
             if (CHECKPOINT_DIR / f"{name}.safetensors").is_file()}
 
 
+def locate(source: str | Path | bytes) -> Path | bytes:
+    """``source`` as given, or the shipped checkpoint of that name when no such file exists."""
+    if isinstance(source, (bytes, bytearray)) or Path(source).exists() or str(source) not in SHIPPED:
+        return source if isinstance(source, (bytes, bytearray)) else Path(source)
+    return CHECKPOINT_DIR / f"{source}.safetensors"
+
+
 def _digest(tensors: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
     for name in sorted(tensors):
@@ -124,7 +131,7 @@ def read_metadata(source: str | Path | bytes, name: str | None = None) -> dict[s
         name = name or "uploaded checkpoint"
         header = read_header(bytes(source[:8 + MAX_HEADER_BYTES]), len(source), name)
     else:
-        path = Path(source)
+        path = locate(source)
         name = name or path.name
         if not path.is_file():
             raise CheckpointError(f"no checkpoint file at {path}")
@@ -174,8 +181,7 @@ def load_checkpoint(path: str | Path | bytes, device: str | torch.device = "cpu"
     ``path`` is a file, the name of a shipped checkpoint, or the file's bytes (an upload, read from
     memory and never written to disk).
     """
-    if not isinstance(path, (bytes, bytearray)) and not Path(path).exists() and str(path) in SHIPPED:
-        path = CHECKPOINT_DIR / f"{path}.safetensors"
+    path = locate(path)
     config, meta, tensors = read_checkpoint(path, name)
     name = name or (Path(path).name if not isinstance(path, (bytes, bytearray)) else "uploaded checkpoint")
     model = build_model(config)

@@ -70,3 +70,18 @@ def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         C.main([str(bad)])
     assert "bad.safetensors" in capsys.readouterr().err
+
+
+def test_shipped_checkpoints_are_found_by_name_from_any_folder(tmp_path, monkeypatch, capsys):
+    """As evaluate, analyze and the rest take ``--checkpoint cifar10-wrn16x4-ad3aw4``, so does the card."""
+    from ar_core.checkpoint import CHECKPOINT_DIR, SHIPPED, read_metadata
+
+    name = SHIPPED[0]
+    by_path = read_metadata(CHECKPOINT_DIR / f"{name}.safetensors")
+    monkeypatch.chdir(tmp_path)  # no file of that name here
+    assert read_metadata(name) == by_path
+    assert C.main([name]) == {name: by_path}
+    assert f"| `{name}` |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        C.main(["cifar10-wrn99"])  # neither a file nor a shipped name
+    assert "no checkpoint file at cifar10-wrn99" in capsys.readouterr().err
