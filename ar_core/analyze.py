@@ -344,7 +344,7 @@ def analyze(model: AttendAndRectify, dataset: D.TensorDataset, meta: dict[str, A
     over that many images (the first of the same fixed random order as faithfulness).
     """
     classes = list(meta.get("classes") or dataset.classes)
-    dataset = align_labels(dataset, classes)
+    dataset = align_labels(dataset, classes, subset=True)  # a folder may hold some of the classes only
     model.eval()
     aug = resolve_tta(tta, meta)
     key = cache_key(meta, dataset)

@@ -136,7 +136,7 @@ def compare_pair(path_a: str, path_b: str, args: argparse.Namespace) -> dict[str
     correct = []
     for model, meta in ((model_a, meta_a), (model_b, meta_b)):
         try:  # the labels in this model's own class order: the two may list the same classes differently
-            dataset = align_labels(dataset, meta["classes"])
+            dataset = align_labels(dataset, meta["classes"], subset=True)
         except ClassMismatchError as e:
             raise SystemExit(f"error: {e}") from e
         model.eval()  # load_checkpoint gives it in channels_last, the evaluator's layout

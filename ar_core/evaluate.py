@@ -213,14 +213,15 @@ def evaluate(model: AttendAndRectify, dataset: D.TensorDataset, meta: dict[str, 
 
     ``tta``: the test-time augmentation's name (None: the checkpoint's own, as in the app).
 
-    Labels are renumbered to ``meta["classes"]`` by name (ClassMismatchError when the names differ).
+    Labels are renumbered to ``meta["classes"]`` by name; the data may hold only some of the classes (their
+    per-class figures are None), and a class the checkpoint does not know raises ClassMismatchError.
     The model is put on ``device`` (default: where it is) in channels_last memory format, in place,
     and evaluated in eval mode; its training flag is restored afterwards.
     """
     classes = list(meta.get("classes") or dataset.classes)
     if len(classes) != model.num_classes:
         raise ClassMismatchError(f"{len(classes)} class names for a {model.num_classes}-class model")
-    dataset = align_labels(dataset, classes)
+    dataset = align_labels(dataset, classes, subset=True)  # a folder may hold some of the classes only
     n = len(dataset)
     if n == 0:
         raise ValueError("the dataset holds no images")

@@ -224,7 +224,7 @@ def main(argv=None) -> dict:
         ds = D.load_image_folder(a.data, int(meta.get("image_size", 32)))
         if a.validation_split:
             ds = validation_split(ds, meta)
-        ds = align_labels(ds, meta["classes"])
+        ds = align_labels(ds, meta["classes"], subset=True)
         for name, (_, m) in models.items():
             if list(m["classes"]) != list(meta["classes"]):
                 raise ClassMismatchError(f"the {name} checkpoint has other classes than the attention model")

@@ -9,6 +9,7 @@ import torch
 import ar_core
 from ar_core import data as D
 from ar_core.compare import claim_verdict, disagreements, main, mcnemar_exact, paired
+from ar_core import evaluate as E
 from ar_core.evaluate import evaluate
 from conftest import randomize_bn
 from test_data import make_image_folder
@@ -192,3 +193,13 @@ def test_cli_compares_checkpoints_that_list_the_same_classes_in_another_order(tm
     same = main(["--a", att, "--b", base, *args])
     assert main(["--a", att, "--b", reordered, *args]) == {**same, "b": reordered}
     assert main(["--a", reordered, "--b", att, *args])["accuracy_a"] == same["accuracy_b"]
+
+
+def test_cli_compares_on_a_folder_of_some_of_the_classes(tmp_path, monkeypatch):
+    folder, (att, base) = _two_models(tmp_path, monkeypatch)
+    part = tmp_path / "part"
+    make_image_folder(part, classes=("c", "a"), per_class=3)
+    r = main(["--a", att, "--b", base, "--data", str(part), "--tta", "none", "--no-cache"])
+    ds = E.align_labels(D.load_image_folder(part), META["classes"], subset=True)
+    accs = [evaluate(ar_core.load_checkpoint(p)[0], ds, META, tta="none")["accuracy"] for p in (att, base)]
+    assert r["n"] == 6 and (r["accuracy_a"], r["accuracy_b"]) == pytest.approx(accs)
