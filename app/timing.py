@@ -31,6 +31,17 @@ def _png(seed: int) -> bytes:
     return buf.getvalue()
 
 
+def _photo(seed: int) -> bytes:
+    """A 12-megapixel JPEG (4000x3000), a phone photo's size: decoding one takes a few hundred ms."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    arr = (rng.random((3000, 4000, 3)) * 40 + np.linspace(0, 200, 4000)[None, :, None]).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
 @contextmanager
 def _checkpoint():
     """(label the sidebar shows, path): the shipped checkpoint, or a random one offered as AR_CHECKPOINT."""
@@ -57,7 +68,8 @@ def _checkpoint():
 def time_app(repeats: int = 10, device: str = "auto", tta: str = "as trained") -> dict:
     """AppTest, in this process: the first image → the default tab's views, then ``repeats`` more;
     after each, opening the attention-maps tab (a page rerun: only the open tab is built) and a
-    display-control rerun there (neither may run the model).
+    display-control rerun there (neither may run the model); then a tab opened while three 12-megapixel
+    JPEGs are uploaded (one with few ``repeats``), which must not decode them again.
 
     ``tta``: the sidebar's test-time augmentation ("as trained": the checkpoint's own views).
     Wall time and this process's CPU time (which a busy machine inflates less) are both reported.
@@ -105,6 +117,18 @@ def time_app(repeats: int = 10, device: str = "auto", tta: str = "as trained") -
                 control_runs += len(calls) - n  # must stay 0: neither a tab nor a control re-runs the model
                 if at.exception:
                     raise AssertionError(f"the page raised: {at.exception}")
+            # a page rerun (a tab opened) while phone photos are uploaded: none may be decoded again
+            photos = 1 if repeats < 5 else 3
+            at.file_uploader(key="images").set_value([(f"photo{k}.jpg", _photo(k), "image/jpeg")
+                                                      for k in range(photos)]).run()
+            photo_switch = []
+            for i in range(repeats):
+                at.session_state[TAB_KEY] = TABS[i % 2]
+                t0 = time.perf_counter()
+                at.run()
+                photo_switch.append(time.perf_counter() - t0)
+            if at.exception:
+                raise AssertionError(f"the page raised: {at.exception}")
     finally:
         inference.inspect = original
 
@@ -115,6 +139,7 @@ def time_app(repeats: int = 10, device: str = "auto", tta: str = "as trained") -
             "upload_to_views_ms": ms(statistics.median(upload[1:])),
             "display_control_rerun_ms": ms(statistics.median(control[1:])),
             "open_attention_tab_ms": ms(statistics.median(switch[1:])),
+            "photos_uploaded": photos, "open_tab_with_photos_ms": ms(statistics.median(photo_switch)),
             "first_upload_cpu_ms": ms(upload_cpu[0]), "upload_cpu_ms": ms(statistics.median(upload_cpu[1:])),
             "display_control_cpu_ms": ms(statistics.median(control_cpu[1:])),
             "model_runs_on_control_change": control_runs, "model_tta": sorted(set(calls))}

@@ -5,6 +5,7 @@ No Streamlit here: the app lays these results out, tests and scripts call them d
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -30,8 +31,11 @@ class ImageError(ValueError):
     """An input that cannot be used as an image; the message says why and what to do."""
 
 
-def load_image(data: bytes, name: str = "image"):
-    """Bytes of an uploaded file → RGB PIL image (:func:`ar_core.data.to_rgb`), after the upload limits."""
+def open_image(data: bytes, name: str = "image"):
+    """Bytes of an uploaded file → a PIL image, its pixels not yet decoded, after the upload limits.
+
+    Reads the header only (well under a millisecond), so an app can check every upload on each rerun
+    and decode just the one it shows (:func:`load_image`)."""
     from PIL import Image, UnidentifiedImageError
 
     if not data:
@@ -39,19 +43,37 @@ def load_image(data: bytes, name: str = "image"):
     if len(data) > MAX_UPLOAD_BYTES:
         raise ImageError(f"{name} is {len(data) / 2**20:.0f} MB; the limit is {MAX_UPLOAD_BYTES // 2**20} MB. "
                          f"Resize or compress it first.")
-    try:
-        img = Image.open(io.BytesIO(data))
+    with _decoding_errors(name):
+        try:
+            img = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError as e:
+            raise ImageError(f"{name} is not an image file PIL can read; upload a PNG, JPEG, WebP, BMP, GIF or "
+                             f"TIFF") from e
         if img.format not in FORMATS:
             raise ImageError(f"{name} is a {img.format} image; supported formats are PNG, JPEG, WebP, BMP, GIF "
                              f"and TIFF")
         if img.width * img.height > MAX_PIXELS:
             raise ImageError(f"{name} is {img.width}x{img.height} pixels, more than the {MAX_PIXELS // 10**6} "
                              f"megapixel limit; downscale it first")
+        return img
+
+
+def load_image(data: bytes, name: str = "image"):
+    """Bytes of an uploaded file → RGB PIL image (:func:`ar_core.data.to_rgb`), after the upload limits."""
+    img = open_image(data, name)
+    with _decoding_errors(name):
         return to_rgb(img)
+
+
+@contextlib.contextmanager
+def _decoding_errors(name: str):
+    """What PIL raises on a damaged or hostile file, as one ImageError that names the file."""
+    from PIL import Image
+
+    try:
+        yield
     except ImageError:
         raise
-    except UnidentifiedImageError as e:
-        raise ImageError(f"{name} is not an image file PIL can read; upload a PNG, JPEG, WebP, BMP, GIF or TIFF") from e
     except Image.DecompressionBombError as e:
         raise ImageError(f"{name} claims more pixels than the {MAX_PIXELS // 10**6} megapixel limit "
                          f"(a decompression bomb?); downscale it first") from e

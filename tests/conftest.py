@@ -52,7 +52,9 @@ def tiny_model(tiny_config):
 
 def open_tab(at, label: str):
     """Open the inspector's tab ``label`` and rerun: only the open tab is built, as in the browser."""
+    from app.pages.inspect_page import TABS
     from app.share import TAB_KEY
 
+    assert label in TABS, f"no tab {label!r}"  # a misspelt tab would leave the last one open, silently
     at.session_state[TAB_KEY] = label
     return at.run()

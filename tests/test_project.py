@@ -83,6 +83,7 @@ def test_app_bench_quick_run(tmp_path):
     app = json.loads(out.read_text())["apptest"]
     assert app["model_runs_on_control_change"] == 0
     assert app["first_upload_ms"] > 0 and app["upload_to_views_ms"] > 0 and app["display_control_rerun_ms"] > 0
+    assert app["photos_uploaded"] == 1 and app["open_tab_with_photos_ms"] > 0
 
 
 def test_streamlit_config_keeps_loopback_xsrf_and_upload_limit():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 
@@ -11,7 +12,8 @@ import streamlit as st
 from app import figures, gate_views, samples, sanity_views, share, sidebar, state, training_view, walk_views, widgets
 from app.pages.about import EQUATIONS
 from ar_core.inference import (OUTCOMES, ImageError, ablate, filter_indices, fit_image, from_hwc, image_digest,
-                               load_image, rectification, to_hwc, to_uint8, topk, trace_to_json, trace_to_npz)
+                               load_image, open_image, rectification, to_hwc, to_uint8, topk, trace_to_json,
+                               trace_to_npz)
 from ar_core.tta import TTA
 
 CMAPS = ["jet", "viridis", "inferno", "magma", "gray"]
@@ -19,25 +21,45 @@ TABS = ["1 · Prediction", "2 · Attention maps", "3 · Confidence gates", "4 ·
         "6 · Baseline vs attention", "7 · Over training", "Export", "Sanity check", "Walk me through"]
 
 
-def _decode(raw):
+def _readable(raw):
+    """The uploads whose header passes the limits, as (name, bytes, no label); each other one gets its error.
+    Headers only: a rerun must not decode every photo of a long list (a 12-megapixel JPEG takes about 0.3 s)."""
     good = []
     for name, data in raw:
         try:
-            good.append((name, load_image(data, name), None))
+            open_image(data, name)
+            good.append((name, data, None))
         except ImageError as e:
             st.error(str(e))
     return good
 
 
+def _model_input(name: str, data: bytes, fit: str, size: int):
+    """(the decoded photo, the model's uint8 input) of the picked upload, or None after showing why not.
+
+    Kept in the session for the last file's content, fit and size, so reruns (any click outside a fragment)
+    neither decode nor resize it again."""
+    key = (hashlib.sha256(data).hexdigest(), fit, size)
+    memo = st.session_state.get("model_input")
+    if memo is None or memo[0] != key:
+        try:
+            original = memo[1] if memo is not None and memo[0][0] == key[0] else load_image(data, name)
+        except ImageError as e:
+            st.error(str(e))
+            return None
+        memo = st.session_state["model_input"] = (key, original, to_uint8(fit_image(original, size, fit)).unsqueeze(0))
+    return memo[1], memo[2]
+
+
 def _uploads():
     files = st.file_uploader("Images (PNG, JPEG, WebP, BMP, GIF, TIFF)", accept_multiple_files=True, key="images",
                              on_change=samples.drop_sample)
-    return _decode([(f.name, f.getvalue()) for f in (files or [])] or samples.sample_images())
+    return _readable([(f.name, f.getvalue()) for f in (files or [])] or samples.sample_images())
 
 
 def _camera():
     shot = st.camera_input("Take a picture", key="camera")
-    return _decode([("camera.jpg", shot.getvalue())]) if shot is not None else []
+    return _readable([("camera.jpg", shot.getvalue())]) if shot is not None else []
 
 
 def _random_pos(n: int):
@@ -138,13 +160,18 @@ def render():
     if source != "Dataset":
         fit = st.radio("Fit to the model's input", ["center-crop", "pad"], horizontal=True, key="fit",
                        help=f"The model sees {size}x{size} pixels: crop the centre square, or pad to a square.")
+    x = None
     if images:
         names = [n for n, _, _ in images]
         pick = st.selectbox("Image", range(len(images)), format_func=lambda j: names[j], key="pick") \
             if len(images) > 1 else 0
         name, original, true_label = images[pick]
         t0 = time.perf_counter()
-        x = to_uint8(fit_image(original, size, fit)).unsqueeze(0)
+        if source == "Dataset":  # a model-sized image already
+            x = to_uint8(fit_image(original, size, fit)).unsqueeze(0)
+        else:
+            original, x = _model_input(name, original, fit, size) or (None, None)  # None: as a bad file
+    if x is not None:
         digest = image_digest(x)  # what the model sees: the file's content after the fit
         result = state.cached_inspection(model, meta, (digest, fit, path, device), x)
         st.session_state["result"] = {"name": name, "image": to_hwc(x[0]), "ins": result,
@@ -161,7 +188,7 @@ def render():
         samples.start_buttons()
         return
     _views(res, model, meta)
-    res.pop("original", None)  # the decoded photo lives for this run only (uploads are decoded on every run)
+    res.pop("original", None)  # the decoded photo stays only in _model_input's memo, one per session
 
 
 def _views(res, model, meta):
