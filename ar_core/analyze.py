@@ -30,8 +30,8 @@ from .checkpoint import CheckpointError, load_checkpoint
 from .atlas import head_atlas
 from .gates import gate_statistics
 from .inference import outcome_masks
-from .evaluate import (ClassMismatchError, align_labels, calibration_bins, collect, confusion_matrix, summarize,
-                       validation_split)
+from .evaluate import (ClassMismatchError, align_labels, calibration_bins, check_source_args, collect,
+                       confusion_matrix, load_source, summarize)
 from .precision import autocast_for, device_arg, pick_device
 from .tta import NAMES as TTA_NAMES
 from .tta import TTALike
@@ -434,17 +434,12 @@ def main(argv=None) -> dict[str, Any]:
     p.add_argument("--no-cache", action="store_true")
     p.add_argument("--threads", type=int, default=0)
     a = p.parse_args(argv)
-    if bool(a.data) == bool(a.torchvision):
-        p.error("give exactly one of --data DIR or --torchvision cifar10|cifar100")
+    check_source_args(p, a)
     if a.threads:
         torch.set_num_threads(a.threads)
     try:
         model, meta = load_checkpoint(a.checkpoint, device=pick_device(a.device))
-        size = int(meta.get("image_size", 32))
-        dataset = D.load_image_folder(a.data, size) if a.data else \
-            D.load_torchvision_cifar(a.torchvision, a.root, train=False, download=True)
-        if a.validation_split:
-            dataset = validation_split(dataset, meta)
+        dataset, _ = load_source(a, meta)
     except (CheckpointError, OSError, ValueError, RuntimeError) as e:
         sys.exit(f"error: {e}")
     from tqdm import tqdm

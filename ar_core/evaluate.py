@@ -359,13 +359,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="print one JSON object (the last line) instead of tables")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    if bool(args.data) == bool(args.torchvision):
-        p.error("give exactly one of --data DIR or --torchvision cifar10|cifar100")
-    if args.validation_split and not args.data:
-        p.error("--validation-split needs --data TRAIN_DIR (the folder the checkpoint was trained on)")
+    check_source_args(p, args)
     if args.batch_size < 1:
         p.error("--batch-size must be >= 1")
     return args
+
+
+def check_source_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The image source options the evaluator and the analysis share: one source; a split needs the folder."""
+    if bool(args.data) == bool(args.torchvision):
+        parser.error("give exactly one of --data DIR or --torchvision cifar10|cifar100")
+    if args.validation_split and not args.data:
+        parser.error("--validation-split needs --data TRAIN_DIR (the folder the checkpoint was trained on)")
+
+
+def load_source(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[D.TensorDataset, str]:
+    """(images, a description) from --data (at the checkpoint's image size, or its recorded validation split
+    with --validation-split) or --torchvision (the official test split, 32x32 only)."""
+    size = int(meta.get("image_size", 32))
+    if args.data:
+        dataset = D.load_image_folder(args.data, size)
+        if args.validation_split:
+            return validation_split(dataset, meta), f"{args.data} (validation split)"
+        return dataset, args.data
+    if size != 32:
+        raise ValueError(f"the checkpoint expects {size}x{size} images; torchvision's CIFAR is 32x32")
+    return (D.load_torchvision_cifar(args.torchvision, args.root, train=False, download=True),
+            f"{args.torchvision} test split")
 
 
 def main(argv=None) -> dict[str, Any]:
@@ -378,17 +398,8 @@ def main(argv=None) -> dict[str, Any]:
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    size = int(meta.get("image_size", 32))
     try:
-        if args.data:
-            dataset, source = D.load_image_folder(args.data, size), args.data
-            if args.validation_split:
-                dataset, source = validation_split(dataset, meta), f"{args.data} (validation split)"
-        else:
-            if size != 32:
-                raise ValueError(f"the checkpoint expects {size}x{size} images; torchvision's CIFAR is 32x32")
-            dataset = D.load_torchvision_cifar(args.torchvision, args.root, train=False, download=True)
-            source = f"{args.torchvision} test split"
+        dataset, source = load_source(args, meta)
     except (OSError, ValueError, RuntimeError) as e:  # missing folder, no images, offline download
         print(f"error: cannot load {args.data or args.torchvision}: {e}", file=sys.stderr)
         sys.exit(2)

@@ -95,6 +95,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if bool(args.data) == bool(args.torchvision):
         p.error("give exactly one of --data DIR or --torchvision cifar10|cifar100")
+    if args.torchvision and args.image_size != 32:  # the checkpoint would record a size its images never had
+        p.error(f"torchvision's CIFAR images are 32x32; --image-size {args.image_size} needs --data DIR")
     return args
 
 

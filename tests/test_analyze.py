@@ -153,6 +153,21 @@ def test_cli_errors(tiny_setup, tmp_path):
         A.main(["--checkpoint", str(other), "--data", str(root), "--out", str(tmp_path / "o"), "--faithfulness", "0"])
 
 
+def test_cli_checks_its_image_source_as_the_evaluator_does(tiny_setup, tmp_path, capsys):
+    """The split is carved from the training folder only, never from torchvision's test split; a checkpoint of
+    64x64 images is not fed CIFAR's 32x32 ones. Both refused before anything is read or downloaded."""
+    root, ckpt = tiny_setup
+    with pytest.raises(SystemExit) as e:
+        A.main(["--checkpoint", str(ckpt), "--torchvision", "cifar10", "--validation-split", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "--validation-split needs --data TRAIN_DIR" in capsys.readouterr().err
+    model, meta = ar_core.load_checkpoint(ckpt)
+    big = ar_core.save_checkpoint(model, tmp_path / "big.safetensors", {**meta, "image_size": 64})
+    with pytest.raises(SystemExit, match="expects 64x64 images; torchvision's CIFAR is 32x32"):
+        A.main(["--checkpoint", str(big), "--torchvision", "cifar10", "--root", str(tmp_path / "nothing"),
+                "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "nothing").exists()
+
+
 def test_the_cache_tells_apart_the_same_weights_under_another_normalisation(tiny_setup):
     """A checkpoint re-saved with other input statistics answers differently: it must not be served the old
     answers (analyze and compare share this cache, the faithfulness curves key on it too)."""

@@ -386,3 +386,11 @@ def test_the_moving_average_is_shipped_only_when_it_beats_the_raw_weights(folder
     full = D.load_image_folder(folder)
     val = full.subset(D.stratified_split(full.labels, VAL, 0)[1])
     assert evaluate(model, val, meta, amp="off")["accuracy"] == meta["val_accuracy"]
+
+
+def test_torchvision_data_refuses_another_image_size(tmp_path, capsys):
+    """CIFAR from torchvision is 32x32: a checkpoint must not record 64 for it (the app would upsample inputs)."""
+    with pytest.raises(SystemExit) as e:
+        T.parse_args(["--torchvision", "cifar10", "--image-size", "64", "--out", str(tmp_path / "m.safetensors")])
+    assert e.value.code == 2 and "--image-size 64 needs --data DIR" in capsys.readouterr().err
+    assert T.parse_args(["--torchvision", "cifar10", "--out", str(tmp_path / "m.safetensors")]).image_size == 32
