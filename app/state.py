@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import streamlit as st
@@ -183,23 +185,37 @@ def load_cifar_test(name: str, root: str, download: bool):
     return load_torchvision_cifar(name, root, train=False, download=download)
 
 
+PREDICTION_SETS = 32  # data-set predictions kept per process, the least recently used dropped first
+
+
 def dataset_predictions(model, meta, dataset, key: tuple):
-    """Fused and network-only predictions for a dataset, once per (dataset, checkpoint's weights) per process."""
+    """Fused and network-only predictions for a dataset, once per (dataset, checkpoint's weights) per process.
+
+    A long-running server sees folders change and checkpoints come and go: it keeps the PREDICTION_SETS
+    most recently used sets only."""
     aug = use_tta(meta, dataset_wide=True)
     key = (*key, aug.name, meta["weights_sha256"])
-    store = _prediction_store()
-    if key not in store:
-        from ar_core.inference import predict_all
+    store, lock = _prediction_store()
+    with lock:  # one store serves every session's thread
+        found = store.get(key)
+        if found is not None:
+            store.move_to_end(key)
+            return found
+    from ar_core.inference import predict_all
 
-        bar = st.progress(0.0, text="Running the model over the dataset…")
-        store[key] = predict_all(model, dataset.images, meta, progress=lambda f: bar.progress(f), tta=aug)
-        bar.empty()
-    return store[key]
+    bar = st.progress(0.0, text="Running the model over the dataset…")
+    found = predict_all(model, dataset.images, meta, progress=lambda f: bar.progress(f), tta=aug)
+    bar.empty()
+    with lock:
+        store[key] = found
+        while len(store) > PREDICTION_SETS:
+            store.popitem(last=False)
+    return found
 
 
 @st.cache_resource
-def _prediction_store() -> dict:
-    return {}
+def _prediction_store() -> tuple[OrderedDict, threading.Lock]:
+    return OrderedDict(), threading.Lock()
 
 
 def checkpoint_meta(source: str) -> dict | None:

@@ -824,11 +824,39 @@ def test_dataset_predictions_are_kept_per_weights(app_env):
         for weights in ("old-weights", "new-weights"):
             state.dataset_predictions(model, {**meta, "weights_sha256": weights}, ds, ("folder:per-weights",))
 
-    assert not AppTest.from_function(page).run().exception
+    assert not AppTest.from_function(page, default_timeout=60).run().exception
     from app import state
 
-    kept = [key for key in state._prediction_store() if key[0] == "folder:per-weights"]
+    kept = [key for key in state._prediction_store()[0] if key[0] == "folder:per-weights"]
     assert sorted(key[-1] for key in kept) == ["new-weights", "old-weights"]
+
+
+def test_the_process_keeps_the_most_recently_used_dataset_predictions(app_env, monkeypatch):
+    """A server that runs for weeks sees folders change: the store keeps PREDICTION_SETS sets, dropping the one
+    used longest ago, and a set asked for again is served, not predicted again."""
+    from app import state
+
+    monkeypatch.setattr(state, "PREDICTION_SETS", 2)
+
+    def page():
+        import os
+
+        import ar_core
+        import streamlit as st
+        from app import state
+        from ar_core.data import load_image_folder
+
+        model, meta = ar_core.load_checkpoint(os.environ["AR_CHECKPOINT"])
+        ds = load_image_folder(os.environ["AR_IMAGE_FOLDER"])
+        sets = {}
+        for name in ("a", "b", "a", "c"):  # c pushes out b, the least recently used
+            sets.setdefault(name, []).append(state.dataset_predictions(model, meta, ds, (f"folder:lru-{name}",)))
+        st.session_state["same_a"] = sets["a"][0] is sets["a"][1]
+
+    state._prediction_store()[0].clear()
+    at = AppTest.from_function(page, default_timeout=60).run()
+    assert not at.exception and at.session_state["same_a"]
+    assert [key[0] for key in state._prediction_store()[0]] == ["folder:lru-a", "folder:lru-c"]
 
 
 def test_sanity_check_and_walk_follow_the_image_content_not_its_file_name(app_env):
