@@ -64,6 +64,8 @@ def original_photo(res: dict, trace):
     original = res.get("original")
     if original is None or not trace.layers:
         return None
+    if max(original.size) <= len(res["image"]):  # the grid above shows all of it already, pixel for pixel or more
+        return None
     if not st.toggle("Show the maps on the original photo", key="on_photo",
                      help="The same maps, upsampled bilinearly onto the part of your photo the model saw "
                           f"(up to 512 pixels), instead of onto the {len(res['image'])}x{len(res['image'])} "
