@@ -101,13 +101,19 @@ def pad_colour(img, size: int = 32) -> tuple[int, ...]:
     return _mean_colour(_fit_inside(img, size))
 
 
+def fitted_size(w: int, h: int, size: int) -> tuple[int, int]:
+    """The (width, height) a ``w`` x ``h`` image takes inside a ``size`` square when padded: longer side ``size``."""
+    scale = size / max(w, h)
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
 def _fit_inside(img, size: int):
     """``img`` resized so its longer side is ``size`` (bicubic when shrinking, nearest when enlarging)."""
     from PIL import Image
 
     w, h = img.size
+    nw, nh = fitted_size(w, h, size)
     scale = size / max(w, h)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
     return img.resize((nw, nh), Image.BICUBIC if scale < 1 else Image.NEAREST) if (nw, nh) != (w, h) else img
 
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from .data import centre_square, pad_colour
+from .data import centre_square, fitted_size, pad_colour
 
 
 def model_view(img, mode: str = "center-crop", max_side: int = 512, *, size: int):
     """The square region of an RGB PIL image that :func:`ar_core.data.fit_image` turns into the
     ``size`` x ``size`` model input.
 
-    center-crop: the centred square of the shorter side; pad: the whole image centred on a square
-    of the longer side, filled with the colour the model input is padded with. Downscaled to
+    center-crop: the centred square of the shorter side; pad: the whole image placed as the model
+    input places it (to the model pixel), on the colour the model input is padded with. Downscaled to
     ``max_side`` when larger, so the attention maps upsample onto the photo's detail rather than
     onto 32x32 pixels.
     """
@@ -20,8 +20,14 @@ def model_view(img, mode: str = "center-crop", max_side: int = 512, *, size: int
     if mode == "center-crop":
         square = centre_square(img)
     elif mode == "pad":
-        square = Image.new("RGB", (max(w, h), max(w, h)), pad_colour(img, size))
-        square.paste(img, ((square.width - w) // 2, (square.height - h) // 2))
+        # The model input's own geometry, in photo pixels: the photo fills a rounded (sw, sh) of the square,
+        # offset by whole model pixels, so each axis has its own photo pixels per model pixel.
+        sw, sh = fitted_size(w, h, size)
+        sx, sy = w / sw, h / sh
+        canvas = Image.new("RGB", (round(size * sx), round(size * sy)), pad_colour(img, size))
+        canvas.paste(img, (round((size - sw) // 2 * sx), round((size - sh) // 2 * sy)))
+        side = max(canvas.size)
+        square = canvas if canvas.width == canvas.height else canvas.resize((side, side), Image.BICUBIC)
     else:
         raise ValueError(f"mode must be 'center-crop' or 'pad', got {mode!r}")
     s = square.width

@@ -81,9 +81,16 @@ def test_model_view_is_the_region_the_model_sees():
     # the same region, downscaled, is what fit_image gives the model
     small = np.asarray(crop.resize((32, 32), Image.BICUBIC)).astype(int)
     assert abs(small - np.asarray(fit_image(img, 32, "center-crop")).astype(int)).max() == 0
-    padded = model_view(img, "pad", size=32)
-    assert padded.size == (100, 100)
-    assert np.asarray(padded)[20:80].tolist() == arr.tolist()
+    # pad: the photo sits where the model input puts it, to the model pixel (rounding included): shrunk to the
+    # input's size, the view is the model input (centring the photo on its own square missed by up to a pixel)
+    for w, h in ((100, 60), (97, 50), (50, 97), (300, 200), (1000, 333)):
+        ramp = np.zeros((h, w, 3), np.uint8)
+        ramp[..., 0], ramp[..., 1], ramp[..., 2] = np.linspace(0, 255, w)[None], np.linspace(0, 255, h)[:, None], 255
+        ramp = Image.fromarray(ramp)
+        padded = model_view(ramp, "pad", size=32)
+        assert padded.width == padded.height >= max(w, h) or padded.width == 512
+        shrunk = np.asarray(padded.resize((32, 32), Image.BOX)).astype(float)
+        assert np.abs(shrunk - np.asarray(fit_image(ramp, 32, "pad"))).mean() < 0.5, (w, h)
     # the band around the photo has the colour the model input is padded with (thin stripes: a mean
     # that depends on how the image is shrunk)
     striped = np.zeros((60, 100, 3), np.uint8)
