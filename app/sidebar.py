@@ -20,7 +20,8 @@ DATASETS = ["CIFAR-10 test set", "CIFAR-100 test set", "ImageFolder directory"]
 def _attach_checkpoint(data: bytes, name: str) -> str:
     label = state.add_uploaded_checkpoint(data, name)
     st.session_state["model_label"] = label  # switch to it
-    st.session_state["history_seen"] = None  # a history uploaded before it is attached now
+    if (st.session_state.get("history_note") or ("",))[0] == "error":
+        st.session_state["history_seen"] = None  # a history refused for want of its checkpoint is tried again
     return f"Checkpoint {label} added."
 
 

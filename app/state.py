@@ -272,8 +272,8 @@ def add_uploaded_history(data: bytes, name: str) -> str:
     if label not in uploads:
         label = st.session_state.get("model_label")
         if label not in uploads:
-            raise ValueError(f"{name} is a training history; upload its checkpoint ({stem}.safetensors) first, "
-                             f"then the history")
+            raise ValueError(f"{name} is a training history; upload its checkpoint ({stem}.safetensors) as well: "
+                             f"the history is attached to it then")
     why = mismatch(history, checkpoint_meta(UPLOAD_PREFIX + uploads[label]) or {})
     if why:
         raise ValueError(f"{name} is not the training history of {label}: {why}")

@@ -204,20 +204,24 @@ def load_history(source: str | Path | bytes, name: str | None = None) -> History
         tensors = load(data)
     except Exception as e:  # a missing key, bad JSON, or safetensors' own SafetensorError
         raise ValueError(f"{name} is not a readable training history ({e})") from e
-    if header.get("format") != FORMAT:
-        raise ValueError(f"{name} has format {header.get('format')!r}, expected {FORMAT!r}")
-    sources = header["sources"]
-    layers = [s for s in sources if s != "network"]
-    info = {k: v for k, v in header.items() if k not in ("format", "epochs", "sources", "classes", "probe_index",
-                                                         "probe_labels")}
-    return History(
-        epochs=header["epochs"], sources=sources, classes=header["classes"], probe_index=header["probe_index"],
-        probe_labels=header["probe_labels"],
-        attention_maps={l: dequantize_maps(tensors[f"attention_maps.{l}"]) for l in layers},
-        confidence_gates={l: tensors[f"confidence_gates.{l}"].float() for l in layers},
-        global_gates=tensors["global_gates"].float(), predictions=tensors["predictions"].long(),
-        true_class_prob=tensors["true_class_prob"].float(), val_accuracy=tensors["val_accuracy"],
-        mean_global_gates=tensors["mean_global_gates"], info=info)
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        found = header.get("format") if isinstance(header, dict) else type(header).__name__
+        raise ValueError(f"{name} has format {found!r}, expected {FORMAT!r}")
+    try:  # an upload may be any file: a field or tensor missing, or of the wrong kind, is named, not a traceback
+        sources = list(header["sources"])
+        layers = [s for s in sources if s != "network"]
+        info = {k: v for k, v in header.items() if k not in ("format", "epochs", "sources", "classes",
+                                                             "probe_index", "probe_labels")}
+        return History(
+            epochs=list(header["epochs"]), sources=sources, classes=list(header["classes"]),
+            probe_index=list(header["probe_index"]), probe_labels=list(header["probe_labels"]),
+            attention_maps={l: dequantize_maps(tensors[f"attention_maps.{l}"]) for l in layers},
+            confidence_gates={l: tensors[f"confidence_gates.{l}"].float() for l in layers},
+            global_gates=tensors["global_gates"].float(), predictions=tensors["predictions"].long(),
+            true_class_prob=tensors["true_class_prob"].float(), val_accuracy=tensors["val_accuracy"],
+            mean_global_gates=tensors["mean_global_gates"], info=info)
+    except (KeyError, TypeError, AttributeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{name} is not a complete training history (missing or malformed: {e})") from e
 
 
 def mismatch(history: History, meta: dict[str, Any]) -> str | None:

@@ -93,6 +93,19 @@ def test_a_history_reads_alike_from_its_bytes_and_says_what_is_wrong_with_them(t
     ar_core.save_checkpoint(ar_core.build_model(ModelConfig(num_classes=3, depth=10, width=1)), ckpt)
     with pytest.raises(ValueError, match="m.safetensors is not a readable training history"):
         load_history(ckpt.read_bytes(), ckpt.name)
+    # a history's header with fields missing or of the wrong kind, or a tensor missing: named, never a traceback
+    from safetensors import safe_open
+    from safetensors.torch import load, save
+
+    with safe_open(str(tmp_path / "h.safetensors"), "pt") as f:
+        header = json.loads(f.metadata()["history"])
+    tensors = load((tmp_path / "h.safetensors").read_bytes())
+    for bad_header, bad_tensors in (("[1]", tensors), (json.dumps({"format": header["format"]}), tensors),
+                                    (json.dumps({**header, "sources": 7}), tensors),
+                                    (json.dumps(header), {k: v for k, v in tensors.items() if k != "global_gates"})):
+        data = save(bad_tensors, metadata={"history": bad_header})
+        with pytest.raises(ValueError, match="bad.history.safetensors"):
+            load_history(data, "bad.history.safetensors")
 
 
 def test_mismatch_names_what_keeps_a_history_from_a_checkpoint(tmp_path):

@@ -167,11 +167,22 @@ def test_an_uploaded_checkpoint_shows_the_history_uploaded_with_it(env, tmp_path
     monkeypatch.delenv("AR_CHECKPOINT")
     history = history_path(env)
     at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60).run()
-    _upload(at, "history_upload", history)  # before its checkpoint: said, kept, attached when it comes
-    assert not at.exception and any("upload its checkpoint (toy-ad3.safetensors) first" in e.value for e in at.error)
+    # before its checkpoint, under a name that pairs with none: said, kept, attached to the next upload
+    _upload(at, "history_upload", history, "run.history.safetensors")
+    assert not at.exception and any("upload its checkpoint (run.safetensors) as well" in e.value for e in at.error)
     _upload(at, "ckpt_upload", env)
     assert at.selectbox(key="model_label").value == "toy-ad3 (uploaded)"
     assert not at.error and any(s.value == "Training history attached to toy-ad3 (uploaded)." for s in at.success)
+    import ar_core
+
+    model, meta = ar_core.load_checkpoint(env)  # another file the history would pass for: same classes and layers
+    other = ar_core.save_checkpoint(model, tmp_path / "other-seed.safetensors",
+                                    {k: meta[k] for k in ("classes", "normalization")})
+    _upload(at, "ckpt_upload", other)  # the history stays with toy-ad3, not the newcomer
+    assert at.selectbox(key="model_label").value == "other-seed (uploaded)"
+    assert len(at.session_state["uploaded_histories"]) == 1
+    assert not any("attached to other-seed" in s.value for s in at.success)
+    at.selectbox(key="model_label").set_value("toy-ad3 (uploaded)").run()
     at.file_uploader(key="images").set_value([("x.png", _png(), "image/png")]).run()
     open_tab(at, "7 · Over training")
     at.toggle(key="inspect_history_on").set_value(True).run()
