@@ -58,22 +58,19 @@ def guided_walk(res: dict, trace, classes: list[str]):
 
 
 def original_photo(res: dict, trace):
-    """For uploads and camera shots, when asked: the photo region the model saw (up to 512 pixels), else None.
-
-    Taken in the page's full run, which alone holds the decoded photo; :func:`on_original` draws on it."""
-    original = res.get("original")
-    if original is None or not trace.layers:
+    """For uploads and camera shots, when asked: the photo region the model saw (up to 512 pixels), else None;
+    :func:`on_original` draws on it."""
+    photo = res.get("photo")
+    if photo is None or not trace.layers:
         return None
-    if max(original.size) <= len(res["image"]):  # the grid above shows all of it already, pixel for pixel or more
+    if photo.shape[0] <= len(res["image"]):  # the grid above shows all of it already, pixel for pixel or more
         return None
     if not st.toggle("Show the maps on the original photo", key="on_photo",
                      help="The same maps, upsampled bilinearly onto the part of your photo the model saw "
                           f"(up to 512 pixels), instead of onto the {len(res['image'])}x{len(res['image'])} "
                           "model input."):
         return None
-    from ar_core.photo import model_view
-
-    return np.asarray(model_view(original, res.get("fit", "center-crop"), size=len(res["image"])))
+    return photo
 
 
 def on_original(view: np.ndarray, model_size: int, trace, alpha: float, cmap: str):

@@ -24,8 +24,11 @@ def model_view(img, mode: str = "center-crop", max_side: int = 512, *, size: int
         # offset by whole model pixels, so each axis has its own photo pixels per model pixel.
         sw, sh = fitted_size(w, h, size)
         sx, sy = w / sw, h / sh
-        canvas = Image.new("RGB", (round(size * sx), round(size * sy)), pad_colour(img, size))
-        canvas.paste(img, (round((size - sw) // 2 * sx), round((size - sh) // 2 * sy)))
+        # drawn at no more than max_side pixels a side: a 1x100,000 strip must not become a 100,000-pixel square
+        f = min(1.0, max_side / (size * max(sx, sy)))
+        photo = img.resize((max(1, round(w * f)), max(1, round(h * f))), Image.BICUBIC) if f < 1 else img
+        canvas = Image.new("RGB", (max(1, round(size * sx * f)), max(1, round(size * sy * f))), pad_colour(img, size))
+        canvas.paste(photo, (round((size - sw) // 2 * sx * f), round((size - sh) // 2 * sy * f)))
         side = max(canvas.size)
         square = canvas if canvas.width == canvas.height else canvas.resize((side, side), Image.BICUBIC)
     else:

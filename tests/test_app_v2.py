@@ -263,7 +263,11 @@ def test_maps_on_the_original_photo(app_env):
     assert not at.exception
     assert len(at.get("image")) == n + 3 * 2  # every head of every layer once more, on the photo
     assert any("200x200 pixels shown; the model saw it as 32x32" in c.value for c in at.caption)
-    assert "original" not in at.session_state["result"]  # kept once, in the inspector's memo of the last upload
+    # the session keeps the region the model saw, at most 512 pixels a side, never the whole decoded photo
+    assert at.session_state["result"]["photo"].shape == (200, 200, 3)
+    from PIL import Image
+
+    assert not any(isinstance(v, Image.Image) for v in at.session_state["model_input"])
     at.file_uploader(key="images").set_value([("icon.png", _png(size=(24, 20)), "image/png")]).run()
     assert not at.exception and at.session_state["result"]["name"] == "icon.png"
     assert not at.get("toggle")  # a photo no larger than the model input has nothing more to show

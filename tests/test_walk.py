@@ -100,5 +100,8 @@ def test_model_view_is_the_region_the_model_sees():
         assert np.asarray(model_view(striped, "pad", size=size))[0, 0].tolist() == \
             np.asarray(fit_image(striped, size, "pad"))[0, 0].tolist()
     assert model_view(Image.new("RGB", (2000, 1500)), "center-crop", max_side=512, size=32).size == (512, 512)
+    # a strip within the pixel limit is drawn small from the start (a 100,000-pixel square would take 30 GB)
+    strip = Image.new("RGB", (1, 100_000), (200, 10, 10))
+    assert model_view(strip, "pad", max_side=512, size=32).size == (512, 512)
     with pytest.raises(ValueError):
         model_view(img, "stretch", size=32)

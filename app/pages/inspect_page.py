@@ -35,19 +35,24 @@ def _readable(raw):
 
 
 def _model_input(name: str, data: bytes, fit: str, size: int):
-    """(the decoded photo, the model's uint8 input) of the picked upload, or None after showing why not.
+    """(the photo region the model sees, up to 512 pixels a side, as an array; the model's uint8 input) of the
+    picked upload, or None after showing why not.
 
     Kept in the session for the last file's content, fit and size, so reruns (any click outside a fragment)
-    neither decode nor resize it again."""
+    neither decode nor resize it again; the full decoded photo (up to 40 megapixels) is not kept."""
+    from ar_core.photo import model_view
+
     key = (hashlib.sha256(data).hexdigest(), fit, size)
     memo = st.session_state.get("model_input")
     if memo is None or memo[0] != key:
         try:
-            original = memo[1] if memo is not None and memo[0][0] == key[0] else load_image(data, name)
+            original = load_image(data, name)
         except ImageError as e:
-            st.error(str(e))
+            st.error(str(e) + ("; the views below still show the last image" if "result" in st.session_state
+                               else ""))
             return None
-        memo = st.session_state["model_input"] = (key, original, to_uint8(fit_image(original, size, fit)).unsqueeze(0))
+        x = to_uint8(fit_image(original, size, fit)).unsqueeze(0)
+        memo = st.session_state["model_input"] = (key, np.asarray(model_view(original, fit, size=size)), x)
     return memo[1], memo[2]
 
 
@@ -165,12 +170,13 @@ def render():
         names = [n for n, _, _ in images]
         pick = st.selectbox("Image", range(len(images)), format_func=lambda j: names[j], key="pick") \
             if len(images) > 1 else 0
-        name, original, true_label = images[pick]
+        name, image, true_label = images[pick]
         t0 = time.perf_counter()
+        photo = None  # the photo region the model saw, at the photo's resolution: uploads and camera shots only
         if source == "Dataset":  # a model-sized image already
-            x = to_uint8(fit_image(original, size, fit)).unsqueeze(0)
+            x = to_uint8(fit_image(image, size, fit)).unsqueeze(0)
         else:
-            original, x = _model_input(name, original, fit, size) or (None, None)  # None: as a bad file
+            photo, x = _model_input(name, image, fit, size) or (None, None)  # None: as a bad file
     if x is not None:
         digest = image_digest(x)  # what the model sees: the file's content after the fit
         result = state.cached_inspection(model, meta, (digest, fit, path, device), x)
@@ -180,7 +186,7 @@ def render():
                                       "device": device,
                                       "wall_ms": (time.perf_counter() - t0) * 1000, "source": source,
                                       "index": int(name.rsplit("#", 1)[1]) if source == "Dataset" else None,
-                                      "original": original if source != "Dataset" else None}
+                                      "photo": photo}
     res = _follow_model(st.session_state.get("result"), path, device, model, meta)
     share.show_notes(res)
     if res is None:
@@ -188,7 +194,6 @@ def render():
         samples.start_buttons()
         return
     _views(res, model, meta)
-    res.pop("original", None)  # the decoded photo stays only in _model_input's memo, one per session
 
 
 def _views(res, model, meta):
