@@ -8,9 +8,10 @@ import streamlit as st
 
 
 # Widget values kept when the user changes page (Streamlit drops a widget's value when its page is left):
-# the sidebar's choices, the inspector's image source and data-set browser, and the lab's controls.
+# the sidebar's choices, the inspector's image source, data-set browser and per-image class choices (also
+# dropped when their tab is closed), and the lab's controls.
 SHARED_WIDGETS = ("model_label", "device", "tta", "dataset_kind", "folder",
-                  "source", "fit", "browse_class", "browse_outcome", "browse_pos",
+                  "source", "fit", "browse_class", "browse_outcome", "browse_pos", "attr_target", "contrib_classes",
                   "lab_occlude", "lab_ox", "lab_oy", "lab_osize", "lab_dx", "lab_dy", "lab_scale", "lab_noise",
                   "lab_brightness", "lab_contrast", "lab_seed")
 

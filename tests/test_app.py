@@ -1012,16 +1012,25 @@ def test_the_class_to_explain_and_decompose_is_each_new_images_prediction(app_en
     at.file_uploader(key="images").set_value([("a.png", solid(a), "image/png")]).run()
     open_tab(at, "5 · Attributions")
     assert at.selectbox(key="attr_target").value == pa
-    at.selectbox(key="attr_target").set_value(pb).run()  # the user's choice stays for this image
+    at.multiselect(key="attr_methods").set_value(["saliency"])
+    at.selectbox(key="attr_target").set_value(pb)
+    at.button(key="attr_go").click().run()  # the class is a field of the attributions' form: chosen on submit
     open_tab(at, "4 · Global fusion")
     assert at.multiselect(key="contrib_classes").value == [pa]
     at.multiselect(key="contrib_classes").set_value([pa, pb]).run()
-    assert at.multiselect(key="contrib_classes").value == [pa, pb]
-    at.file_uploader(key="images").set_value([("b.png", solid(b), "image/png")]).run()
-    assert not at.exception and not at.warning
-    assert at.multiselect(key="contrib_classes").value == [pb]
     open_tab(at, "5 · Attributions")
+    assert at.selectbox(key="attr_target").value == pb  # the user's choices stay for this image, across tabs
+    open_tab(at, "4 · Global fusion")
+    assert at.multiselect(key="contrib_classes").value == [pa, pb]
+    open_tab(at, "5 · Attributions")
+    third = next(c for c in range(len(META["classes"])) if c not in (pa, pb))
+    at.selectbox(key="attr_target").set_value(third)
+    at.button(key="attr_go").click().run()
+    at.file_uploader(key="images").set_value([("b.png", solid(b), "image/png")]).run()  # on the same tab
+    assert not at.exception and not at.warning
     assert at.selectbox(key="attr_target").value == pb
+    open_tab(at, "4 · Global fusion")
+    assert at.multiselect(key="contrib_classes").value == [pb]
 
 
 def test_the_inspectors_and_the_labs_controls_outlive_a_change_of_page(app_env):
