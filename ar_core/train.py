@@ -173,16 +173,18 @@ def averaged_state_path(path: Path) -> Path:
 
 
 def save_state(path: Path, model, optimizer, scheduler, info: dict, ema=None,
-               generators: dict[str, torch.Tensor] | None = None) -> None:
+               generators: dict[str, torch.Tensor] | None = None, scaler=None) -> None:
     """Resumable state as safetensors: weights and optimizer buffers as tensors, the rest as JSON.
 
     ``generators``: random generators' states (uint8 tensors) of a state saved inside an epoch, which
-    the rest of that epoch's augmentation and dropout continue from.
+    the rest of that epoch's augmentation and dropout continue from. ``scaler``: float16 training's
+    gradient scaler, whose scale a resumed run must start from rather than relearn.
 
     The moving average goes to its own file (:func:`averaged_state_path`), so that neither file is much
-    larger than the weights twice over (a repository that keeps them can cap file sizes). Each is
-    written to a temporary file and renamed, so an interrupted save never corrupts the last one; both
-    name their epoch and step, which :func:`load_state` checks agree.
+    larger than the weights twice over (a repository that keeps them can cap file sizes). Both name their
+    epoch and step. Both are written in full to temporary files before either is renamed, and the replaced
+    average is kept as ``….prev`` until the new state is in place: a stop at any point leaves a pair that
+    :func:`load_state` can match.
     """
     from safetensors.torch import save_file
 
@@ -198,20 +200,34 @@ def save_state(path: Path, model, optimizer, scheduler, info: dict, ema=None,
     tensors.update({f"rng.{k}": v for k, v in (generators or {}).items()})
     header = {"param_groups": opt["param_groups"], "optimizer_scalars": scalars,
               "scheduler": scheduler.state_dict(), **info}
+    if scaler is not None:
+        header["grad_scaler"] = scaler.state_dict()
     files = [(path, tensors, {"state": json.dumps(header)})]
     if ema is not None:
         at = json.dumps({k: info.get(k) for k in ("epoch", "step")})
         files.insert(0, (averaged_state_path(path), {f"ema.{k}": v for k, v in ema.state_dict().items()}, {"at": at}))
     path.parent.mkdir(parents=True, exist_ok=True)
+    written = []
     for target, content, metadata in files:
         tmp = target.with_name(target.name + ".tmp")
         save_file({k: v.detach().cpu().contiguous() for k, v in content.items()}, str(tmp), metadata=metadata)
+        written.append((tmp, target))
+    side = averaged_state_path(path)
+    previous = _previous(side)
+    if ema is not None and side.is_file():
+        side.replace(previous)  # the state still on disk names this one until the new state replaces it
+    for tmp, target in written:
         tmp.replace(target)
+    previous.unlink(missing_ok=True)
+
+
+def _previous(side: Path) -> Path:
+    return side.with_name(side.name + ".prev")
 
 
 # What a resumed run may change: how and where it runs, and what is done once at the end. Every other
 # argument of the recipe shapes the data, the model or the schedule and must be repeated.
-_RESUMABLE_CHANGES = ("tta", "amp", "compile", "save_dtype", "max_steps", "no_history", "probe_seed")
+_RESUMABLE_CHANGES = ("tta", "amp", "compile", "save_dtype", "max_steps", "no_history")
 
 
 def check_resumable(path: Path, args: argparse.Namespace) -> None:
@@ -230,11 +246,29 @@ def check_resumable(path: Path, args: argparse.Namespace) -> None:
                          f"another --out")
 
 
+def trim_log(log_path: Path, epochs: int) -> dict:
+    """Keep the log's records of the ``epochs`` a resumed state holds: a run stopped between logging an
+    epoch and saving its state logged one more, and one stopped while writing a line left it cut short.
+    Rewritten in one rename, so a stop here loses nothing; returns the last record kept."""
+    kept = []
+    for line in log_path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a stop: its epoch is trained again
+        if record["epoch"] <= epochs:
+            kept.append(record)
+    tmp = log_path.with_name(log_path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    tmp.replace(log_path)
+    return kept[-1] if kept else {}
+
+
 def _flag_value(v) -> str:
     return " ".join(map(str, v)) if isinstance(v, list) else str(v)
 
 
-def load_state(path: Path, model, optimizer, scheduler, ema=None) -> dict:
+def load_state(path: Path, model, optimizer, scheduler, ema=None, scaler=None) -> dict:
     """Restore what :func:`save_state` wrote; returns its JSON part (epoch, step, elapsed, args), and
     under ``generators`` the random generators' states it holds (none for a state of an epoch's end)."""
     from safetensors import safe_open
@@ -244,13 +278,22 @@ def load_state(path: Path, model, optimizer, scheduler, ema=None) -> dict:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     side = averaged_state_path(path)
-    if ema is not None and side.is_file() and not any(k.startswith("ema.") for k in tensors):  # states before the split held it
-        with safe_open(str(side), framework="pt") as f:
-            at = json.loads(f.metadata()["at"])
-            tensors.update({k: f.get_tensor(k) for k in f.keys()})
-        if at != {k: header.get(k) for k in ("epoch", "step")}:
-            raise SystemExit(f"{side} holds the average of epoch {at['epoch']} but {path} is of epoch "
-                             f"{header.get('epoch')} (a save was interrupted); remove both to start again")
+    if ema is not None and not any(k.startswith("ema.") for k in tensors):  # states before the split held it
+        wanted = {k: header.get(k) for k in ("epoch", "step")}
+        found = []  # a save stopped between its renames leaves the matching average as .prev
+        for candidate in (side, _previous(side)):
+            if candidate.is_file():
+                with safe_open(str(candidate), framework="pt") as f:
+                    at = json.loads(f.metadata()["at"])
+                    if at == wanted:
+                        tensors.update({k: f.get_tensor(k) for k in f.keys()})
+                        break
+                found.append(f"{candidate.name} (epoch {at['epoch']}, step {at['step']})")
+        else:
+            if found:
+                raise SystemExit(f"no moving average beside {path} matches its epoch {wanted['epoch']}, step "
+                                 f"{wanted['step']}: found {', '.join(found)}; remove them and the state to "
+                                 f"start again")
     if ema is not None:
         averaged = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
         if not averaged:
@@ -266,6 +309,8 @@ def load_state(path: Path, model, optimizer, scheduler, ema=None) -> dict:
         per_param.setdefault(int(i), {})[name] = v
     optimizer.load_state_dict({"state": per_param, "param_groups": header.pop("param_groups")})
     scheduler.load_state_dict(header.pop("scheduler"))
+    if scaler is not None and header.get("grad_scaler"):
+        scaler.load_state_dict(header.pop("grad_scaler"))
     header["generators"] = {k[len("rng."):]: v for k, v in tensors.items() if k.startswith("rng.")}
     return header
 
@@ -413,7 +458,7 @@ def main(argv=None) -> dict:
     commits = [{"from_epoch": 1, "commit": git_commit(), "precision": precision, "hardware": hardware(device)}]
     if args.resume and state_path.is_file():
         check_resumable(state_path, args)  # before any weights load: another model would fail on its shapes
-        state = load_state(state_path, model, optimizer, scheduler, ema)
+        state = load_state(state_path, model, optimizer, scheduler, ema, scaler)
         start_epoch, elapsed, step = state["epoch"], state["elapsed"], state["step"]
         if state.get("in_epoch"):
             partial = {**state["in_epoch"], "generators": state["generators"]}
@@ -437,11 +482,8 @@ def main(argv=None) -> dict:
                 print(f"warning: {recorder.path} lacks epoch{'s' * (len(lacking) > 1)} {span} of the {start_epoch} "
                       f"trained; the history goes on without them (only training again from the start records "
                       f"them)", file=sys.stderr)
-        if main_process and log_path.is_file():  # a run stopped between logging an epoch and saving its state
-            kept_lines = [line for line in log_path.read_text().splitlines()
-                          if line.strip() and json.loads(line)["epoch"] <= start_epoch]
-            log_path.write_text("".join(line + "\n" for line in kept_lines))
-            last_logged = json.loads(kept_lines[-1]) if kept_lines else {}
+        if main_process and log_path.is_file():
+            last_logged = trim_log(log_path, start_epoch)
     elif args.resume:
         legacy = out.with_name(out.name + ".state.pt")
         if legacy.is_file():
@@ -511,7 +553,7 @@ def main(argv=None) -> dict:
                 in_epoch = {"batches": i + 1, "seen": seen, "loss_sum": loss_sum.item(), "time_s": earlier + time.time() - t0}
                 save_state(state_path, model, optimizer, scheduler,
                            {"epoch": epoch, "step": step, "elapsed": elapsed, "in_epoch": in_epoch,
-                            "args": recipe(args), "code_commits": commits}, ema, generators(aug_g, device))
+                            "args": recipe(args), "code_commits": commits}, ema, generators(aug_g, device), scaler)
                 last_save = time.time()
             if args.max_steps and step >= args.max_steps:
                 break
@@ -551,7 +593,7 @@ def main(argv=None) -> dict:
             if finished:  # resumable state marks whole epochs only; a partial one would be skipped on resume
                 save_state(state_path, model, optimizer, scheduler,
                            {"epoch": epoch + 1, "step": step, "elapsed": elapsed, "args": recipe(args),
-                            "code_commits": commits}, ema)
+                            "code_commits": commits}, ema, scaler=scaler)
                 last_save = time.time()
         if args.max_steps and step >= args.max_steps:
             break

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -246,6 +247,67 @@ def test_a_run_stopped_before_writing_its_checkpoint_finishes_on_resume(folder, 
         assert meta_b[key] == meta_a[key], key
     assert meta_b["epochs_trained"] == 2 and meta_b["val_accuracy"] is not None
     assert [h["epoch"] for h in _log(out)] == [1, 2]
+
+
+def test_a_stop_between_the_state_files_renames_resumes_exactly(folder, tmp_path, monkeypatch):
+    """The moving average and the state are two files: a stop after the average's new file is in place
+    but before the state's is must leave a pair that resumes, to the uninterrupted run's weights."""
+    recipe = ["--epochs", "2", "--ema", "0.9", "--ema-bn-images", "16", "--save-every", "0"]
+    whole = tmp_path / "whole" / "m.safetensors"
+    T.main(_args(folder, whole, *recipe))
+    split = tmp_path / "split" / "m.safetensors"
+    replace = Path.replace
+    saves = []
+
+    def stop_at_the_second_state_rename(self, target):
+        if self.name == "m.safetensors.state.safetensors.tmp":
+            saves.append(self)
+            if len(saves) == 2:
+                raise KeyboardInterrupt("the machine went away")
+        return replace(self, target)
+
+    monkeypatch.setattr(Path, "replace", stop_at_the_second_state_rename)
+    with pytest.raises(KeyboardInterrupt):
+        T.main(_args(folder, split, *recipe))
+    monkeypatch.setattr(Path, "replace", replace)
+    assert T.averaged_state_path(split.with_name(split.name + ".state.safetensors")).is_file()
+    assert [h["epoch"] for h in T.main(_args(folder, split, *recipe, "--resume"))["history"]] == [2]
+    (a, _), (b, _) = load_checkpoint(whole), load_checkpoint(split)
+    for (name, ta), (_, tb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(ta, tb), name
+    assert not list(split.parent.glob("*.prev"))  # the kept average goes once the new state is in place
+
+
+def test_a_log_line_cut_short_by_a_stop_does_not_block_the_resume(folder, tmp_path):
+    out = tmp_path / "run" / "m.safetensors"
+    T.main(_args(folder, out, "--epochs", "2", "--max-steps", str(STEPS_PER_EPOCH)))
+    log = out.with_name(out.name + ".log.jsonl")
+    log.write_text(log.read_text() + '{"epoch": 2, "step": 1')
+    T.main(_args(folder, out, "--epochs", "2", "--resume"))
+    assert [h["epoch"] for h in _log(out)] == [1, 2]
+
+
+def test_the_gradient_scaler_resumes_from_its_scale(tmp_path):
+    """float16 training's loss scale is learnt over thousands of steps; a resume must not start over."""
+    model = build_model(ModelConfig(num_classes=3, depth=10, width=1, attention_width=2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    scaler.load_state_dict({**scaler.state_dict(), "scale": 512.0, "_growth_tracker": 37})
+    path = tmp_path / "m.safetensors.state.safetensors"
+    T.save_state(path, model, optimizer, scheduler, {"epoch": 1, "step": 5}, scaler=scaler)
+    fresh = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    T.load_state(path, model, optimizer, scheduler, scaler=fresh)
+    assert fresh.get_scale() == 512.0 and fresh.state_dict()["_growth_tracker"] == 37
+
+
+def test_resume_refuses_another_probe_seed(folder, tmp_path):
+    """The probe images are drawn by --probe-seed: a history that changed them mid-run would show other
+    images' maps as one image's."""
+    out = tmp_path / "run" / "m.safetensors"
+    T.main(_args(folder, out, "--epochs", "2", "--max-steps", str(STEPS_PER_EPOCH)))
+    with pytest.raises(SystemExit, match=r"--probe-seed 0 \(now 1\)"):
+        T.main(_args(folder, out, "--epochs", "2", "--resume", "--probe-seed", "1"))
 
 
 def test_resume_says_what_it_found(folder, tmp_path, capsys):
