@@ -8,12 +8,34 @@ import streamlit as st
 
 
 # Widget values kept when the user changes page (Streamlit drops a widget's value when its page is left):
-# the sidebar's choices, the inspector's image source, data-set browser and per-image class choices (also
-# dropped when their tab is closed), and the lab's controls.
+# the sidebar's choices, the inspector's image source, data-set browser, per-image class choices and overlay
+# display (also dropped when their tab is closed), and the lab's controls.
 SHARED_WIDGETS = ("model_label", "device", "tta", "dataset_kind", "folder",
                   "source", "fit", "browse_class", "browse_outcome", "browse_pos", "attr_target", "contrib_classes",
+                  "alpha", "cmap",
                   "lab_occlude", "lab_ox", "lab_oy", "lab_osize", "lab_dx", "lab_dy", "lab_scale", "lab_noise",
                   "lab_brightness", "lab_contrast", "lab_seed")
+# Widgets of the inspector's tabs whose options depend on the model: recorded here, given back where they are
+# drawn while the model still offers the value (app.state.restore_widget).
+TAB_WIDGETS = ("hm_layer", "hm_head", "attr_methods", "attr_layer", "attr_nt")
+
+
+def carry_shared_widgets():
+    """Keep SHARED_WIDGETS' values across pages. Re-assigning a value makes it outlive its page; a copy in
+    a plain key restores the values Streamlit drops outright, as it does when a button's callback switches
+    page before any widget of that run is drawn."""
+    from app.state import KEPT_WIDGETS
+
+    kept = st.session_state.setdefault(KEPT_WIDGETS, {})
+    kept.update({key: st.session_state[key] for key in TAB_WIDGETS if key in st.session_state})
+    for key in SHARED_WIDGETS:
+        if key in st.session_state:
+            kept[key] = st.session_state[key]
+        elif key in kept:
+            st.session_state[key] = kept[key]
+        else:
+            continue
+        st.session_state[key] = st.session_state[key]
 
 
 def main():
@@ -28,9 +50,7 @@ def main():
         "about": st.Page(about.render, title="How it works", icon=":material/menu_book:", url_path="about"),
     }
     st.session_state["_pages"] = pages  # for st.switch_page from inside a page
-    for key in SHARED_WIDGETS:  # re-assigned, a widget's value outlives its page
-        if key in st.session_state:
-            st.session_state[key] = st.session_state[key]
+    carry_shared_widgets()
     page = st.navigation(list(pages.values()))
     try:
         page.run()

@@ -117,6 +117,10 @@ def show_notes(res: dict | None = None):
         st.session_state.pop("_link_index")
     elif res is not None:
         st.session_state.pop("_link_index", None)
+    if res is not None and st.session_state.get("attr_target_for") == LINKED:
+        # the link's class belongs to the image it opened, the first shown after it, not to whichever
+        # image is on screen when the Attributions tab is first opened
+        st.session_state["attr_target_for"] = state.result_key(res)
     if notes:
         st.caption("Link: " + "; ".join(notes) + ". Showing the defaults instead.")
         st.session_state["_link_notes"] = []

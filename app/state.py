@@ -21,6 +21,17 @@ from ar_core.tta import NAMES as tta_names
 from ar_core.tta import TTA, of_checkpoint
 
 
+KEPT_WIDGETS = "_shared_widgets"  # app.main's copy of the widget values Streamlit drops
+
+
+def restore_widget(key: str, valid) -> None:
+    """Give a widget of a closed inspector tab back the value it had (app.main.TAB_WIDGETS), while
+    ``valid(value)``: another model may lack that layer, head or method."""
+    kept = st.session_state.get(KEPT_WIDGETS, {})
+    if key not in st.session_state and key in kept and valid(kept[key]):
+        st.session_state[key] = kept[key]
+
+
 @st.cache_resource(show_spinner="Loading model…", max_entries=8)
 def load_model(path: str, mtime: float, device: str):
     """One model per (file, version, device) per process, shared by every session.

@@ -1037,11 +1037,9 @@ def test_the_inspectors_and_the_labs_controls_outlive_a_change_of_page(app_env):
     """Streamlit drops a widget's value once its page is left; app.main keeps the ones a user sets up."""
     at = AppTest.from_string(
         "import streamlit as st\n"
-        "from app.main import SHARED_WIDGETS\n"
+        "from app.main import carry_shared_widgets\n"
         "from app.pages import inspect_page, lab_page\n"
-        "for key in SHARED_WIDGETS:\n"
-        "    if key in st.session_state:\n"
-        "        st.session_state[key] = st.session_state[key]\n"
+        "carry_shared_widgets()\n"
         "page = st.session_state.get('page', 'inspect')\n"
         "(inspect_page if page == 'inspect' else lab_page).render()\n", default_timeout=120).run()
     at.selectbox(key="model_label").set_value("tiny-ad3 (AR_CHECKPOINT)").run()
@@ -1061,3 +1059,31 @@ def test_the_inspectors_and_the_labs_controls_outlive_a_change_of_page(app_env):
     assert not at.exception and not at.warning
     assert at.slider(key="lab_noise").value == 0.2 and at.checkbox(key="lab_occlude").value
     assert at.slider(key="lab_contrast").value == 1.0  # untouched controls keep their defaults
+
+
+def test_inspect_from_the_dataset_page_keeps_the_sidebars_choices(app_env):
+    """"Inspect" switches page from a button's callback, before any widget of the run is drawn, so
+    Streamlit drops every widget's value: the inspector must still open on the model, augmentation and
+    data set the list was made with, at the image clicked."""
+    at = AppTest.from_string(
+        "import streamlit as st\n"
+        "from app.main import carry_shared_widgets\n"
+        "from app.pages import dataset_page, inspect_page\n"
+        "carry_shared_widgets()\n"
+        "st.session_state['_pages'] = {'inspect': st.Page(inspect_page.render, url_path='inspect'),\n"
+        "                              'dataset': st.Page(dataset_page.render, url_path='dataset', default=True)}\n"
+        "st.navigation(list(st.session_state['_pages'].values()), position='hidden').run()\n",
+        default_timeout=120).run()
+    at.selectbox(key="model_label").set_value("tiny-ad3 (AR_CHECKPOINT)").run()
+    at.selectbox(key="tta").set_value("flip").run()
+    at.selectbox(key="dataset_kind").set_value("ImageFolder directory").run()
+    at.number_input(key="faith_n").set_value(0)
+    at.button(key="analyse_go").click().run()
+    button = next(b for b in at.button if b.key and b.key.startswith("open_"))
+    index = int(button.key.rsplit("_", 1)[1])
+    button.click().run()
+    assert not at.exception
+    assert at.selectbox(key="model_label").value == "tiny-ad3 (AR_CHECKPOINT)"
+    assert at.selectbox(key="tta").value == "flip"
+    assert at.selectbox(key="dataset_kind").value == "ImageFolder directory"
+    assert at.session_state["result"]["index"] == index

@@ -228,6 +228,62 @@ def test_a_link_names_a_shipped_checkpoint(app_env):
     assert at.session_state["attr_target"] == 0 and at.session_state["hm_layer"] == 2  # checked on its own config
 
 
+def test_a_links_class_is_for_the_image_it_opens_not_the_next_one(app_env):
+    """A link's class to explain belongs to its image: moved to another image before the Attributions tab
+    is opened, the inspector explains that image's own prediction."""
+    at = _open({"checkpoint": "tiny-ad3", "source": "dataset", "dataset": "folder", "index": "6"})
+    following = int(at.session_state["result"]["ins"].trace.output[0].argmax())
+    linked = (following + 1) % 4
+    at = _open({"checkpoint": "tiny-ad3", "source": "dataset", "dataset": "folder", "index": "5",
+                "class": f"class{linked}"})
+    assert at.session_state["result"]["index"] == 5
+    at.number_input(key="browse_pos").set_value(6).run()
+    open_tab(at, "5 · Attributions")
+    assert at.session_state["result"]["index"] == 6
+    assert at.selectbox(key="attr_target").value == following
+    at = _open({"checkpoint": "tiny-ad3", "source": "dataset", "dataset": "folder", "index": "5",
+                "class": f"class{linked}"})
+    open_tab(at, "5 · Attributions")  # on the linked image itself the link's class stands
+    assert at.selectbox(key="attr_target").value == linked
+
+
+def test_the_tabs_controls_outlive_a_change_of_tab_while_the_model_offers_them(app_env):
+    """Only the open tab is built, so Streamlit drops the controls of the tab left: the heatmap's layer and
+    head, the overlays' display and the attribution settings come back with their tab."""
+    from test_app import _checkpoint
+
+    at = _start()
+    at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()
+    open_tab(at, "2 · Attention maps")
+    at.selectbox(key="hm_layer").set_value(1).run()
+    at.selectbox(key="hm_head").set_value(1).run()
+    at.slider(key="alpha").set_value(0.3).run()
+    at.selectbox(key="cmap").set_value("gray").run()
+    open_tab(at, "5 · Attributions")
+    at.multiselect(key="attr_methods").set_value(["saliency"])
+    at.selectbox(key="attr_layer").set_value("group2")
+    at.checkbox(key="attr_nt").check()
+    at.button(key="attr_go").click().run()
+    open_tab(at, "1 · Prediction")
+    open_tab(at, "2 · Attention maps")
+    assert not at.exception
+    assert (at.selectbox(key="hm_layer").value, at.selectbox(key="hm_head").value) == (1, 1)
+    assert (at.slider(key="alpha").value, at.selectbox(key="cmap").value) == (0.3, "gray")
+    open_tab(at, "5 · Attributions")
+    assert at.multiselect(key="attr_methods").value == ["saliency"]
+    assert at.selectbox(key="attr_layer").value == "group2" and at.checkbox(key="attr_nt").value
+    open_tab(at, "1 · Prediction")  # a model with one attended layer has no second one to show
+    one = _checkpoint(app_env / "tiny-ad1.safetensors", ad=1)
+    at.sidebar.file_uploader(key="ckpt_upload").set_value(("tiny-ad1.safetensors", one.read_bytes(),
+                                                           "application/octet-stream")).run()
+    at.selectbox(key="model_label").set_value("tiny-ad1 (uploaded)").run()
+    open_tab(at, "2 · Attention maps")
+    assert not at.exception
+    assert (at.selectbox(key="hm_layer").value, at.selectbox(key="hm_head").value) == (0, 1)
+    open_tab(at, "5 · Attributions")
+    assert at.selectbox(key="attr_layer").value == at.selectbox(key="attr_layer").options[-1]
+
+
 def test_guided_walk_steps_through_the_prediction(app_env):
     at = _start()
     at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()

@@ -99,11 +99,9 @@ def _follow_model(res: dict | None, path: str, device: str, model, meta: dict) -
 def _per_image(key: str, res: dict, default) -> None:
     """Give the widget ``key`` its ``default`` for each new inspected image (or model): a keyed widget keeps its
     value across reruns, so without this the previous image's predicted class would stay chosen. What the user
-    (or a shared link, for the image it opens) chose for this image stays."""
+    (or a shared link, for the image it opens: app.share.show_notes) chose for this image stays."""
     owner, current = f"{key}_for", state.result_key(res)
-    if st.session_state.get(owner) == share.LINKED:
-        st.session_state[owner] = current
-    elif st.session_state.get(owner) != current or key not in st.session_state:
+    if st.session_state.get(owner) != current or key not in st.session_state:
         st.session_state[key], st.session_state[owner] = default, current
 
 
@@ -308,6 +306,7 @@ def _attribution_view(res):
     pred = int(trace.output[0].argmax())
     with st.form("attr_form"):
         c1, c2 = st.columns(2)
+        state.restore_widget("attr_methods", lambda v: set(v) <= set(METHODS))
         methods = c1.multiselect("Methods", list(METHODS), default=["saliency", "gradcam"],
                                  format_func=METHODS.get, key="attr_methods")
         _per_image("attr_target", res, pred)
@@ -315,6 +314,8 @@ def _attribution_view(res):
                               key="attr_target")
         layer_names = [l.name for l in trace.layers] or ["last"]
         c3, c4 = st.columns(2)
+        state.restore_widget("attr_layer", lambda v: v in layer_names)
+        state.restore_widget("attr_nt", lambda v: True)
         cam_layer = c3.selectbox("Grad-CAM layer", layer_names, index=len(layer_names) - 1, key="attr_layer")
         tunnel = c4.checkbox("NoiseTunnel (SmoothGrad) on IG and Saliency", key="attr_nt")
         go = st.form_submit_button("Compute attributions", key="attr_go")
@@ -477,8 +478,11 @@ def _heatmap(trace, classes):
     """The hover heatmap of one head. Not a fragment: its layer and head are part of the view's link (the
     address bar and *Copy link*, laid out above it), which a fragment's rerun would leave behind."""
     c1, c2 = st.columns(2)
+    heads = trace.layers[0].attention_maps.shape[1]
+    state.restore_widget("hm_layer", lambda v: 0 <= v < len(trace.layers))
+    state.restore_widget("hm_head", lambda v: 0 <= v < heads)
     layer = c1.selectbox("Layer", range(len(trace.layers)), format_func=lambda j: trace.layers[j].name, key="hm_layer")
-    head = c2.selectbox("Head", range(trace.layers[0].attention_maps.shape[1]), format_func=lambda k: f"head {k + 1}",
+    head = c2.selectbox("Head", range(heads), format_func=lambda k: f"head {k + 1}",
                         key="hm_head")
     st.plotly_chart(figures.attention_heatmap(trace, 0, layer, head, classes), key="heatmap")
 
