@@ -10,7 +10,7 @@ from app import state
 from ar_core.card import architecture, card
 from ar_core.checkpoint import CheckpointError
 from ar_core.data import cache_dir, data_roots, is_loopback, resolve_under
-from ar_core.evaluate import ClassMismatchError, align_labels
+from ar_core.evaluate import ClassMismatchError, align_labels, checkpoint_classes
 from ar_core.tta import of_checkpoint
 from ar_core.precision import device_options
 
@@ -131,10 +131,10 @@ def _open_dataset(kind: str, size: int):
         return None, None
 
 
-def dataset_picker(size: int, classes=None):
+def dataset_picker(size: int, meta: dict | None = None):
     """The dataset chosen in the sidebar → (TensorDataset, key) or (None, None) with a message.
 
-    With the checkpoint's ``classes``, labels are renumbered to them by name, here and only here, so
+    With the checkpoint's ``meta``, labels are renumbered to its classes by name, here and only here, so
     every verdict on every page compares predictions and labels in the same class order. The data may
     hold a subset of the classes.
     """
@@ -144,10 +144,10 @@ def dataset_picker(size: int, classes=None):
             st.session_state["dataset_kind"] = DATASETS[2]  # the operator's folder first
         kind = st.selectbox("Images from", DATASETS, key="dataset_kind")
         ds, key = _open_dataset(kind, size)
-        if ds is None or not classes:
+        if ds is None or meta is None:
             return ds, key
         try:
-            return align_labels(ds, classes, subset=True), key
+            return align_labels(ds, checkpoint_classes(meta, meta["config"]["num_classes"], ds), subset=True), key
         except ClassMismatchError as e:
             st.error(f"{e}. Pick a data set whose class folders are named as the model's classes.")
             return None, None

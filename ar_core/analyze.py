@@ -30,8 +30,8 @@ from .checkpoint import CheckpointError, load_checkpoint
 from .atlas import head_atlas
 from .gates import gate_statistics
 from .inference import outcome_masks
-from .evaluate import (ClassMismatchError, align_labels, calibration_bins, check_source_args, collect,
-                       confusion_matrix, load_source, summarize)
+from .evaluate import (ClassMismatchError, align_labels, calibration_bins, check_source_args, checkpoint_classes,
+                       collect, confusion_matrix, load_source, summarize)
 from .precision import autocast_for, device_arg, pick_device
 from .tta import NAMES as TTA_NAMES
 from .tta import TTALike
@@ -343,7 +343,7 @@ def analyze(model: AttendAndRectify, dataset: D.TensorDataset, meta: dict[str, A
     behind any number. ``sanity_n`` > 0 adds the cascading-randomisation sanity check of the maps
     over that many images (the first of the same fixed random order as faithfulness).
     """
-    classes = list(meta.get("classes") or dataset.classes)
+    classes = checkpoint_classes(meta, model.num_classes, dataset)
     dataset = align_labels(dataset, classes, subset=True)  # a folder may hold some of the classes only
     model.eval()
     aug = resolve_tta(tta, meta)

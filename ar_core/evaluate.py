@@ -116,6 +116,20 @@ def align_labels(dataset: D.TensorDataset, classes: Sequence[str], subset: bool 
     return D.TensorDataset(dataset.images, remap[dataset.labels], classes)
 
 
+def checkpoint_classes(meta: dict[str, Any], n: int, dataset: D.TensorDataset | None = None) -> list[str]:
+    """The names of a checkpoint's ``n`` classes, in its output order. A checkpoint saved without names reads a data
+    set's class folders by position, which only holds when their count is its own: any other count is a
+    ClassMismatchError that says so (by position, labels past its outputs would fail on a shape later)."""
+    if meta.get("classes"):
+        return list(meta["classes"])
+    if dataset is None:
+        return [str(i) for i in range(n)]
+    if len(dataset.classes) != n:
+        raise ClassMismatchError(f"the checkpoint names no classes, so its {n} outputs are read as the data's "
+                                 f"class folders in sorted order, but the data has {len(dataset.classes)}")
+    return list(dataset.classes)
+
+
 # ---------------------------------------------------------------- evaluation
 
 @torch.inference_mode()
@@ -218,7 +232,7 @@ def evaluate(model: AttendAndRectify, dataset: D.TensorDataset, meta: dict[str, 
     The model is put on ``device`` (default: where it is) in channels_last memory format, in place,
     and evaluated in eval mode; its training flag is restored afterwards.
     """
-    classes = list(meta.get("classes") or dataset.classes)
+    classes = checkpoint_classes(meta, model.num_classes, dataset)
     if len(classes) != model.num_classes:
         raise ClassMismatchError(f"{len(classes)} class names for a {model.num_classes}-class model")
     dataset = align_labels(dataset, classes, subset=True)  # a folder may hold some of the classes only

@@ -1087,3 +1087,29 @@ def test_inspect_from_the_dataset_page_keeps_the_sidebars_choices(app_env):
     assert at.selectbox(key="tta").value == "flip"
     assert at.selectbox(key="dataset_kind").value == "ImageFolder directory"
     assert at.session_state["result"]["index"] == index
+
+
+def test_a_checkpoint_without_class_names_reads_folders_by_position_only_when_the_counts_agree(app_env,
+                                                                                              monkeypatch):
+    """No names: the four outputs are read as the folder's four classes; a five-class folder is refused with
+    a message saying why (by position its fifth label would be past the model's outputs)."""
+    torch.manual_seed(0)
+    cfg = ar_core.ModelConfig(num_classes=4, depth=10, width=1, attention_depth=3, attention_width=2)
+    unnamed = {k: v for k, v in META.items() if k != "classes"}
+    ckpt = ar_core.save_checkpoint(randomize_bn(ar_core.build_model(cfg)).eval(), app_env / "tiny-ad3.safetensors",
+                                   unnamed)
+    assert "classes" not in ar_core.load_checkpoint(ckpt)[1]
+    at = _analysed_dataset_page()
+    assert not at.exception and not _errors(at)
+    (r, _), = at.session_state["analyses"].values()
+    assert r["classes"] == CLASSES and r["n"] == 12
+    for c in range(5):
+        (app_env / "five" / f"class{c}").mkdir(parents=True)
+        (app_env / "five" / f"class{c}" / "0.png").write_bytes(_png(40 + c, (32, 32)))
+    monkeypatch.setenv("AR_IMAGE_FOLDER", str(app_env / "five"))
+    at = AppTest.from_string(DATASET_APP, default_timeout=120).run()
+    at.selectbox(key="model_label").set_value("tiny-ad3 (AR_CHECKPOINT)").run()
+    at.selectbox(key="dataset_kind").set_value("ImageFolder directory").run()
+    assert not at.exception
+    assert any("names no classes, so its 4 outputs are read as the data's class folders in sorted order, but "
+               "the data has 5" in e for e in _errors(at))

@@ -102,14 +102,14 @@ def render():
     if chosen is None:
         return
     source, device, model, meta = chosen
-    ds, ds_key = sidebar.dataset_picker(int(meta.get("image_size", 32)), meta.get("classes"))
+    ds, ds_key = sidebar.dataset_picker(int(meta.get("image_size", 32)), meta)
     if st.toggle("Over training: how this model's attention, gates and accuracy formed, epoch by epoch",
                  key="dataset_history"):
         training_view.render(source, "dataset_history", ds, ds_key)
     if ds is None:
         st.info("Choose a data set in the sidebar: a CIFAR test set or an ImageFolder directory.")
         return
-    classes = list(meta.get("classes") or ds.classes)
+    classes = list(ds.classes)  # the checkpoint's, in its order (dataset_picker)
     note = state.tta_note(meta)
     if note:
         st.caption(note)

@@ -106,7 +106,7 @@ def _per_image(key: str, res: dict, default) -> None:
 
 
 def _dataset_browser(model, meta, size: int, ckpt_key: tuple):
-    ds, ds_key = sidebar.dataset_picker(size, meta.get("classes"))  # labels in the checkpoint's class order
+    ds, ds_key = sidebar.dataset_picker(size, meta)  # labels in the checkpoint's class order
     if ds is None:
         return []
     st.session_state["lab_clutter_images"] = ds.images[:256]  # the lab's clutter: patches of real images
