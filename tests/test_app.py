@@ -515,6 +515,9 @@ def test_dataset_page_lists_where_baseline_and_attention_disagree(app_env):
     only_a, only_b = len(want["only the attention model right"]), len(want["only the baseline right"])
     assert any(f"Only the attention model is right on {only_a}, only the baseline on {only_b}: McNemar's exact "
                f"p = {mcnemar_exact(only_a, only_b):.3g}" in m.value for m in at.markdown)
+    # both answered single view, as the command-line comparison does only when told to
+    assert any("`python -m ar_core.compare --tta none` on the same images gives the same" in m.value
+               for m in at.markdown)
     for title, indices in want.items():
         keys = [btn.key for btn in at.button if btn.key and btn.key.startswith(f"open_{title}_")]
         shown = [int(k.rsplit("_", 1)[1]) for k in keys]

@@ -71,17 +71,23 @@ def _disagreement_view(ds, ds_key, classes, source, device, arrays):
     if not st.toggle("List the images on which they disagree (runs each model over the data set once)",
                      key="ds_cmp_on"):
         return
-    preds = {}
+    preds, views = {}, {}
     for role, label in (("baseline", b), ("attention", a)):
         model, meta = state.get_model(pairs[label][0], device)
         preds[role] = state.dataset_predictions(model, meta, ds, (ds_key, pairs[label][0], device))["fused"]
+        views[role] = state.use_tta(meta, dataset_wide=True).name  # what dataset_predictions used
     labels = ds.labels.numpy()
     test = paired(*(torch.from_numpy(preds[role] == labels) for role in ("attention", "baseline")))
+    # the command-line comparison applies one augmentation to both (--tta) or each checkpoint's own, uncapped
+    cli = (f"`python -m ar_core.compare --tta {views['baseline']}` on the same images gives the same"
+           if views["baseline"] == views["attention"] else
+           f"the baseline answered with {views['baseline']} test-time augmentation, the attention model with "
+           f"{views['attention']}")
     st.write(f"Baseline {test['accuracy_b']:.2%} right, attention model {test['accuracy_a']:.2%} right, on "
              f"{test['n']} images. Only the attention model is right on {test['only_a_right']}, only the baseline "
              f"on {test['only_b_right']}: McNemar's exact p = {test['mcnemar_p']:.3g}, the chance of so uneven a "
-             f"split if each of those images were a coin flip (`python -m ar_core.compare` gives the same). Each "
-             "caption gives the true class, then the baseline's answer (B) and the attention model's (A).")
+             f"split if each of those images were a coin flip ({cli}). Each caption gives the true class, then "
+             "the baseline's answer (B) and the attention model's (A).")
 
     def caption(i):
         return (f"#{i} {classes[int(labels[i])]} · B {classes[int(preds['baseline'][i])]} · "
