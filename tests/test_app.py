@@ -1116,3 +1116,24 @@ def test_a_checkpoint_without_class_names_reads_folders_by_position_only_when_th
     assert not at.exception
     assert any("names no classes, so its 4 outputs are read as the data's class folders in sorted order, but "
                "the data has 5" in e for e in _errors(at))
+
+
+def test_the_faithfulness_tab_says_why_it_has_no_curves(app_env, monkeypatch):
+    def analysed(label, n, methods):
+        at = AppTest.from_string(DATASET_APP, default_timeout=120).run()
+        at.selectbox(key="model_label").set_value(label).run()
+        at.selectbox(key="dataset_kind").set_value("ImageFolder directory").run()
+        at.number_input(key="faith_n").set_value(n)
+        at.multiselect(key="faith_methods").set_value(methods)
+        at.button(key="analyse_go").click().run()
+        assert not at.exception
+        return [i.value for i in at.info], [c.value for c in at.caption]
+
+    assert "Set a number of images above to compute deletion and insertion curves." in analysed(
+        "tiny-ad3 (AR_CHECKPOINT)", 0, ["random"])[0]
+    assert "Choose at least one map to test above." in analysed("tiny-ad3 (AR_CHECKPOINT)", 2, [])[0]
+    monkeypatch.setenv("AR_CHECKPOINT", str(_checkpoint(app_env / "tiny-base.safetensors", ad=0)))
+    assert "A baseline has no attention map to test: choose another map above." in analysed(
+        "tiny-base (AR_CHECKPOINT)", 2, ["attention"])[0]
+    assert "A baseline has no attention map: the other maps are tested." in analysed(
+        "tiny-base (AR_CHECKPOINT)", 2, ["attention", "random"])[1]

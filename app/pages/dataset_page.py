@@ -211,9 +211,14 @@ def render():
                          hide_index=True)
     with tabs[4]:
         f = r.get("faithfulness")
+        dropped = "attention" in methods and not model.attend  # analyze tests the maps a model has
         if not f:
-            st.info("Set a number of images above to compute deletion and insertion curves.")
+            st.info("Set a number of images above to compute deletion and insertion curves." if not n_faith else
+                    "A baseline has no attention map to test: choose another map above." if dropped else
+                    "Choose at least one map to test above.")
         else:
+            if dropped:
+                st.caption("A baseline has no attention map: the other maps are tested.")
             st.write(f"Over {r['faithfulness_images']} images: deletion area (lower is better: removing the most "
                      "important pixels first should kill the prediction fast) and insertion area (higher is "
                      "better). A map that does not beat *random* does not explain the model.")
