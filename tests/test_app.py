@@ -145,6 +145,15 @@ def test_a_checkpoint_measured_with_shifts_is_inspected_with_them_and_says_when_
     assert not any("answer 9x sooner" in c.value for c in at.caption)
     at.button(key="analyse_go").click().run()
     assert {k[-1] for k in at.session_state["analyses"]} == {"flip", "flip-shift2"}
+    listed = "The data-set page listed this image as judged with"
+    next(b for b in at.button if b.key and b.key.startswith("open_")).click().run()
+    assert not at.exception and not any(listed in c.value for c in at.caption)  # listed as traced
+
+    at = _analysed_dataset_page()  # lists judged with flip, the image traced with the checkpoint's own
+    next(b for b in at.button if b.key and b.key.startswith("open_")).click().run()
+    assert at.session_state["result"]["ins"].trace.augmentation == "flip-shift2"
+    assert any(f"{listed} flip test-time augmentation; it is traced here with flip-shift2. Choose flip in the "
+               f"sidebar's Test-time augmentation to see it as listed." in c.value for c in at.caption)
 
 
 def test_bad_file_gives_an_error_and_keeps_the_previous_result(app_env):

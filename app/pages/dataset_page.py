@@ -32,9 +32,11 @@ def _run(model, meta, ds, n_faith: int, methods: list[str]):
 
 
 def _open_in_inspector(index: int):
-    """Point the inspector's dataset browser at one image and go there."""
+    """Point the inspector's dataset browser at one image and go there, noting the test-time augmentation
+    the lists judged it with (at most flip over a data set; the inspector traces with the checkpoint's own)."""
     st.session_state.update({"source": "Dataset", "browse_class": None, "browse_outcome": "all",
-                             "browse_pos": int(index)})
+                             "browse_pos": int(index),
+                             "_listed": {"index": int(index), "tta": st.session_state.get("_list_tta")}})
     st.switch_page(st.session_state["_pages"]["inspect"])
 
 
@@ -142,6 +144,7 @@ def render():
                 f"run is instant).")
         return
     r, arrays = store[key]
+    st.session_state["_list_tta"] = key[-1]  # the augmentation every list of this page was judged with
     labels = ds.labels.numpy()
     m1, m2, m3, m4 = st.columns(4)
     m1.metric("Accuracy (fused)", f"{r['accuracy']:.2%}")

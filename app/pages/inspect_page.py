@@ -217,6 +217,12 @@ def _views(res, model, meta):
         else:
             st.caption(f"The network alone says {net[0]} ({net[1]:.1%})"
                        + (f"; true label {classes[res['label']]}." if res.get("label") is not None else "."))
+        listed = st.session_state.get("_listed") or {}
+        if res["source"] == "Dataset" and listed.get("index") == res["index"] and \
+                listed.get("tta") not in (None, trace.augmentation):
+            st.caption(f"The data-set page listed this image as judged with {listed['tta']} test-time "
+                       f"augmentation; it is traced here with {trace.augmentation}. Choose {listed['tta']} in the "
+                       f"sidebar's Test-time augmentation to see it as listed.")
         tta = f" · {trace.augmentation} test-time augmentation: {_averaged(trace)}" if trace.views else ""
         if len(trace.views) > 2:  # a model run per view: say where a quicker answer is
             tta += f" (flip in the sidebar's Test-time augmentation: 2 views, about {len(trace.views) // 2}x sooner)"
