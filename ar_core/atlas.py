@@ -30,6 +30,7 @@ def head_atlas(cat: dict[str, torch.Tensor], labels: torch.Tensor, classes: Sequ
     if not layers:
         return {}
     m = len(classes)
+    top = min(top, len(labels))  # what "its top N images" means on a data set of fewer
     out: dict[str, Any] = {"top": top, "layers": {}}
     for name in layers:
         gates, preds = cat[f"conf_gates/{name}"].float(), cat[f"head_pred/{name}"]

@@ -30,6 +30,12 @@ def test_atlas_on_hand_made_arrays():
     assert Atl.head_atlas({}, labels, ["cat", "dog"], ["network"]) == {}
 
 
+def test_the_atlas_of_fewer_images_than_its_top_says_how_many_it_ranks():
+    a = Atl.head_atlas(_cat(), torch.tensor([0, 0, 1, 1, 1, 0]), ["cat", "dog"], ["g", "network"], top=16)
+    h1 = a["layers"]["g"][0]
+    assert a["top"] == 6 and h1["top_indices"] == [5, 4, 3, 2, 1, 0] and h1["bottom_indices"] == [0, 1, 2, 3, 4, 5]
+
+
 def test_maps_come_from_the_trace(tiny_model):
     images = torch.randint(0, 256, (6, 3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     meta = {"classes": list("abcde")}
