@@ -77,6 +77,9 @@ def card(meta: dict[str, Any]) -> dict[str, str]:
         "training time": f"{meta['training_time_s'] / 60:.0f} min" if meta.get("training_time_s") else None,
         "hardware": meta.get("hardware"),
         "code commit": meta.get("code_commit"),
+        # a stretch of epochs trained from an edited tree: no commit holds the code that trained it
+        "trained from an edited tree": ", ".join(f"epochs from {c['from_epoch']}" for c in meta.get("code_commits", [])
+                                                 if c.get("modified")) or None,
         "source": meta.get("source"),
     }
     return {label: str(value) for label, value in rows.items() if value is not None}

@@ -152,6 +152,16 @@ def git_commit() -> str | None:
         return None
 
 
+def code_modified(where: Path = Path(__file__).parent) -> bool:
+    """Whether the tracked files under ``where`` (the library) differ from the commit: a run started from
+    an edited tree trained with code no commit holds, which its card must say."""
+    try:
+        return bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
+                                   capture_output=True, text=True, check=True, cwd=where).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return False
+
+
 def hardware(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -455,7 +465,8 @@ def main(argv=None) -> dict:
     # What trained each stretch of epochs: the code (read now, since the tree may change while training),
     # the precision and the machine. A run resumed elsewhere may train on at another precision ("auto"
     # is bf16 only on CPUs with native bf16), so each stretch records its own.
-    commits = [{"from_epoch": 1, "commit": git_commit(), "precision": precision, "hardware": hardware(device)}]
+    commits = [{"from_epoch": 1, "commit": git_commit(), **({"modified": True} if code_modified() else {}),
+                "precision": precision, "hardware": hardware(device)}]
     if args.resume and state_path.is_file():
         check_resumable(state_path, args)  # before any weights load: another model would fail on its shapes
         state = load_state(state_path, model, optimizer, scheduler, ema, scaler)

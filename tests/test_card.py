@@ -28,6 +28,13 @@ def test_card_of_a_moving_average_names_its_decay_and_the_raw_weights_figure():
     assert rows["seed"] == "1" and rows["training time"] == "235 min"
 
 
+def test_card_names_the_epochs_trained_from_an_edited_tree():
+    stretches = [{"from_epoch": 1, "commit": "abc"}, {"from_epoch": 12, "commit": "abc", "modified": True},
+                 {"from_epoch": 30, "commit": "def"}]
+    assert C.card({**META, "code_commits": stretches})["trained from an edited tree"] == "epochs from 12"
+    assert "trained from an edited tree" not in C.card({**META, "code_commits": stretches[:1]})
+
+
 def test_card_of_raw_weights_shows_no_figure_of_other_weights():
     """The trainer records the raw weights' figure whatever it saves: when it saved them, that figure is
     the file's own (the moving average's is only in the per-epoch log), so no "not saved" row."""

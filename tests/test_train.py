@@ -310,6 +310,21 @@ def test_resume_refuses_another_probe_seed(folder, tmp_path):
         T.main(_args(folder, out, "--epochs", "2", "--resume", "--probe-seed", "1"))
 
 
+def test_a_stretch_trained_from_an_edited_tree_says_so(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (repo / "model.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "model.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    (repo / "notes.txt").write_text("untracked files are not code that trained\n")
+    assert not T.code_modified(repo)
+    (repo / "model.py").write_text("x = 2\n")
+    assert T.code_modified(repo)
+    assert not T.code_modified(tmp_path / "no-repo-here")  # no git: nothing to compare with
+
+
 def test_resume_says_what_it_found(folder, tmp_path, capsys):
     out = tmp_path / "fresh" / "m.safetensors"
     T.main(_args(folder, out, "--epochs", "1", "--max-steps", "1", "--resume"))
