@@ -29,13 +29,10 @@ def carry_shared_widgets():
     kept = st.session_state.setdefault(KEPT_WIDGETS, {})
     kept.update({key: st.session_state[key] for key in TAB_WIDGETS if key in st.session_state})
     for key in SHARED_WIDGETS:
+        if key not in st.session_state and key in kept:
+            st.session_state[key] = kept[key]  # dropped outright
         if key in st.session_state:
-            kept[key] = st.session_state[key]
-        elif key in kept:
-            st.session_state[key] = kept[key]
-        else:
-            continue
-        st.session_state[key] = st.session_state[key]
+            st.session_state[key] = kept[key] = st.session_state[key]  # re-assigned, it outlives its page
 
 
 def main():

@@ -117,9 +117,10 @@ def align_labels(dataset: D.TensorDataset, classes: Sequence[str], subset: bool 
 
 
 def checkpoint_classes(meta: dict[str, Any], n: int, dataset: D.TensorDataset | None = None) -> list[str]:
-    """The names of a checkpoint's ``n`` classes, in its output order. A checkpoint saved without names reads a data
-    set's class folders by position, which only holds when their count is its own: any other count is a
-    ClassMismatchError that says so (by position, labels past its outputs would fail on a shape later)."""
+    """The names of a checkpoint's ``n`` classes, in its output order (numbered without names, as
+    inference.inspect names them). Without names it reads a data set's class folders by position, which
+    only holds when their count is its own: any other count is a ClassMismatchError that says so (by
+    position, labels past its outputs would fail on a shape later)."""
     if meta.get("classes"):
         return list(meta["classes"])
     if dataset is None:

@@ -11,6 +11,7 @@ import streamlit as st
 
 from app import figures, gate_views, samples, sanity_views, share, sidebar, state, training_view, walk_views, widgets
 from app.pages.about import EQUATIONS
+from ar_core.evaluate import checkpoint_classes
 from ar_core.inference import (OUTCOMES, ImageError, ablate, filter_indices, fit_image, from_hwc, image_digest,
                                load_image, open_image, rectification, to_hwc, to_uint8, topk, trace_to_json,
                                trace_to_npz)
@@ -84,7 +85,7 @@ def _follow_model(res: dict | None, path: str, device: str, model, meta: dict) -
     if (res["path"], res["device"], res["weights"], res["tta"]) == (path, device, meta["weights_sha256"], aug):
         return res
     size = int(meta.get("image_size", 32))
-    classes = meta.get("classes") or [str(i) for i in range(meta["config"]["num_classes"])]  # as inspect names them
+    classes = checkpoint_classes(meta, meta["config"]["num_classes"])
     if res["image"].shape[:2] != (size, size) or list(res["ins"].classes) != list(classes):
         st.session_state.pop("result", None)
         st.info(f"The last image ({res['name']}) was traced by a model of other classes or another input size; "
