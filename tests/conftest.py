@@ -17,9 +17,11 @@ def pytest_configure(config):
 
 
 # The data-set page as its own app, with the inspector registered so "open in the inspector" works.
-DATASET_APP = (
+DATASET_APP = (  # the data-set page first, with what app.main does around every page
     "import streamlit as st\n"
+    "from app.main import carry_shared_widgets\n"
     "from app.pages import dataset_page, inspect_page\n"
+    "carry_shared_widgets()\n"
     "st.session_state['_pages'] = {'inspect': st.Page(inspect_page.render, url_path='inspect'),\n"
     "                              'dataset': st.Page(dataset_page.render, url_path='dataset', default=True)}\n"
     "st.navigation(list(st.session_state['_pages'].values()), position='hidden').run()\n")

@@ -490,13 +490,7 @@ def test_dataset_page_lists_where_baseline_and_attention_disagree(app_env):
     from ar_core.data import load_image_folder
     from ar_core.inference import predict_all
 
-    at = AppTest.from_string(
-        "import streamlit as st\n"
-        "from app.pages import dataset_page, inspect_page\n"
-        "st.session_state['_pages'] = {'inspect': st.Page(inspect_page.render, url_path='inspect'),\n"
-        "                              'dataset': st.Page(dataset_page.render, url_path='dataset', default=True)}\n"
-        "st.navigation(list(st.session_state['_pages'].values()), position='hidden').run()\n",
-        default_timeout=120).run()
+    at = AppTest.from_string(DATASET_APP, default_timeout=120).run()
     at.selectbox(key="model_label").set_value("tiny-ad3 (AR_CHECKPOINT)").run()
     base = _checkpoint(app_env / "tiny-base.safetensors", ad=0, seed=1)
     at.sidebar.file_uploader(key="ckpt_upload").set_value(("tiny-base.safetensors", base.read_bytes(),
@@ -1077,15 +1071,7 @@ def test_inspect_from_the_dataset_page_keeps_the_sidebars_choices(app_env):
     """"Inspect" switches page from a button's callback, before any widget of the run is drawn, so
     Streamlit drops every widget's value: the inspector must still open on the model, augmentation and
     data set the list was made with, at the image clicked."""
-    at = AppTest.from_string(
-        "import streamlit as st\n"
-        "from app.main import carry_shared_widgets\n"
-        "from app.pages import dataset_page, inspect_page\n"
-        "carry_shared_widgets()\n"
-        "st.session_state['_pages'] = {'inspect': st.Page(inspect_page.render, url_path='inspect'),\n"
-        "                              'dataset': st.Page(dataset_page.render, url_path='dataset', default=True)}\n"
-        "st.navigation(list(st.session_state['_pages'].values()), position='hidden').run()\n",
-        default_timeout=120).run()
+    at = AppTest.from_string(DATASET_APP, default_timeout=120).run()
     at.selectbox(key="model_label").set_value("tiny-ad3 (AR_CHECKPOINT)").run()
     at.selectbox(key="tta").set_value("flip").run()
     at.selectbox(key="dataset_kind").set_value("ImageFolder directory").run()
