@@ -358,6 +358,7 @@ def analyze(model: AttendAndRectify, dataset: D.TensorDataset, meta: dict[str, A
     result = summarize(cat, dataset.labels, classes, model.sources)
     result["sources"] = list(model.sources)
     result["test_time_augmentation"] = aug.name
+    result["precision"] = precision  # of the predictions and gates
     result.update(dataset_story(cat, dataset.labels, classes, model.sources))
     if model.attend:
         result["gate_pre_tanh"] = gate_statistics(cat, model.sources)

@@ -1132,3 +1132,13 @@ def test_the_faithfulness_tab_says_why_it_has_no_curves(app_env, monkeypatch):
         "tiny-base (AR_CHECKPOINT)", 2, ["attention"])[0]
     assert "A baseline has no attention map: the other maps are tested." in analysed(
         "tiny-base (AR_CHECKPOINT)", 2, ["attention", "random"])[1]
+
+
+def test_the_dataset_pages_lists_are_judged_in_float32_as_the_inspector_traces(app_env, monkeypatch):
+    """Under autocast (CUDA, or a CPU with native bf16) a borderline image would be listed as rectified on
+    the data-set page and open as not rectified in the inspector, which traces in float32."""
+    monkeypatch.setattr(ar_core.precision, "native_bf16", lambda: True)  # 'auto' would pick bf16 here
+    at = _analysed_dataset_page()
+    assert not at.exception
+    (r, _), = at.session_state["analyses"].values()
+    assert r["precision"] == "float32"

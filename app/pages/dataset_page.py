@@ -21,8 +21,10 @@ def _run(model, meta, ds, n_faith: int, methods: list[str]):
             bars[stage] = st.progress(0.0, text=f"{stage}…")
         bars[stage].progress(min(1.0, done / max(total, 1)), text=f"{stage}: {done}/{total} images")
 
+    # float32 as the inspector traces: under autocast (CUDA, or a CPU with native bf16) a borderline image
+    # could be listed as rectified here and open as not rectified there
     result, arrays = analyze(model, ds, meta, faithfulness_n=n_faith, methods=methods, progress=progress,
-                             return_arrays=True, tta=state.use_tta(meta, dataset_wide=True))
+                             return_arrays=True, tta=state.use_tta(meta, dataset_wide=True), amp="off")
     for bar in bars.values():
         bar.empty()
     keep = {k: v.numpy() for k, v in arrays.items() if k in ("pred", "net_pred") or k.startswith("pred/")}
