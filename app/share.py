@@ -18,6 +18,7 @@ import streamlit as st
 
 from app import state
 from app.sidebar import DATASETS
+from ar_core.evaluate import checkpoint_classes
 
 PARAMS = ("checkpoint", "tta", "source", "dataset", "index", "layer", "head", "class")
 SOURCES = {"upload": "Upload", "dataset": "Dataset", "camera": "Camera"}
@@ -86,9 +87,9 @@ def _apply_model_params(q: dict, meta: dict, notes: list[str]):
     try:
         cfg = ModelConfig.from_dict(meta["config"])
         layers, width = list(cfg.attended), cfg.attention_width
+        classes = checkpoint_classes(meta, cfg.num_classes)  # as the inspector names them
     except (KeyError, TypeError, ValueError):
-        layers, width = [], 0
-    classes = list(meta.get("classes") or [])
+        layers, width, classes = [], 0, list(meta.get("classes") or [])
     if "layer" in q:
         if q["layer"] in layers:
             st.session_state["hm_layer"] = layers.index(q["layer"])
@@ -145,10 +146,12 @@ def view_params(res: dict, trace, classes: list[str]) -> tuple[dict[str, str], l
     elif kind != "dataset":
         missing.append("uploaded images and camera shots")
     if trace.layers:
-        layer = ss.get("hm_layer", 0)
+        kept = ss.get(state.KEPT_WIDGETS, {})  # the heatmap's layer and head while their tab is closed
+        layer = ss.get("hm_layer", kept.get("hm_layer", 0))
         if isinstance(layer, int) and layer < len(trace.layers):
             params["layer"] = trace.layers[layer].name
-        params["head"] = str(int(ss.get("hm_head", 0)) + 1)
+        head = int(ss.get("hm_head", kept.get("hm_head", 0)))
+        params["head"] = str(head + 1 if head < trace.layers[0].attention_maps.shape[1] else 1)
     target = ss.get("attr_target")
     if isinstance(target, int) and 0 <= target < len(classes):
         params["class"] = classes[target]

@@ -90,6 +90,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "training folder); both must record the same split")
     p.add_argument("--tta", choices=["auto", *TTA_NAMES], default="auto",
                    help="test-time augmentation (auto: each checkpoint's own)")
+    p.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
+                   help="auto: bf16 on CPUs with native bf16, fp16 on CUDA; on: bf16 on any CPU; off: float32 "
+                        "(as the app's data-set page)")
     p.add_argument("--device", type=device_arg, default="cpu",
                    help="cpu (as README's figures were measured), auto, cuda, cuda:N or mps")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -141,9 +144,9 @@ def compare_pair(path_a: str, path_b: str, args: argparse.Namespace) -> dict[str
             raise SystemExit(f"error: {e}") from e
         model.eval()  # load_checkpoint gives it in channels_last, the evaluator's layout
         aug = resolve_tta(None if args.tta == "auto" else args.tta, meta)
-        _, precision = autocast_for(next(model.parameters()).device, "auto")
+        _, precision = autocast_for(next(model.parameters()).device, args.amp)
         cache = None if args.no_cache else predictions_cache(meta, dataset, aug, precision)
-        cat = collect_cached(model, dataset, meta, cache, tta=aug)  # resumable: saved chunk by chunk
+        cat = collect_cached(model, dataset, meta, cache, tta=aug, amp=args.amp)  # resumable: saved chunk by chunk
         correct.append(cat["pred"] == dataset.labels)
     attention_vs_baseline = bool(model_a.attend) and not model_b.attend
     return {"a": path_a, "b": path_b, **paired(*correct), "attention_vs_baseline": attention_vs_baseline}

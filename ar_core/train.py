@@ -297,8 +297,11 @@ def load_state(path: Path, model, optimizer, scheduler, ema=None, scaler=None) -
                     at = json.loads(f.metadata()["at"])
                     if at == wanted:
                         tensors.update({k: f.get_tensor(k) for k in f.keys()})
-                        break
                 found.append(f"{candidate.name} (epoch {at['epoch']}, step {at['step']})")
+                if at == wanted:
+                    if candidate != side:  # made the pair again on disk: the next save moves side to .prev
+                        candidate.replace(side)
+                    break
         else:
             if found:
                 raise SystemExit(f"no moving average beside {path} matches its epoch {wanted['epoch']}, step "

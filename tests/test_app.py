@@ -154,6 +154,9 @@ def test_a_checkpoint_measured_with_shifts_is_inspected_with_them_and_says_when_
     assert at.session_state["result"]["ins"].trace.augmentation == "flip-shift2"
     assert any(f"{listed} flip test-time augmentation; it is traced here with flip-shift2. Choose flip in the "
                f"sidebar's Test-time augmentation to see it as listed." in c.value for c in at.caption)
+    opened = at.session_state["result"]["index"]
+    at.number_input(key="browse_pos").set_value((opened + 1) % 4).run()  # another image: not the listed one
+    assert at.session_state["result"]["index"] != opened and not any(listed in c.value for c in at.caption)
 
 
 def test_bad_file_gives_an_error_and_keeps_the_previous_result(app_env):
@@ -519,7 +522,7 @@ def test_dataset_page_lists_where_baseline_and_attention_disagree(app_env):
     assert any(f"Only the attention model is right on {only_a}, only the baseline on {only_b}: McNemar's exact "
                f"p = {mcnemar_exact(only_a, only_b):.3g}" in m.value for m in at.markdown)
     # both answered single view, as the command-line comparison does only when told to
-    assert any("`python -m ar_core.compare --tta none` on the same images gives the same" in m.value
+    assert any("`python -m ar_core.compare --tta none --amp off` on the same folder gives the same" in m.value
                for m in at.markdown)
     for title, indices in want.items():
         keys = [btn.key for btn in at.button if btn.key and btn.key.startswith(f"open_{title}_")]

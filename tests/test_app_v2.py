@@ -265,6 +265,7 @@ def test_the_tabs_controls_outlive_a_change_of_tab_while_the_model_offers_them(a
     at.checkbox(key="attr_nt").check()
     at.button(key="attr_go").click().run()
     open_tab(at, "1 · Prediction")
+    assert _link(at)["layer"] == ["group2"] and _link(at)["head"] == ["2"]  # the link names what the tab shows
     open_tab(at, "2 · Attention maps")
     assert not at.exception
     assert (at.selectbox(key="hm_layer").value, at.selectbox(key="hm_head").value) == (1, 1)
@@ -282,6 +283,18 @@ def test_the_tabs_controls_outlive_a_change_of_tab_while_the_model_offers_them(a
     assert (at.selectbox(key="hm_layer").value, at.selectbox(key="hm_head").value) == (0, 1)
     open_tab(at, "5 · Attributions")
     assert at.selectbox(key="attr_layer").value == at.selectbox(key="attr_layer").options[-1]
+
+
+def test_a_link_names_a_class_of_a_checkpoint_without_class_names_as_the_inspector_does(app_env, monkeypatch):
+    from test_app import META, randomize_bn
+
+    torch.manual_seed(0)
+    cfg = ar_core.ModelConfig(num_classes=4, depth=10, width=1, attention_depth=3, attention_width=2)
+    unnamed = {k: v for k, v in META.items() if k != "classes"}
+    ar_core.save_checkpoint(randomize_bn(ar_core.build_model(cfg)).eval(), app_env / "tiny-ad3.safetensors", unnamed)
+    at = _open({"checkpoint": "tiny-ad3", "source": "dataset", "dataset": "folder", "index": "2", "class": "3"})
+    assert not at.exception and not [c.value for c in at.caption if c.value.startswith("Link:")]
+    assert at.session_state["attr_target"] == 3 and _link(at)["class"] == ["3"]
 
 
 def test_guided_walk_steps_through_the_prediction(app_env):

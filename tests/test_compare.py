@@ -104,6 +104,25 @@ def test_cli_refuses_checkpoints_trained_on_other_images(tmp_path, monkeypatch):
         main(["--a", str(paths[0]), "--b", str(paths[1]), *args])
 
 
+def test_cli_predicts_in_the_precision_asked_for(tmp_path, monkeypatch):
+    """--amp off gives float32 where 'auto' would run bf16 (a CPU with native bf16), as the app's data-set
+    page predicts; the per-image cache keeps the two apart."""
+    from ar_core import analyze as A
+
+    folder, paths = _two_models(tmp_path, monkeypatch)
+    monkeypatch.setattr(ar_core.precision, "native_bf16", lambda: True)
+    seen = []
+    real = A.collect
+    monkeypatch.setattr(A, "collect", lambda *a, **k: (seen.append(k["amp"]), real(*a, **k))[1])
+    args = ["--a", paths[0], "--b", paths[1], "--data", str(folder), "--tta", "none"]
+    off = main([*args, "--amp", "off"])
+    assert seen == ["off", "off"]
+    main(args)
+    assert seen == ["off", "off", "auto", "auto"]  # another precision: predicted again, not read from the cache
+    monkeypatch.setattr(ar_core.precision, "native_bf16", lambda: False)
+    assert main([*args, "--amp", "off"]) == off
+
+
 def test_cli_reads_and_fills_the_per_image_cache_that_analyze_uses(tmp_path, monkeypatch):
     """compare after analyze predicts only the model analyze has not seen; a second compare predicts
     nothing; --no-cache predicts both again, with the same result."""

@@ -278,6 +278,39 @@ def test_a_stop_between_the_state_files_renames_resumes_exactly(folder, tmp_path
     assert not list(split.parent.glob("*.prev"))  # the kept average goes once the new state is in place
 
 
+def test_two_stops_in_a_row_between_the_renames_still_resume_exactly(folder, tmp_path, monkeypatch):
+    """A run resumed from the kept average, then stopped again at the same point of its next save, must
+    not have moved the only matching average out of the way."""
+    recipe = ["--epochs", "3", "--ema", "0.9", "--ema-bn-images", "16", "--save-every", "0"]
+    whole = tmp_path / "whole" / "m.safetensors"
+    T.main(_args(folder, whole, *recipe))
+    split = tmp_path / "split" / "m.safetensors"
+    replace = Path.replace
+
+    def stopping_at(n):
+        saves = []
+
+        def stop(self, target):
+            if self.name == "m.safetensors.state.safetensors.tmp":
+                saves.append(self)
+                if len(saves) == n:
+                    raise KeyboardInterrupt("the machine went away")
+            return replace(self, target)
+        return stop
+
+    monkeypatch.setattr(Path, "replace", stopping_at(2))  # at the end of epoch 2
+    with pytest.raises(KeyboardInterrupt):
+        T.main(_args(folder, split, *recipe))
+    monkeypatch.setattr(Path, "replace", stopping_at(1))  # resumed, at the end of epoch 2 again
+    with pytest.raises(KeyboardInterrupt):
+        T.main(_args(folder, split, *recipe, "--resume"))
+    monkeypatch.setattr(Path, "replace", replace)
+    assert [h["epoch"] for h in T.main(_args(folder, split, *recipe, "--resume"))["history"]] == [2, 3]
+    (a, _), (b, _) = load_checkpoint(whole), load_checkpoint(split)
+    for (name, ta), (_, tb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(ta, tb), name
+
+
 def test_a_log_line_cut_short_by_a_stop_does_not_block_the_resume(folder, tmp_path):
     out = tmp_path / "run" / "m.safetensors"
     T.main(_args(folder, out, "--epochs", "2", "--max-steps", str(STEPS_PER_EPOCH)))

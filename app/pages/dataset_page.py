@@ -36,9 +36,11 @@ def _run(model, meta, ds, n_faith: int, methods: list[str]):
 def _open_in_inspector(index: int):
     """Point the inspector's dataset browser at one image and go there, noting the test-time augmentation
     the lists judged it with (at most flip over a data set; the inspector traces with the checkpoint's own)."""
+    lists = st.session_state.get("_lists", {})  # what the page's lists were made from
     st.session_state.update({"source": "Dataset", "browse_class": None, "browse_outcome": "all",
                              "browse_pos": int(index),
-                             "_listed": {"index": int(index), "tta": st.session_state.get("_list_tta")}})
+                             "_listed": {"name": state.dataset_image_name(lists.get("dataset", ""), int(index)),
+                                         "path": lists.get("path"), "tta": lists.get("tta")}})
     st.switch_page(st.session_state["_pages"]["inspect"])
 
 
@@ -82,11 +84,12 @@ def _disagreement_view(ds, ds_key, classes, source, device, arrays):
         views[role] = state.use_tta(meta, dataset_wide=True).name  # what dataset_predictions used
     labels = ds.labels.numpy()
     test = paired(*(torch.from_numpy(preds[role] == labels) for role in ("attention", "baseline")))
-    # the command-line comparison applies one augmentation to both (--tta) or each checkpoint's own, uncapped
-    cli = (f"`python -m ar_core.compare --tta {views['baseline']}` on the same images gives the same"
-           if views["baseline"] == views["attention"] else
-           f"the baseline answered with {views['baseline']} test-time augmentation, the attention model with "
-           f"{views['attention']}")
+    # the command-line comparison reads folders, in float32 with --amp off as this page predicts, and applies
+    # one augmentation to both (--tta) or each checkpoint's own, uncapped
+    cli = (f"the baseline answered with {views['baseline']} test-time augmentation, the attention model with "
+           f"{views['attention']}" if views["baseline"] != views["attention"] else
+           f"`python -m ar_core.compare --tta {views['baseline']} --amp off` on the same folder gives the same"
+           if ds_key.startswith("folder:") else f"both with {views['baseline']} test-time augmentation")
     st.write(f"Baseline {test['accuracy_b']:.2%} right, attention model {test['accuracy_a']:.2%} right, on "
              f"{test['n']} images. Only the attention model is right on {test['only_a_right']}, only the baseline "
              f"on {test['only_b_right']}: McNemar's exact p = {test['mcnemar_p']:.3g}, the chance of so uneven a "
@@ -146,7 +149,8 @@ def render():
                 f"run is instant).")
         return
     r, arrays = store[key]
-    st.session_state["_list_tta"] = key[-1]  # the augmentation every list of this page was judged with
+    # the data set, checkpoint and augmentation every list of this page was judged with
+    st.session_state["_lists"] = {"dataset": ds_key, "path": source, "tta": key[-1]}
     labels = ds.labels.numpy()
     m1, m2, m3, m4 = st.columns(4)
     m1.metric("Accuracy (fused)", f"{r['accuracy']:.2%}")

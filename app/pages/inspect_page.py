@@ -219,7 +219,7 @@ def _views(res, model, meta):
             st.caption(f"The network alone says {net[0]} ({net[1]:.1%})"
                        + (f"; true label {classes[res['label']]}." if res.get("label") is not None else "."))
         listed = st.session_state.get("_listed") or {}
-        if res["source"] == "Dataset" and listed.get("index") == res["index"] and \
+        if (listed.get("name"), listed.get("path")) == (res["name"], res["path"]) and \
                 listed.get("tta") not in (None, trace.augmentation):
             st.caption(f"The data-set page listed this image as judged with {listed['tta']} test-time "
                        f"augmentation; it is traced here with {trace.augmentation}. Choose {listed['tta']} in the "
