@@ -107,6 +107,21 @@ def test_readme_python_blocks_run_as_written():
     assert run.returncode == 0, run.stderr[-2000:]
 
 
+def test_readme_inline_python_commands_run_and_print_what_the_prose_says():
+    """Each `python -c "..."` of README.md's prose (wrapped over lines there) runs from the repository root."""
+    snippets = [" ".join(code.split("\n")) for code in
+                re.findall(r'`python -c "(.*?)"`', (ROOT / "README.md").read_text(), flags=re.S)]
+    assert len(snippets) >= 2
+    printed = {}
+    for code in snippets:
+        run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, (code, run.stderr[-2000:])
+        printed[code] = run.stdout
+    (mcnemar,) = [out for code, out in printed.items() if "mcnemar_exact(108, 80)" in code]
+    split_108_80, split_104_84 = map(float, mcnemar.split())
+    assert split_108_80 < 0.05 and round(split_104_84, 2) == 0.17  # as the prose reads them
+
+
 def test_every_cli_the_readme_names_answers_help():
     """`python -m X --help` for each module the README runs: each exists and its arguments parse."""
     modules = sorted(set(re.findall(r"python -m ((?:ar_core|app)\.\w+)", (ROOT / "README.md").read_text())))
