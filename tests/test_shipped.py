@@ -143,12 +143,18 @@ def test_readme_model_card_states_the_recorded_accuracy(name):
     assert {float("".join(m)) for m in single} == {round(100 * meta["val_accuracy_single_view"], 2)}, card
 
 
-@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
-def test_readme_comparison_states_the_recorded_accuracies(dataset):
-    """'Attention against its baseline': both pairs of recorded accuracies and their differences."""
-    names = [f"{dataset}-wrn16x4-{kind}" for kind in ("ad3aw4", "baseline")]
-    att, base = (load_checkpoint(n)[1] for n in names)
-    para = _paragraph(f"**Attention against its baseline, {'CIFAR-10**' if dataset == 'cifar10' else 'CIFAR-100:'}")
+# Each shipped attention model and the baseline trained beside it (same data set, recipe and seed).
+PAIRS = [(name, name.replace("-ad3aw4", "-baseline")) for name in SHIPPED if "-ad3aw4" in name]
+
+
+@pytest.mark.parametrize("att_name, base_name", PAIRS)
+def test_readme_comparison_states_the_recorded_accuracies(att_name, base_name):
+    """'Attention against its baseline, DATASET, seed N': both pairs of recorded accuracies and their
+    differences."""
+    att, base = (load_checkpoint(n)[1] for n in (att_name, base_name))
+    assert att["recipe"]["seed"] == base["recipe"]["seed"] and att["dataset"] == base["dataset"], (att_name, base_name)
+    dataset = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}[att["dataset"]]
+    para = _paragraph(f"**Attention against its baseline, {dataset}, seed {att['recipe']['seed']}")
     for key in ("val_accuracy", "val_accuracy_single_view"):
         a, b = 100 * att[key], 100 * base[key]
         assert f"{a:.2f} %" in para and f"{b:.2f} %" in para, (key, para)
