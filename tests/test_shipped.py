@@ -29,7 +29,8 @@ def test_shipped_checkpoint_loads_and_its_card_is_complete(name):
     model, meta = load_checkpoint(name)
     missing = [k for k in CARD_KEYS if meta.get(k) is None]
     assert not missing, f"{name} lacks {missing}"
-    dataset, _, kind = name.split("-")
+    dataset, _, kind, *seed = name.split("-")  # NAME or NAME-seedN (another seed of the same recipe)
+    assert meta["recipe"]["seed"] == (int(seed[0].removeprefix("seed")) if seed else 0), meta["recipe"]["seed"]
     cfg = meta["config"]
     assert meta["dataset"] == dataset and len(meta["classes"]) == cfg["num_classes"] == {"cifar10": 10,
                                                                                          "cifar100": 100}[dataset]
@@ -100,7 +101,8 @@ def v2_card_problems(path) -> list[str]:
 # The shipped files retrained with the v2 recipe (a pair lands when both its runs are done); a file left
 # out would still be v1 (no split digests, no history).
 RETRAINED: list[str] = ["cifar10-wrn16x4-ad3aw4", "cifar10-wrn16x4-baseline",
-                        "cifar100-wrn16x4-ad3aw4", "cifar100-wrn16x4-baseline"]
+                        "cifar100-wrn16x4-ad3aw4", "cifar100-wrn16x4-baseline",
+                        "cifar10-wrn16x4-ad3aw4-seed1", "cifar10-wrn16x4-baseline-seed1"]
 
 
 @pytest.mark.parametrize("path", [*(CHECKPOINT_DIR / f"{n}.safetensors" for n in RETRAINED), *FINISHED_RUNS],
