@@ -261,6 +261,25 @@ def comparison_pairs(classes) -> tuple[dict[str, tuple[str, int]], list[str], li
     return (pairs, [l for l, (_, ad) in pairs.items() if ad == 0], [l for l, (_, ad) in pairs.items() if ad > 0])
 
 
+def default_pair(pairs, baselines, attentive, source: str) -> tuple[int, int]:
+    """Indices of the baseline and the attention model a comparison starts on: the selected checkpoint,
+    and on the other side the one trained with the same seed and data set (its "-seed1" twin for a
+    "-seed1" model), so that the first comparison shown is the pair trained side by side."""
+    chosen = next((l for l, (s, _) in pairs.items() if s == source), None)
+
+    def seed(label):
+        meta = checkpoint_meta(pairs[label][0]) or {}
+        return (meta.get("recipe") or {}).get("seed"), meta.get("dataset")
+
+    def pick(labels):
+        if chosen in labels:
+            return labels.index(chosen)
+        twins = [i for i, l in enumerate(labels) if chosen is not None and seed(l) == seed(chosen) != (None, None)]
+        return twins[0] if twins else 0
+
+    return pick(baselines), pick(attentive)
+
+
 def explain_missing_pair(pairs, baselines, attentive) -> bool:
     """Say on the page why a comparison cannot be shown; True when it cannot."""
     if baselines and attentive:

@@ -597,28 +597,28 @@ def test_default_model_is_the_shipped_cifar10_attention_checkpoint(monkeypatch):
     assert any(c.value.startswith(want) for c in at.caption), want
 
 
-@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
-def test_shipped_pair_compares_side_by_side_with_the_recipes_augmentation(monkeypatch, dataset):
+@pytest.mark.parametrize("dataset, seed", [("cifar10", ""), ("cifar100", ""), ("cifar10", "-seed1")])
+def test_shipped_pair_compares_side_by_side_with_the_recipes_augmentation(monkeypatch, dataset, seed):
     """View 6 on a shipped pair: the baseline and the attention model of one dataset, each with the test-time
-    augmentation its card records."""
+    augmentation its card records; a seed-1 attention model starts beside the seed-1 baseline."""
     monkeypatch.delenv("AR_CHECKPOINT", raising=False)
-    names = (f"{dataset}-wrn16x4-baseline", f"{dataset}-wrn16x4-ad3aw4")
+    names = (f"{dataset}-wrn16x4-baseline{seed}", f"{dataset}-wrn16x4-ad3aw4{seed}")
     assert set(names) <= set(ar_core.available_checkpoints())
     base_aug, att_aug = (ar_core.tta.of_checkpoint(ar_core.load_checkpoint(n)[1]) for n in names)
     assert att_aug.flip and base_aug.flip  # every shipped recipe mirrors at least
     at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60).run()
-    at.selectbox(key="model_label").set_value(f"{dataset}-wrn16x4-ad3aw4 (shipped)").run()
+    at.selectbox(key="model_label").set_value(f"{names[1]} (shipped)").run()
     assert at.selectbox(key="tta").options[0] == f"as trained ({att_aug.name})"
     at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()
     open_tab(at, "6 · Baseline vs attention")
     assert not at.exception and not _errors(at)
-    assert at.selectbox(key="cmp_base").value == f"{dataset}-wrn16x4-baseline (shipped)"
-    assert at.selectbox(key="cmp_att").value == f"{dataset}-wrn16x4-ad3aw4 (shipped)"
+    assert at.selectbox(key="cmp_base").value == f"{names[0]} (shipped)"
+    assert at.selectbox(key="cmp_att").value == f"{names[1]} (shipped)"
     traces = [ins.trace for key, ins in at.session_state["traces"].items() if key[1] == "cmp"]
     assert len(traces) == 2 and sorted(len(t.layers) for t in traces) == [0, 3]
     assert [len(t.views) for t in sorted(traces, key=lambda t: len(t.layers))] == [base_aug.views, att_aug.views]
     shown = [m.value for m in at.markdown if "→" in m.value]
-    assert len(shown) == 2 and all(c in " ".join(shown) for c in ("baseline", "ad3aw4"))
+    assert len(shown) == 2 and all(c in " ".join(shown) for c in names)
     at.button(key="cmp_maps_go").click().run()
     assert not at.exception and not _errors(at)
     (key, (maps, _)), = at.session_state["compare_maps"].items()
@@ -630,6 +630,17 @@ def test_shipped_pair_compares_side_by_side_with_the_recipes_augmentation(monkey
     np.testing.assert_allclose(maps["attention: gated attention"], gated_attention(att, 0, 32))
     assert maps["baseline: Grad-CAM"].shape == maps["attention: Grad-CAM"].shape == (32, 32)
     assert not np.allclose(maps["baseline: Grad-CAM"], maps["attention: Grad-CAM"])
+
+
+def test_a_shipped_baseline_starts_beside_the_attention_model_of_its_own_seed(monkeypatch):
+    monkeypatch.delenv("AR_CHECKPOINT", raising=False)
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60).run()
+    at.selectbox(key="model_label").set_value("cifar10-wrn16x4-baseline-seed1 (shipped)").run()
+    at.file_uploader(key="images").set_value([("cat.png", _png(), "image/png")]).run()
+    open_tab(at, "6 · Baseline vs attention")
+    assert not at.exception and not _errors(at)
+    assert at.selectbox(key="cmp_base").value == "cifar10-wrn16x4-baseline-seed1 (shipped)"
+    assert at.selectbox(key="cmp_att").value == "cifar10-wrn16x4-ad3aw4-seed1 (shipped)"  # not seed 0's, listed first
 
 
 def test_sessions_leave_no_hooks_captum_objects_or_figures(app_env):

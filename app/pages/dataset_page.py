@@ -68,12 +68,10 @@ def _disagreement_view(ds, ds_key, classes, source, device, arrays):
     pairs, baselines, attentive = state.comparison_pairs(classes)
     if state.explain_missing_pair(pairs, baselines, attentive):
         return
-    chosen = next((l for l, (s, _) in pairs.items() if s == source), None)
+    b_index, a_index = state.default_pair(pairs, baselines, attentive, source)
     c1, c2 = st.columns(2)
-    b = c1.selectbox("Baseline", baselines, index=baselines.index(chosen) if chosen in baselines else 0,
-                     key="ds_cmp_base")
-    a = c2.selectbox("Attention model", attentive, index=attentive.index(chosen) if chosen in attentive else 0,
-                     key="ds_cmp_att")
+    b = c1.selectbox("Baseline", baselines, index=b_index, key="ds_cmp_base")
+    a = c2.selectbox("Attention model", attentive, index=a_index, key="ds_cmp_att")
     if not st.toggle("List the images on which they disagree (runs each model over the data set once)",
                      key="ds_cmp_on"):
         return

@@ -411,8 +411,9 @@ def _compare_view(res):
     st.latex(r"\text{baseline: } \log\mathrm{softmax}(o_{net}) \qquad \text{attention: } g_{net}\log\mathrm{softmax}"
              r"(o_{net}) + \sum_l g_O^l \log\mathrm{softmax}(o^l)")
     c1, c2 = st.columns(2)
-    b = c1.selectbox("Baseline", baselines, key="cmp_base")
-    a = c2.selectbox("Attention model", attentive, key="cmp_att")
+    b_index, a_index = state.default_pair(pairs, baselines, attentive, res["path"])
+    b = c1.selectbox("Baseline", baselines, index=b_index, key="cmp_base")
+    a = c2.selectbox("Attention model", attentive, index=a_index, key="cmp_att")
     x = from_hwc(res["image"])
     runs = []  # (model, meta, trace) of the baseline, then of the attention model
     for col, label in ((c1, b), (c2, a)):
