@@ -263,19 +263,21 @@ def comparison_pairs(classes) -> tuple[dict[str, tuple[str, int]], list[str], li
 
 def default_pair(pairs, baselines, attentive, source: str) -> tuple[int, int]:
     """Indices of the baseline and the attention model a comparison starts on: the selected checkpoint,
-    and on the other side the one trained with the same seed and data set (its "-seed1" twin for a
-    "-seed1" model), so that the first comparison shown is the pair trained side by side."""
+    and on the other side the first one (of the same classes, as all in ``pairs``) trained with the same
+    seed, so that a "-seed1" model starts beside its "-seed1" twin, the pair trained side by side."""
     chosen = next((l for l, (s, _) in pairs.items() if s == source), None)
+    if chosen is None:
+        return 0, 0
 
     def seed(label):
-        meta = checkpoint_meta(pairs[label][0]) or {}
-        return (meta.get("recipe") or {}).get("seed"), meta.get("dataset")
+        return ((checkpoint_meta(pairs[label][0]) or {}).get("recipe") or {}).get("seed")
+
+    wanted = seed(chosen)
 
     def pick(labels):
         if chosen in labels:
             return labels.index(chosen)
-        twins = [i for i, l in enumerate(labels) if chosen is not None and seed(l) == seed(chosen) != (None, None)]
-        return twins[0] if twins else 0
+        return next((i for i, l in enumerate(labels) if wanted is not None and seed(l) == wanted), 0)
 
     return pick(baselines), pick(attentive)
 
